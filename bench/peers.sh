@@ -1,0 +1,20 @@
+#!/bin/sh
+# make bench-peers: times the same shapes with PyTorch (Debian's python3-torch,
+# installed when missing) right after `make bench`, then prints mlkern/torch
+# ratios. torch runs twice, plain and with glibc's malloc told to keep big
+# buffers (PERF_NOTES.md); the faster run counts.
+set -e
+PY=/usr/bin/python3
+if ! $PY -c 'import torch, numpy' 2>/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-torch python3-numpy
+fi
+threads=${OMP_NUM_THREADS:-2}
+for p in bench/peer_*.py; do
+    [ -f "$p" ] || continue
+    echo "== $p (torch, $threads threads, plain malloc)"
+    MLK_PEER_VARIANT=plain $PY "$p" "$threads"
+    echo "== $p (torch, $threads threads, malloc kept)"
+    MLK_PEER_VARIANT=malloc MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \
+        MALLOC_TOP_PAD_=1073741824 $PY "$p" "$threads"
+done
+$PY bench/compare.py build/bench.csv

@@ -62,3 +62,33 @@ build/fuzz/%: tests/%.c $(HDRS)
 	$(CLANG) -std=c99 -O1 -g -fsanitize=fuzzer,address,undefined -I. -Itests -o $@ $< -lm
 
 fuzz: $(addprefix build/fuzz/,$(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c)))
+
+# make install PREFIX=/usr/local DESTDIR=: the header (and src/ while the
+# sections are separate files), pkg-config and CMake package files, filled
+# from the same templates CMakeLists.txt uses so both installs agree.
+PREFIX     ?= /usr/local
+MLK_VER    := $(shell awk '/define MLKERN_VERSION_(MAJOR|MINOR|PATCH) /{v = v s $$3; s = "."} END {print v}' mlkern.h)
+MLK_INCDIR  = $(DESTDIR)$(PREFIX)/include
+MLK_PCDIR   = $(DESTDIR)$(PREFIX)/share/pkgconfig
+MLK_CMDIR   = $(DESTDIR)$(PREFIX)/share/cmake/mlkern
+MLK_FILL    = sed -e 's|@MLKERN_VERSION@|$(MLK_VER)|g' -e 's|@MLKERN_PREFIX@|$(PREFIX)|g' \
+              -e 's|@MLKERN_INCLUDEDIR@|include|g' -e 's|@MLKERN_CONFIG_TO_PREFIX@|../../..|g'
+
+install:
+	install -d $(MLK_INCDIR) $(MLK_PCDIR) $(MLK_CMDIR)
+	install -m 644 mlkern.h $(MLK_INCDIR)/
+	if [ -f mlkern_cuda.cuh ]; then install -m 644 mlkern_cuda.cuh $(MLK_INCDIR)/; fi
+	if [ -d src ]; then install -d $(MLK_INCDIR)/src && install -m 644 src/*.h $(MLK_INCDIR)/src/; fi
+	$(MLK_FILL) mlkern.pc.in > $(MLK_PCDIR)/mlkern.pc
+	$(MLK_FILL) cmake/mlkernConfig.cmake.in > $(MLK_CMDIR)/mlkernConfig.cmake
+	$(MLK_FILL) cmake/mlkernConfigVersion.cmake.in > $(MLK_CMDIR)/mlkernConfigVersion.cmake
+
+uninstall:
+	rm -f $(MLK_INCDIR)/mlkern.h $(MLK_INCDIR)/mlkern_cuda.cuh $(MLK_PCDIR)/mlkern.pc \
+	      $(MLK_CMDIR)/mlkernConfig.cmake $(MLK_CMDIR)/mlkernConfigVersion.cmake
+	rm -f $(addprefix $(MLK_INCDIR)/,$(wildcard src/*.h))
+	rmdir $(MLK_CMDIR) $(MLK_INCDIR)/src 2>/dev/null || true
+
+# SVG charts under docs/plots/ from build/bench.csv and build/ternary_loss.csv.
+plots:
+	sh bench/plots.sh build/bench.csv build/ternary_loss.csv docs/plots

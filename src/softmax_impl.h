@@ -1,1 +1,381 @@
-/* softmax: implementation */
+/* ---- softmax, top-k, sampling: implementation ----
+   Every kernel reads a row once through mlk__sm_scan: a running max m and a
+   running sum l of exp((x - m) / T), rescaled by exp((m_old - m_new) / T)
+   when the max grows, while a size-k min-heap keeps the k largest logits.
+   The scan goes in blocks of 64 logits; after warm-up almost no block holds a
+   logit above the heap's minimum, so the heap is touched rarely. */
+
+/* A min-heap of (logit, index) whose root is the worst kept entry: the
+   smallest logit, and of equal logits the higher index. */
+typedef struct mlk__sm_heap { float *val; int32_t *idx; int size, cap; } mlk__sm_heap;
+
+static int mlk__sm_worse(float va, int32_t ia, float vb, int32_t ib)
+{
+    return va < vb || (va == vb && ia > ib);
+}
+
+static void mlk__sm_sift_down(mlk__sm_heap *h, int pos, int size)
+{
+    float v = h->val[pos];
+    int32_t id = h->idx[pos];
+    for (;;) {
+        int child = 2 * pos + 1;
+        if (child >= size) break;
+        if (child + 1 < size && mlk__sm_worse(h->val[child + 1], h->idx[child + 1], h->val[child], h->idx[child]))
+            child++;
+        if (!mlk__sm_worse(h->val[child], h->idx[child], v, id)) break;
+        h->val[pos] = h->val[child];
+        h->idx[pos] = h->idx[child];
+        pos = child;
+    }
+    h->val[pos] = v;
+    h->idx[pos] = id;
+}
+
+/* Logits arrive in increasing index order, so a later logit beats the root
+   only when strictly larger: ties keep the lower index. */
+static void mlk__sm_heap_offer(mlk__sm_heap *h, float v, int32_t id)
+{
+    if (h->size < h->cap) {
+        int pos = h->size++;
+        while (pos > 0) {
+            int parent = (pos - 1) / 2;
+            if (!mlk__sm_worse(v, id, h->val[parent], h->idx[parent])) break;
+            h->val[pos] = h->val[parent];
+            h->idx[pos] = h->idx[parent];
+            pos = parent;
+        }
+        h->val[pos] = v;
+        h->idx[pos] = id;
+    } else if (v > h->val[0]) {
+        h->val[0] = v;
+        h->idx[0] = id;
+        mlk__sm_sift_down(h, 0, h->size);
+    }
+}
+
+/* In-place heapsort: afterwards val/idx run from best to worst. */
+static void mlk__sm_heap_sort(mlk__sm_heap *h)
+{
+    for (int end = h->size - 1; end > 0; end--) {
+        float v = h->val[0];
+        int32_t id = h->idx[0];
+        h->val[0] = h->val[end];
+        h->idx[0] = h->idx[end];
+        h->val[end] = v;
+        h->idx[end] = id;
+        mlk__sm_sift_down(h, 0, end);
+    }
+}
+
+/* Offers block[0..len) (logits base..base+len) to the heap, those past the
+   first heap->cap indices only (the first ones were pushed up front). */
+static void mlk__sm_offer_block(mlk__sm_heap *h, const float *block, int base, int len)
+{
+    for (int j = 0; j < len; j++)
+        if (base + j >= h->cap && block[j] > h->val[0]) mlk__sm_heap_offer(h, block[j], base + j);
+}
+
+#define MLK__SM_BLOCK 64
+
+/* One pass over a row: *row_max = max x, *l_sum = sum exp((x - max) * inv_t);
+   heap (NULL: none) ends up holding the cap largest logits, unsorted.
+   Returns 0 for a NaN or +inf logit or a row that is all -inf. */
+static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
+                        float *row_max, float *l_sum)
+{
+    float tail[MLK__SM_BLOCK];
+    float m = -INFINITY, l = 0.0f;
+    int bad = 0;
+    if (heap) {
+        heap->size = 0;
+        for (int i = 0; i < heap->cap; i++) mlk__sm_heap_offer(heap, x[i], i);
+    }
+#if defined(MLK__AVX2)
+    {
+        const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
+        __m256 m8 = _mm256_set1_ps(-INFINITY), l8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+        float lane_m[8], lane_l[8];
+        for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+            const float *block = x + i;
+            __m256 v[8], block_max;
+            int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+            if (len < MLK__SM_BLOCK) {
+                for (int j = 0; j < MLK__SM_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+                block = tail;
+            }
+            for (int j = 0; j < 8; j++) {
+                v[j] = _mm256_loadu_ps(block + 8 * j);
+                bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], pinf, _CMP_NLT_UQ));
+            }
+            block_max = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
+                                      _mm256_max_ps(_mm256_max_ps(v[4], v[5]), _mm256_max_ps(v[6], v[7])));
+            if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, m8, _CMP_GT_OQ))) {
+                __m256 new_m = _mm256_max_ps(m8, block_max); /* -inf - -inf is NaN: exp8 gives 0 */
+                l8 = _mm256_mul_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv)));
+                m8 = new_m;
+            }
+            for (int j = 0; j < 8; j++)
+                l8 = _mm256_add_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[j], m8), inv)));
+            if (heap && i + len > heap->cap &&
+                _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(heap->val[0]), _CMP_GT_OQ)))
+                mlk__sm_offer_block(heap, block, i, len);
+        }
+        bad = _mm256_movemask_ps(bad8) != 0;
+        _mm256_storeu_ps(lane_m, m8);
+        _mm256_storeu_ps(lane_l, l8);
+        for (int j = 0; j < 8; j++) m = lane_m[j] > m ? lane_m[j] : m;
+        if (m > -INFINITY)
+            for (int j = 0; j < 8; j++)
+                if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
+    }
+#else
+    for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+        const float *block = x + i;
+        float block_max = -INFINITY;
+        int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+        for (int j = 0; j < len; j++) {
+            if (!(block[j] < INFINITY)) bad = 1;
+            if (block[j] > block_max) block_max = block[j];
+        }
+        if (bad) break;
+        if (block_max > m) {
+            if (m > -INFINITY) l *= mlk__expf((m - block_max) * inv_t);
+            m = block_max;
+        }
+        if (m > -INFINITY)
+            for (int j = 0; j < len; j++) l += mlk__expf((block[j] - m) * inv_t);
+        if (heap && i + len > heap->cap && block_max > heap->val[0])
+            mlk__sm_offer_block(heap, block, i, len);
+    }
+    (void)tail;
+#endif
+    *row_max = m;
+    *l_sum = l;
+    return !bad && m > -INFINITY;
+}
+
+/* splitmix64 draw number `draw` (0, 1, ...) after *state, as a double in [0, 1) */
+static double mlk__sm_uniform(uint64_t state, uint64_t draw)
+{
+    uint64_t z = state + (draw + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
+static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, float *l_sum)
+{
+    int n_bad = 0;
+    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++)
+        n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+
+/* Softmax needs every row's max and sum before it writes (a NaN row must
+   leave y untouched), so it reads x twice: once to scan, once to write. */
+static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int log_out)
+{
+    size_t count;
+    float *stats;
+    mlk_status st;
+    if (!x || !y) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    stats = (float *)mlk__alloc(2 * (size_t)rows * sizeof(float));
+    if (!stats) return MLK_ERR_NOMEM;
+    st = mlk__sm_scan_rows(rows, n, x, stats, stats + rows);
+    if (st == MLK_OK) {
+        MLK__OMP(omp parallel for schedule(static))
+        for (int r = 0; r < rows; r++) {
+            const float *x_row = x + (size_t)r * (size_t)n;
+            float *y_row = y + (size_t)r * (size_t)n;
+            float row_max = stats[r], l_sum = stats[rows + r], log_l = logf(l_sum);
+            int i = 0;
+#if defined(MLK__AVX2)
+            const __m256 mv = _mm256_set1_ps(row_max), lv = _mm256_set1_ps(log_out ? log_l : l_sum);
+            for (; i + 8 <= n; i += 8) {
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x_row + i), mv);
+                _mm256_storeu_ps(y_row + i, log_out ? _mm256_sub_ps(d, lv) : _mm256_div_ps(mlk__exp8(d), lv));
+            }
+#endif
+            for (; i < n; i++) {
+                float d = x_row[i] - row_max;
+                y_row[i] = log_out ? d - log_l : mlk__expf(d) / l_sum;
+            }
+        }
+    }
+    mlk__free(stats);
+    return st;
+}
+
+MLKERN_DEF mlk_status mlk_softmax(int rows, int n, const float *x, float *y)
+{
+    return mlk__sm_full(rows, n, x, y, 0);
+}
+
+MLKERN_DEF mlk_status mlk_log_softmax(int rows, int n, const float *x, float *y)
+{
+    return mlk__sm_full(rows, n, x, y, 1);
+}
+
+/* Both top-k kernels: results go to scratch first and are copied out only
+   when every row was valid (outputs untouched on MLK_ERR_VALUE). */
+static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float temperature,
+                               int k, float *out, int32_t *idx, int log_out)
+{
+    size_t count, out_count, need;
+    mlk__arena arena;
+    float *top_val;
+    int32_t *top_idx;
+    int n_bad = 0;
+    mlk_status st;
+    if (!logits || !out || !idx) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1 || k < 1 || k > n) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count) ||
+        !mlk__count4(rows, k, 1, 1, sizeof(float), &out_count)) return MLK_ERR_OVERFLOW;
+    if (!(temperature > 0.0f && 1.0f / temperature < INFINITY) || temperature == INFINITY) return MLK_ERR_ARG;
+    need = mlk__arena_need(mlk__arena_need(0, out_count * sizeof(float)), out_count * sizeof(int32_t));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
+    top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++) {
+        mlk__sm_heap heap;
+        float row_max, l_sum, inv_t = 1.0f / temperature, log_l;
+        heap.val = top_val + (size_t)r * k;
+        heap.idx = top_idx + (size_t)r * k;
+        heap.cap = k;
+        if (!mlk__sm_scan(logits + (size_t)r * (size_t)n, n, inv_t, &heap, &row_max, &l_sum)) {
+            n_bad++;
+            continue;
+        }
+        mlk__sm_heap_sort(&heap);
+        log_l = logf(l_sum);
+        for (int j = 0; j < k; j++) {
+            float d = (heap.val[j] - row_max) * inv_t;
+            heap.val[j] = log_out ? d - log_l : expf(d) / l_sum;
+        }
+    }
+    if (n_bad == 0) {
+        memcpy(out, top_val, out_count * sizeof(float));
+        memcpy(idx, top_idx, out_count * sizeof(int32_t));
+    }
+    mlk__arena_done(&arena);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_topk_softmax(int rows, int n, const float *logits,
+    float temperature, int k, float *probs, int32_t *idx)
+{
+    return mlk__sm_topk(rows, n, logits, temperature, k, probs, idx, 0);
+}
+
+MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
+    int k, float *logprobs, int32_t *idx)
+{
+    return mlk__sm_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
+}
+
+/* One row of mlk_sample with uniform draw u; heap has room for n entries.
+   Weights are w = exp((x - max) / T), so the most probable token has w = 1
+   and min_p keeps w >= min_p. Returns -1 for a bad row. */
+static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, double u,
+                                  mlk__sm_heap *heap)
+{
+    float row_max, l_sum, inv_t;
+    int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : 0;
+    if (s->temperature == 0.0f) { /* greedy: a heap of one is the argmax, ties to the lower index */
+        heap->cap = 1;
+        if (!mlk__sm_scan(x, n, 1.0f, heap, &row_max, &l_sum)) return -1;
+        return heap->idx[0];
+    }
+    inv_t = 1.0f / s->temperature;
+    if (top_k || s->top_p < 1.0f) {
+        /* candidates sorted by probability; top_p keeps the shortest prefix
+           reaching top_p of the mass, min_p a further prefix */
+        double total = 0.0, kept = 0.0, target;
+        int n_keep = 0;
+        heap->cap = top_k ? top_k : n;
+        if (!mlk__sm_scan(x, n, inv_t, heap, &row_max, &l_sum)) return -1;
+        mlk__sm_heap_sort(heap);
+        for (int j = 0; j < heap->size; j++) {
+            heap->val[j] = mlk__expf((heap->val[j] - row_max) * inv_t);
+            total += heap->val[j];
+        }
+        while (n_keep < heap->size && (n_keep == 0 || (kept < (double)s->top_p * total &&
+               heap->val[n_keep] >= s->min_p && heap->val[n_keep] > 0.0f)))
+            kept += heap->val[n_keep++];
+        target = u * kept;
+        for (int j = 0; j < n_keep - 1; j++) {
+            target -= heap->val[j];
+            if (target < 0.0) return heap->idx[j];
+        }
+        return heap->idx[n_keep - 1];
+    } else {
+        /* no sorting needed: draw over the tokens with w >= min_p in index order */
+        double kept = 0.0, target;
+        int32_t last = -1;
+        if (!mlk__sm_scan(x, n, inv_t, NULL, &row_max, &l_sum)) return -1;
+        for (int i = 0; i < n; i++) {
+            float w = mlk__expf((x[i] - row_max) * inv_t);
+            if (w >= s->min_p && w > 0.0f) kept += w;
+        }
+        target = u * kept;
+        for (int i = 0; i < n; i++) {
+            float w = mlk__expf((x[i] - row_max) * inv_t);
+            if (w >= s->min_p && w > 0.0f) {
+                last = i;
+                target -= w;
+                if (target < 0.0) return i;
+            }
+        }
+        return last;
+    }
+}
+
+MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
+    const mlk_sampler *s, uint64_t *rng_state, int32_t *out)
+{
+    size_t count, need;
+    mlk__arena arena;
+    int threads = mlk__max_threads(), heap_cap, n_bad = 0;
+    float *heap_val;
+    int32_t *heap_idx, *tokens;
+    mlk_status st;
+    if (!logits || !s || !rng_state || !out) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    if (!(s->temperature == 0.0f || 1.0f / s->temperature < INFINITY) || !(s->temperature >= 0.0f) ||
+        s->temperature == INFINITY || s->top_k < 0 ||
+        !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f)) return MLK_ERR_ARG;
+    /* a heap per thread: the top_k candidates, or the whole row for top_p alone */
+    heap_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
+    if (!mlk__count4(threads, heap_cap, 1, 1, sizeof(float), &need)) return MLK_ERR_OVERFLOW;
+    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(float)), need * sizeof(int32_t)),
+                           (size_t)rows * sizeof(int32_t));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    heap_val = (float *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(float));
+    heap_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(int32_t));
+    tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++) {
+        mlk__sm_heap heap;
+        heap.val = heap_val + (size_t)mlk__thread_id() * heap_cap;
+        heap.idx = heap_idx + (size_t)mlk__thread_id() * heap_cap;
+        tokens[r] = mlk__sm_sample_row(logits + (size_t)r * (size_t)n, n, s,
+                                       mlk__sm_uniform(*rng_state, (uint64_t)r), &heap);
+        n_bad += tokens[r] < 0;
+    }
+    if (n_bad == 0) {
+        memcpy(out, tokens, (size_t)rows * sizeof(int32_t));
+        *rng_state += (uint64_t)rows * 0x9E3779B97F4A7C15ull;
+    }
+    mlk__arena_done(&arena);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}

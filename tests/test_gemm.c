@@ -1,0 +1,312 @@
+/* gemm: mlk_sgemm and the internal mlk__sgemm_serial against a naive double
+   triple loop; error within 2x of a naive float32 loop's (plus a floor). */
+#include <stdlib.h>
+
+/* Allocation failures on demand, to test MLK_ERR_NOMEM. */
+static int gemm_fail_allocs;
+static void *gemm_malloc(size_t n) { return gemm_fail_allocs ? NULL : malloc(n); }
+#define MLKERN_MALLOC(n) gemm_malloc(n)
+#define MLKERN_FREE(p) free(p)
+
+#define MLKERN_IMPLEMENTATION
+#include "mlkern.h"
+#include "mlkt.h"
+
+#include <float.h>
+
+/* One problem: op(A) m x k, op(B) k x n, C m x n, each stored with its
+   leading dimension; the gaps past the logical columns hold NaN (A, B: must
+   never be read) or a sentinel (C: must never be written). */
+typedef struct gemm_problem {
+    int ta, tb, m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    float *a, *b, *c0; /* inputs; c0 = C before the call */
+} gemm_problem;
+
+static const float c_gap = 12345.0f;
+
+static size_t rows_a(const gemm_problem *p) { return (size_t)(p->ta ? p->k : p->m); }
+static size_t rows_b(const gemm_problem *p) { return (size_t)(p->tb ? p->n : p->k); }
+static int cols_a(const gemm_problem *p) { return p->ta ? p->m : p->k; }
+static int cols_b(const gemm_problem *p) { return p->tb ? p->k : p->n; }
+static size_t size_a(const gemm_problem *p) { return rows_a(p) * (size_t)p->lda; }
+static size_t size_b(const gemm_problem *p) { return rows_b(p) * (size_t)p->ldb; }
+static size_t size_c(const gemm_problem *p) { return (size_t)p->m * (size_t)p->ldc; }
+
+static float op_a(const gemm_problem *p, int i, int l)
+{
+    return p->ta ? p->a[(size_t)l * p->lda + i] : p->a[(size_t)i * p->lda + l];
+}
+
+static float op_b(const gemm_problem *p, int l, int j)
+{
+    return p->tb ? p->b[(size_t)j * p->ldb + l] : p->b[(size_t)l * p->ldb + j];
+}
+
+static void fill_strided(float *x, size_t rows, int cols, int ld, float gap)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (int j = 0; j < ld; j++) x[r * (size_t)ld + (size_t)j] = j < cols ? (float)mlkt_uniform(-1, 1) : gap;
+}
+
+/* Random problem; pad adds that much to each leading dimension. beta == 0
+   fills C with NaN (it must not propagate). */
+static gemm_problem make_problem(int ta, int tb, int m, int n, int k, int pad, float alpha, float beta)
+{
+    gemm_problem p;
+    p.ta = ta; p.tb = tb; p.m = m; p.n = n; p.k = k;
+    p.alpha = alpha; p.beta = beta;
+    p.lda = (cols_a(&p) > 1 ? cols_a(&p) : 1) + pad;
+    p.ldb = (cols_b(&p) > 1 ? cols_b(&p) : 1) + pad;
+    p.ldc = (n > 1 ? n : 1) + pad;
+    p.a = mlkt_floats(size_a(&p) + 1);
+    p.b = mlkt_floats(size_b(&p) + 1);
+    p.c0 = mlkt_floats(size_c(&p) + 1);
+    fill_strided(p.a, rows_a(&p), cols_a(&p), p.lda, NAN);
+    fill_strided(p.b, rows_b(&p), cols_b(&p), p.ldb, NAN);
+    fill_strided(p.c0, (size_t)m, n, p.ldc, c_gap);
+    if (beta == 0.0f)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) p.c0[(size_t)i * p.ldc + j] = NAN;
+    return p;
+}
+
+static void free_problem(gemm_problem *p)
+{
+    mlkt_free(p->a);
+    mlkt_free(p->b);
+    mlkt_free(p->c0);
+}
+
+static float *copy_c(const gemm_problem *p)
+{
+    float *c = mlkt_floats(size_c(p) + 1);
+    memcpy(c, p->c0, size_c(p) * sizeof(float));
+    return c;
+}
+
+/* Double reference (ref), the naive float32 loop's error against it, and
+   the floor: eps times the largest |alpha| sum|a||b| + |beta c|. */
+typedef struct gemm_ref { double *ref; double naive_err, floor; } gemm_ref;
+
+static gemm_ref reference(const gemm_problem *p)
+{
+    gemm_ref r;
+    double scale = 0;
+    r.ref = (double *)malloc(((size_t)p->m * p->n + 1) * sizeof(double));
+    r.naive_err = 0;
+    for (int i = 0; i < p->m; i++)
+        for (int j = 0; j < p->n; j++) {
+            const double c_old = p->beta == 0.0f ? 0.0 : (double)p->c0[(size_t)i * p->ldc + j];
+            double s = 0, s_abs = 0, want;
+            float s32 = 0, naive;
+            for (int l = 0; l < p->k && p->alpha != 0.0f; l++) {
+                const float av = op_a(p, i, l), bv = op_b(p, l, j);
+                s += (double)av * bv;
+                s_abs += fabs((double)av * bv);
+                s32 += av * bv;
+            }
+            want = (double)p->alpha * s + (double)p->beta * c_old;
+            naive = p->alpha * s32 + (p->beta == 0.0f ? 0.0f : p->beta * (float)c_old);
+            r.ref[(size_t)i * p->n + j] = want;
+            if (fabs(naive - want) > r.naive_err) r.naive_err = fabs(naive - want);
+            if (fabs(p->alpha) * s_abs + fabs(p->beta * c_old) > scale)
+                scale = fabs(p->alpha) * s_abs + fabs(p->beta * c_old);
+        }
+    r.floor = 2.0 * FLT_EPSILON * scale;
+    return r;
+}
+
+/* Checks c (the result) against the reference and that the ldc gaps are
+   untouched; returns the max error (inf on NaN). */
+static double check_result(const gemm_problem *p, const gemm_ref *r, const float *c, const char *what)
+{
+    double err = 0;
+    int gaps_ok = 1;
+    for (int i = 0; i < p->m; i++) {
+        const double e = mlkt_max_abs_err(c + (size_t)i * p->ldc, r->ref + (size_t)i * p->n, (size_t)p->n);
+        if (e > err) err = e;
+        for (int j = p->n; j < p->ldc; j++) gaps_ok &= c[(size_t)i * p->ldc + j] == c_gap;
+    }
+    CHECKF(err <= 2.0 * r->naive_err + r->floor,
+           "%s ta=%d tb=%d m=%d n=%d k=%d ld=%d,%d,%d alpha=%g beta=%g: err %.3g naive %.3g floor %.3g",
+           what, p->ta, p->tb, p->m, p->n, p->k, p->lda, p->ldb, p->ldc, p->alpha, p->beta,
+           err, r->naive_err, r->floor);
+    CHECKF(gaps_ok, "%s m=%d n=%d ldc=%d: C written past column n", what, p->m, p->n, p->ldc);
+    return err;
+}
+
+static mlk_status run_sgemm(const gemm_problem *p, float *c)
+{
+    return mlk_sgemm(p->ta, p->tb, p->m, p->n, p->k, p->alpha, p->a, p->lda, p->b, p->ldb,
+                     p->beta, c, p->ldc);
+}
+
+/* Runs mlk_sgemm and mlk__sgemm_serial (scratch of exactly the advertised
+   size, deliberately not 64-byte aligned) on one problem: both must match
+   the reference and each other bitwise. */
+static void check_problem(const gemm_problem *p)
+{
+    gemm_ref r = reference(p);
+    float *c = copy_c(p), *c_serial = copy_c(p);
+    const size_t scratch_floats = mlk__sgemm_scratch_size(p->m, p->n, p->k) / sizeof(float);
+    float *scratch = mlkt_floats(scratch_floats + 1);
+    CHECK_INT(run_sgemm(p, c), MLK_OK);
+    check_result(p, &r, c, "mlk_sgemm");
+    mlk__sgemm_serial(p->ta, p->tb, p->m, p->n, p->k, p->alpha, p->a, p->lda, p->b, p->ldb,
+                      p->beta, c_serial, p->ldc, scratch + 1);
+    CHECKF(mlkt_same(c, c_serial, size_c(p) * sizeof(float)),
+           "serial == threaded, m=%d n=%d k=%d", p->m, p->n, p->k);
+    mlkt_digest(c, size_c(p) * sizeof(float));
+    mlkt_free(scratch);
+    mlkt_free(c);
+    mlkt_free(c_serial);
+    free(r.ref);
+}
+
+/* Sizes around the micro-tile (6 x 16), primes, and past MC/KC. */
+static void test_shapes(void)
+{
+    static const int sizes[] = {1, 2, 5, 6, 7, 13, 16, 17, 31, 33, 47, 97, 145, 257};
+    const int n_sizes = (int)(sizeof sizes / sizeof sizes[0]);
+    const int cases = mlkt_quick() ? 60 : 400;
+    static const float alphas[] = {1.0f, -0.5f, 2.5f};
+    static const float betas[] = {0.0f, 1.0f, 0.75f, -2.0f};
+    for (int t = 0; t < cases; t++) {
+        const int m = sizes[mlkt_int(n_sizes)], n = sizes[mlkt_int(n_sizes)], k = sizes[mlkt_int(n_sizes)];
+        gemm_problem p = make_problem(t & 1, (t >> 1) & 1, m, n, k, mlkt_int(3) == 0 ? 0 : mlkt_int(9),
+                                      alphas[mlkt_int(3)], betas[mlkt_int(4)]);
+        check_problem(&p);
+        free_problem(&p);
+    }
+}
+
+/* Big enough for every blocking loop and for the OpenMP split: m spans
+   several MC blocks, k several KC slices, and n > NC in the second. */
+static void test_large(void)
+{
+    for (int tr = 0; tr < 4; tr++) {
+        gemm_problem p = make_problem(tr & 1, tr >> 1, 300, 700, 500, tr == 3 ? 5 : 0, 1.0f, tr == 1 ? 0.5f : 0.0f);
+        check_problem(&p);
+        free_problem(&p);
+        if (mlkt_quick()) break;
+    }
+    {
+        gemm_problem p = make_problem(0, 1, 13, 4200, 300, 3, -1.5f, 1.0f);
+        check_problem(&p);
+        free_problem(&p);
+    }
+    {
+        gemm_problem p = make_problem(1, 0, 1000, 3, 600, 0, 1.0f, 0.0f);
+        check_problem(&p);
+        free_problem(&p);
+    }
+}
+
+/* BLAS conventions: m or n == 0 is a no-op (C may be NULL), k == 0 gives
+   C = beta C, alpha == 0 gives C = beta C without reading A or B. */
+static void test_degenerate(void)
+{
+    for (int beta_zero = 0; beta_zero < 2; beta_zero++) {
+        gemm_problem p = make_problem(0, 0, 7, 19, 0, 2, 1.0f, beta_zero ? 0.0f : -3.0f);
+        check_problem(&p);
+        free_problem(&p);
+        p = make_problem(1, 1, 9, 20, 11, 1, 0.0f, beta_zero ? 0.0f : 0.5f);
+        p.a[0] = NAN;
+        p.b[0] = INFINITY;
+        check_problem(&p);
+        free_problem(&p);
+    }
+    {
+        float c[4] = {1, 2, 3, 4}, a[4] = {1, 1, 1, 1};
+        CHECK_INT(mlk_sgemm(0, 0, 0, 2, 2, 1.0f, a, 2, a, 2, 1.0f, c, 2), MLK_OK);
+        CHECK_INT(mlk_sgemm(0, 0, 2, 0, 2, 1.0f, a, 2, a, 2, 1.0f, c, 2), MLK_OK);
+        CHECK_INT(mlk_sgemm(0, 0, 0, 0, 0, 1.0f, NULL, 1, NULL, 1, 1.0f, NULL, 1), MLK_OK);
+        CHECK_INT(mlk_sgemm(0, 0, 2, 2, 0, 1.0f, NULL, 1, NULL, 2, 2.0f, c, 2), MLK_OK);
+        CHECK(c[0] == 2 && c[1] == 4 && c[2] == 6 && c[3] == 8);
+        CHECK(mlk__sgemm_scratch_size(0, 5, 5) == 0 && mlk__sgemm_scratch_size(5, 5, 0) == 0);
+    }
+}
+
+/* A NaN in A at (i0, l0) poisons exactly row i0 of C, an infinity in B at
+   (l1, j1) exactly column j1 (inf + NaN stays NaN where they cross): the
+   zero padding of edge tiles must not leak into real outputs. */
+static void test_nonfinite(void)
+{
+    for (int tr = 0; tr < 4; tr++) {
+        gemm_problem p = make_problem(tr & 1, tr >> 1, 23, 37, 29, 1, 1.0f, 0.0f);
+        const int i0 = 21, l0 = 4, l1 = 28, j1 = 34;
+        float *c = copy_c(&p);
+        int ok = 1;
+        p.a[p.ta ? (size_t)l0 * p.lda + i0 : (size_t)i0 * p.lda + l0] = NAN;
+        p.b[p.tb ? (size_t)j1 * p.ldb + l1 : (size_t)l1 * p.ldb + j1] = INFINITY;
+        CHECK_INT(run_sgemm(&p, c), MLK_OK);
+        for (int i = 0; i < p.m; i++)
+            for (int j = 0; j < p.n; j++) {
+                const float v = c[(size_t)i * p.ldc + j];
+                if (i == i0) ok &= v != v;
+                else if (j == j1) ok &= isinf(v) || v != v;
+                else ok &= isfinite(v);
+            }
+        CHECKF(ok, "non-finite inputs ta=%d tb=%d", p.ta, p.tb);
+        mlkt_digest(c, size_c(&p) * sizeof(float));
+        mlkt_free(c);
+        free_problem(&p);
+    }
+}
+
+/* Each bad argument returns its code and leaves C exactly as it was. */
+static void test_bad_inputs(void)
+{
+    gemm_problem p = make_problem(0, 0, 8, 9, 10, 0, 1.0f, 1.0f);
+    gemm_problem pt = make_problem(1, 1, 8, 9, 10, 0, 1.0f, 1.0f);
+    float *c = copy_c(&p);
+    const size_t bytes = size_c(&p) * sizeof(float);
+#define BAD(expect, call) do { CHECK_INT(call, expect); CHECK(mlkt_same(c, p.c0, bytes)); } while (0)
+    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, NULL, 10, p.b, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, NULL, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, NULL, 9));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, -1, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, -9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, -1, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 9, p.b, 9, 1.0f, c, 9));   /* lda < k */
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 8, 1.0f, c, 9));  /* ldb < n */
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 8));  /* ldc < n */
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(1, 0, 8, 9, 10, 1.0f, pt.a, 7, p.b, 9, 1.0f, c, 9));  /* lda < m */
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 1, 8, 9, 10, 1.0f, p.a, 10, pt.b, 9, 1.0f, c, 9)); /* ldb < k */
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 0, p.b, 9, 1.0f, c, 9));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 0, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 0));
+    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, -10, p.b, 9, 1.0f, c, 9));
+    /* int dimensions cannot overflow a 64-bit size_t; on 32-bit targets
+       2^16 x 2^16 floats does */
+    if (sizeof(size_t) < 8)
+        BAD(MLK_ERR_OVERFLOW, mlk_sgemm(0, 0, 65536, 9, 65536, 1.0f, p.a, 65536, p.b, 9, 1.0f, c, 9));
+    gemm_fail_allocs = 1;
+    BAD(MLK_ERR_NOMEM, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
+    gemm_fail_allocs = 0;
+#undef BAD
+    {   /* the threaded path allocates too */
+        gemm_problem big = make_problem(1, 0, 300, 200, 300, 0, 1.0f, 1.0f);
+        float *c_big = copy_c(&big);
+        gemm_fail_allocs = 1;
+        CHECK_INT(run_sgemm(&big, c_big), MLK_ERR_NOMEM);
+        gemm_fail_allocs = 0;
+        CHECK(mlkt_same(c_big, big.c0, size_c(&big) * sizeof(float)));
+        mlkt_free(c_big);
+        free_problem(&big);
+    }
+    mlkt_free(c);
+    free_problem(&p);
+    free_problem(&pt);
+}
+
+int main(void)
+{
+    mlkt_file = "test_gemm";
+    MLKT_RUN(test_shapes, 1);
+    MLKT_RUN(test_large, 2);
+    MLKT_RUN(test_degenerate, 3);
+    MLKT_RUN(test_nonfinite, 4);
+    MLKT_RUN(test_bad_inputs, 5);
+    return mlkt_finish();
+}

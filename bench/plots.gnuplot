@@ -77,10 +77,12 @@ if (chart eq 'loss') {
     }
     if (with_roof == 0 && with_peer == 0) {
         set lmargin at screen left(0); set rmargin at screen right(0)
-        set xrange [0 : top_rate * 1.15]
+        set xrange [0 : top_rate * 1.3]
         set title 'mlkern, ' . unit
         plot datafile using (0):0:(0):5:($0 - 0.3):($0 + 0.3):ytic(row_label(1)) with boxxyerror \
-                 lc rgb mlk_blue notitle
+                 lc rgb mlk_blue notitle, \
+             '' using 5:0:(sprintf($5 >= 1000 ? ' %.0f %s' : ' %.3g %s', $5, strcol(6))) \
+                 with labels left font ',10' notitle
     }
     unset multiplot
 }

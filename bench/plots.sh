@@ -20,8 +20,10 @@ if ! command -v gnuplot > /dev/null; then
     echo "plots: installing gnuplot-nox"
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-    $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q gnuplot-nox ||
-        { echo "plots: gnuplot is missing and could not be installed"; exit 1; }
+    if ! { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gnuplot-nox; }; then
+        echo "plots: gnuplot is missing and could not be installed"
+        exit 1
+    fi
 fi
 if [ ! -s "$bench_csv" ] && [ ! -s "$loss_csv" ]; then
     echo "plots: neither $bench_csv nor $loss_csv exists: run make bench (and make bench-peers) first"
@@ -37,6 +39,7 @@ index="$out/index.md"
 : > "$index"
 
 if [ -s "$bench_csv" ]; then
+    rm -f "$out"/bench_*.svg # a family that has no results now has no chart
     measured=$(date -u -r "$bench_csv" +%Y-%m-%d)
     # tmp/<family>.dat: label, mlkern % of roofline, torch % of roofline,
     # speedup (torch ms / mlkern ms), rate, unit; NaN where unknown.
@@ -47,6 +50,7 @@ if [ -s "$bench_csv" ]; then
         if (k ~ /^s?gemm/) return "gemm"
         if (k ~ /^(layernorm|rmsnorm|norm)/) return "norm"
         if (k ~ /^(softmax|log_softmax|topk|sample)/) return "softmax"
+        if (k ~ /^(tree|decode)/) return "tree"
         if (k ~ /^(ternary|bitlinear|act_quant|adamw)/) return "ternary"
         sub(/_.*/, "", k)
         return k
@@ -88,8 +92,7 @@ if [ -s "$bench_csv" ]; then
     }' "$bench_csv"
 
     if [ -s "$tmp/families" ]; then
-        echo "Benchmarks measured $measured on $machine (\`make bench\`, \`make bench-peers\`)." >> "$index"
-        echo >> "$index"
+        printf 'Benchmarks measured %s on %s (make bench, make bench-peers).\n\n' "$measured" "$machine" >> "$index"
     else
         echo "plots: no mlkern rows in $bench_csv"
     fi
@@ -102,7 +105,7 @@ if [ -s "$bench_csv" ]; then
         attn) title="Attention" ;;
         kv) title="Paged KV cache" ;;
         beam) title="Beam search" ;;
-        tree) title="Tree speculative decoding" ;;
+        tree) title="Tree speculative decoding against greedy decoding" ;;
         ternary) title="Ternary (BitNet b1.58)" ;;
         *) title=$fam ;;
         esac
@@ -112,7 +115,7 @@ if [ -s "$bench_csv" ]; then
                 -e "rows=$rows; with_roof=$with_roof; with_peer=$with_peer; unit='$unit'; maxlen=$maxlen" \
                 "$here/plots.gnuplot"
         echo "plots: $svg ($rows shapes, $with_peer with a torch figure)"
-        echo "![$title: % of roofline and speedup over PyTorch]($svg)" >> "$index"
+        printf '![%s benchmarks](%s)\n\n' "$title" "$svg" >> "$index"
     done < "$tmp/families"
 else
     echo "plots: no $bench_csv, skipping the benchmark charts"
@@ -125,10 +128,8 @@ if [ -s "$loss_csv" ]; then
             -e "title='Ternary training: loss per step'; subtitle='$machine, $measured'" \
             "$here/plots.gnuplot"
     echo "plots: $svg"
-    [ -s "$index" ] && echo >> "$index"
-    echo "Ternary training loss, measured $measured on $machine (\`examples/ternary_train\`)." >> "$index"
-    echo >> "$index"
-    echo "![Ternary training loss against fp32]($svg)" >> "$index"
+    printf 'Ternary training loss, measured %s on %s (examples/ternary_train).\n\n![%s](%s)\n\n' \
+        "$measured" "$machine" "Ternary training loss against fp32" "$svg" >> "$index"
 else
     echo "plots: no $loss_csv, skipping the loss chart"
 fi

@@ -149,9 +149,8 @@ static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, 
 static int mlk__attn_pad(int n) { return (n + MLK__ATTN_NR - 1) / MLK__ATTN_NR * MLK__ATTN_NR; }
 
 #if defined(MLK__AVX2)
-/* Rows past mr are neither read nor written; callers pass a constant mr, so
-   the compiler drops the guards (named accumulators, not an array, keep the
-   block in registers). */
+/* Rows past mr (1..6) are neither read nor written. Named accumulators, not
+   an array, keep the block in registers; for mr = 6 the guards fold away. */
 static inline void mlk__attn_kernel(int mr, int k, const float *a, int lda, const float *b, int ldb,
                                     float *c, int ldc, int accumulate)
 {
@@ -208,18 +207,79 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const flo
         for (; i + MLK__ATTN_MR <= m; i += MLK__ATTN_MR)
             mlk__attn_kernel(MLK__ATTN_MR, k, a + (size_t)i * lda, lda, b + j, ldb,
                              c + (size_t)i * ldc + j, ldc, accumulate);
-        for (; i < m; i++)
-            mlk__attn_kernel(1, k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j, ldc,
+        if (i < m) /* the last m % 6 rows (all of a 4-row decode group) in one pass */
+            mlk__attn_kernel(m - i, k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j, ldc,
                              accumulate);
     }
 }
 
+/* S[r][j] = q[r] . k[j] straight from the key rows: for a handful of rows
+   (decode) transposing the key tile would cost as much as the product. */
+static void mlk__attn_scores_dot(int n_rows, int nk, int dim, const float *q, int ldq, const float *k, size_t ldk,
+                                 float *s, int lds)
+{
+    for (int j = 0; j < nk; j++) {
+        const float *kj = k + (size_t)j * ldk;
+        for (int r = 0; r < n_rows; r++) {
+            const float *qr = q + (size_t)r * ldq;
+            float dot = 0.0f;
+            int e = 0;
+#if defined(MLK__AVX2)
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            __m128 half;
+            for (; e + 16 <= dim; e += 16) {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + e), _mm256_loadu_ps(kj + e), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + e + 8), _mm256_loadu_ps(kj + e + 8), acc1);
+            }
+            acc0 = _mm256_add_ps(acc0, acc1);
+            half = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+            half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            dot = _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half)));
+#endif
+            for (; e < dim; e++) dot += qr[e] * kj[e];
+            s[(size_t)r * lds + j] = dot;
+        }
+    }
+}
+
+#if defined(MLK__AVX2)
+/* One 8 x 8 block of mlk__attn_transpose in registers. */
+static void mlk__attn_transpose8(const float *src, size_t ld_src, float *dst, int ld_dst)
+{
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld_src), r2 = _mm256_loadu_ps(src + 2 * ld_src);
+    __m256 r3 = _mm256_loadu_ps(src + 3 * ld_src), r4 = _mm256_loadu_ps(src + 4 * ld_src);
+    __m256 r5 = _mm256_loadu_ps(src + 5 * ld_src), r6 = _mm256_loadu_ps(src + 6 * ld_src);
+    __m256 r7 = _mm256_loadu_ps(src + 7 * ld_src);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+    __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ld_dst, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld_dst, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld_dst, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
 /* dst[d * ld_dst + j] = src[j * ld_src + d]: rows x cols -> cols x rows. */
 static void mlk__attn_transpose(int rows, int cols, const float *src, size_t ld_src, float *dst, int ld_dst)
 {
-    for (int j0 = 0; j0 < rows; j0 += 8)
-        for (int d = 0; d < cols; d++)
+    for (int j0 = 0; j0 < rows; j0 += 8) {
+        int d0 = 0;
+#if defined(MLK__AVX2)
+        for (; j0 + 8 <= rows && d0 + 8 <= cols; d0 += 8)
+            mlk__attn_transpose8(src + (size_t)j0 * ld_src + d0, ld_src, dst + (size_t)d0 * ld_dst + j0, ld_dst);
+#endif
+        for (int d = d0; d < cols; d++)
             for (int j = j0; j < j0 + 8 && j < rows; j++) dst[(size_t)d * ld_dst + j] = src[(size_t)j * ld_src + d];
+    }
 }
 
 /* dst row j = src row j (cols floats), zero-padded to ld_dst. */
@@ -343,10 +403,14 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
 {
     const mlk__attn_mask *m = st->mask;
     int nkp = mlk__attn_pad(nk), full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
-    mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
     mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
-    mlk__attn_mm(st->n_rows, nkp, st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
-                 st->kv_pad, 0);
+    if (st->n_rows < MLK__ATTN_MR) {
+        mlk__attn_scores_dot(st->n_rows, nk, st->head_dim, st->q_pack, st->dpad, k, ldk, st->scores, st->kv_pad);
+    } else {
+        mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
+        mlk__attn_mm(st->n_rows, nkp, st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
+                     st->kv_pad, 0);
+    }
     for (int r = 0; r < st->n_rows; r++) {
         float *s = st->scores + (size_t)r * st->kv_pad, m_new, alpha;
         if (st->softcap > 0) mlk__attn_softcap_row(s, nk, st->softcap);

@@ -25,7 +25,7 @@ enum {
     MLK__GEMM_NR = 16,   /* micro-tile columns */
     MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
     MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
-    MLK__GEMM_NC = 512  /* columns of B per packed panel (L3) */
+    MLK__GEMM_NC = 512   /* columns of B per packed panel */
 };
 
 /* op(A) element (i, p) is a[i * a_rs + p * a_cs]; op(B) element (p, j) is
@@ -90,6 +90,10 @@ static void mlk__gemm_micro(int kc, const float *ap, const float *bp, float *c, 
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     __m256 acc[12];
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < MLK__GEMM_MR; r++) { /* the C tile arrives while k runs */
+        _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__GEMM_NR - 1), _MM_HINT_T0);
+    }
     for (int p = 0; p < kc; p++) {
         const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
         __m256 a;
@@ -177,23 +181,24 @@ static void mlk__gemm_scale_c(int m, int n, float beta, float *c, size_t ldc)
     }
 }
 
-/* How one packed panel (m rows, nt micro-panels of B) is cut into tasks for
-   nth threads: n_ic row blocks of mc_tiles micro-tiles, each split into n_jr
-   column chunks of jr_tiles micro-panels. */
-typedef struct mlk__gemm_plan { int n_ic, mc_tiles, n_jr, jr_tiles; } mlk__gemm_plan;
+/* How one packed panel (mt micro-tile rows, nt micro-panels of B) is cut
+   into tasks for nth threads: n_ic row blocks, each split into n_jr column
+   chunks. Block b covers micro-tiles [b * count / blocks, (b + 1) * count /
+   blocks), so blocks differ by at most one tile and threads stay balanced. */
+typedef struct mlk__gemm_plan { int mt, n_ic, nt, n_jr; } mlk__gemm_plan;
 
 static mlk__gemm_plan mlk__gemm_make_plan(int m, int nt, int nth)
 {
     mlk__gemm_plan pl;
-    const int mt = mlk__gemm_ceil_div(m, MLK__GEMM_MR);
-    int n_ic = mlk__gemm_ceil_div(m, MLK__GEMM_MC);
-    n_ic = mlk__gemm_min(mlk__gemm_ceil_div(n_ic, nth) * nth, mt); /* balanced blocks */
-    pl.mc_tiles = mlk__gemm_ceil_div(mt, n_ic);
-    pl.n_ic = mlk__gemm_ceil_div(mt, pl.mc_tiles);
+    pl.mt = mlk__gemm_ceil_div(m, MLK__GEMM_MR);
+    pl.nt = nt;
+    pl.n_ic = mlk__gemm_ceil_div(mlk__gemm_ceil_div(m, MLK__GEMM_MC), nth) * nth;
+    pl.n_ic = mlk__gemm_min(pl.n_ic, pl.mt);
     pl.n_jr = pl.n_ic < nth ? mlk__gemm_min(nth, nt) : 1; /* few rows: split columns too */
-    pl.jr_tiles = mlk__gemm_ceil_div(nt, pl.n_jr);
     return pl;
 }
+
+static int mlk__gemm_split(int count, int blocks, int b) { return (int)((long long)count * b / blocks); }
 
 /* The five loops. Thread tid of nth packs its share of each B panel and runs
    its share of the (row block, column chunk) tasks with its own A block;
@@ -219,9 +224,9 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
             }
             for (int t = tid; t < pl.n_ic * pl.n_jr; t += nth) {
                 const int ic = t / pl.n_jr, jr = t % pl.n_jr;
-                const int i0 = ic * pl.mc_tiles * MLK__GEMM_MR;
-                const int mc = mlk__gemm_min(pl.mc_tiles * MLK__GEMM_MR, g->m - i0);
-                const int s_end = mlk__gemm_min(nt, (jr + 1) * pl.jr_tiles);
+                const int i0 = mlk__gemm_split(pl.mt, pl.n_ic, ic) * MLK__GEMM_MR;
+                const int mc = mlk__gemm_min(mlk__gemm_split(pl.mt, pl.n_ic, ic + 1) * MLK__GEMM_MR, g->m) - i0;
+                const int s_end = mlk__gemm_split(nt, pl.n_jr, jr + 1);
                 if (ic != packed_ic) {
                     for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
                         mlk__gemm_pack_sliver(g->a + (size_t)(i0 + ir) * g->a_rs + (size_t)pc * g->a_cs,
@@ -229,7 +234,7 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
                                               MLK__GEMM_MR, kc, a_pack + (size_t)ir * kc);
                     packed_ic = ic;
                 }
-                for (int s = jr * pl.jr_tiles; s < s_end; s++) {
+                for (int s = mlk__gemm_split(nt, pl.n_jr, jr); s < s_end; s++) {
                     const int j0 = s * MLK__GEMM_NR;
                     const int cols = mlk__gemm_min(MLK__GEMM_NR, nc - j0);
                     const float *bp = b_pack + (size_t)s * MLK__GEMM_NR * kc;

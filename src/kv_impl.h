@@ -26,7 +26,7 @@ struct mlk_kv_cache {
    F32/F16: the values. Q8/Q4: nb float scales, then int8 values or
    4-bit values biased by 8 (element j in byte j/2, low nibble first). */
 
-static int mlk__kv_nblocks(int d) { return (d + MLK__KV_QBLOCK - 1) / MLK__KV_QBLOCK; }
+static int mlk__kv_nblocks(int d) { return d / MLK__KV_QBLOCK + (d % MLK__KV_QBLOCK != 0); }
 
 static size_t mlk__kv_row_bytes(mlk_kv_type type, int d)
 {
@@ -120,42 +120,38 @@ static void mlk__kv_quant(int d, int qmax, const float *x, float *scales, signed
 
 static void mlk__kv_q8_dequant(int d, const float *scales, const signed char *q, float *x)
 {
-    for (int b0 = 0, bi = 0; b0 < d; b0 += MLK__KV_QBLOCK, bi++) {
-        int b1 = b0 + MLK__KV_QBLOCK < d ? b0 + MLK__KV_QBLOCK : d, j = b0;
-        float s = scales[bi];
+    int j = 0;
 #if defined(MLK__AVX2)
-        __m256 vs = _mm256_set1_ps(s);
-        for (; j + 8 <= b1; j += 8) {
-            __m256i qi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + j)));
-            _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_cvtepi32_ps(qi), vs));
+    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK) { /* whole blocks: 4 x 8 lanes */
+        __m256 vs = _mm256_set1_ps(scales[j / MLK__KV_QBLOCK]);
+        for (int i = 0; i < MLK__KV_QBLOCK; i += 8) {
+            __m256i qi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + j + i)));
+            _mm256_storeu_ps(x + j + i, _mm256_mul_ps(_mm256_cvtepi32_ps(qi), vs));
         }
-#endif
-        for (; j < b1; j++) x[j] = (float)q[j] * s;
     }
+#endif
+    for (; j < d; j++) x[j] = (float)q[j] * scales[j / MLK__KV_QBLOCK];
 }
 
 static int mlk__kv_q4_get(const unsigned char *p, int j) { return ((p[j >> 1] >> ((j & 1) * 4)) & 15) - 8; }
 
 static void mlk__kv_q4_dequant(int d, const float *scales, const unsigned char *p, float *x)
 {
-    for (int b0 = 0, bi = 0; b0 < d; b0 += MLK__KV_QBLOCK, bi++) {
-        int b1 = b0 + MLK__KV_QBLOCK < d ? b0 + MLK__KV_QBLOCK : d, j = b0;
-        float s = scales[bi];
+    int j = 0;
 #if defined(MLK__AVX2)
-        const __m128i low4 = _mm_set1_epi8(15), bias = _mm_set1_epi8(8);
-        __m256 vs = _mm256_set1_ps(s);
-        for (; j + 16 <= b1; j += 16) { /* 8 bytes -> 16 nibbles in element order */
-            __m128i b = _mm_loadl_epi64((const __m128i *)(p + j / 2));
-            __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-            __m128i v = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), bias);
-            __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-            __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
-            _mm256_storeu_ps(x + j, _mm256_mul_ps(v0, vs));
-            _mm256_storeu_ps(x + j + 8, _mm256_mul_ps(v1, vs));
-        }
-#endif
-        for (; j < b1; j++) x[j] = (float)mlk__kv_q4_get(p, j) * s;
+    const __m128i low4 = _mm_set1_epi8(15), bias = _mm_set1_epi8(8);
+    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK) { /* 16 bytes -> 32 nibbles in element order */
+        __m256 vs = _mm256_set1_ps(scales[j / MLK__KV_QBLOCK]);
+        __m128i b = _mm_loadu_si128((const __m128i *)(p + j / 2));
+        __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+        __m128i v0 = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), bias), v1 = _mm_sub_epi8(_mm_unpackhi_epi8(lo, hi), bias);
+        _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), vs));
+        _mm256_storeu_ps(x + j + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), vs));
+        _mm256_storeu_ps(x + j + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), vs));
+        _mm256_storeu_ps(x + j + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), vs));
     }
+#endif
+    for (; j < d; j++) x[j] = (float)mlk__kv_q4_get(p, j) * scales[j / MLK__KV_QBLOCK];
 }
 
 /* Encodes one row; scratch holds head_dim int8 (Q4 packs from it). */
@@ -177,15 +173,21 @@ static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned
     }
 }
 
-static void mlk__kv_decode_row(mlk_kv_type type, int d, const unsigned char *row, float *x)
+/* Decodes n consecutive rows (row_bytes apart) into n * d floats. */
+static void mlk__kv_decode_rows(mlk_kv_type type, int d, size_t row_bytes, int n, const unsigned char *row, float *x)
 {
-    const float *scales = (const float *)(const void *)row;
     int nb = mlk__kv_nblocks(d);
     switch (type) {
-    case MLK_KV_F32: memcpy(x, row, (size_t)d * 4); break;
-    case MLK_KV_F16: mlk__kv_f16_decode(d, (const uint16_t *)(const void *)row, x); break;
-    case MLK_KV_Q8: mlk__kv_q8_dequant(d, scales, (const signed char *)(row + 4 * nb), x); break;
-    case MLK_KV_Q4: mlk__kv_q4_dequant(d, scales, row + 4 * nb, x); break;
+    case MLK_KV_F32: memcpy(x, row, (size_t)n * (size_t)d * 4); return;
+    case MLK_KV_F16: mlk__kv_f16_decode(n * d, (const uint16_t *)(const void *)row, x); return;
+    case MLK_KV_Q8:
+        for (int i = 0; i < n; i++, row += row_bytes, x += d)
+            mlk__kv_q8_dequant(d, (const float *)(const void *)row, (const signed char *)(row + 4 * nb), x);
+        return;
+    case MLK_KV_Q4:
+        for (int i = 0; i < n; i++, row += row_bytes, x += d)
+            mlk__kv_q4_dequant(d, (const float *)(const void *)row, row + 4 * nb, x);
+        return;
     }
 }
 
@@ -466,8 +468,8 @@ MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int
     for (int i = 0; i < n; i++)
         for (int h = 0; h < hkv; h++) {
             size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
-            mlk__kv_decode_row(c->cfg.type, d, mlk__kv_row(c, seq, layer, 0, h, pos + i), k + off);
-            mlk__kv_decode_row(c->cfg.type, d, mlk__kv_row(c, seq, layer, 1, h, pos + i), v + off);
+            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 0, h, pos + i), k + off);
+            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 1, h, pos + i), v + off);
         }
     return MLK_OK;
 }
@@ -536,7 +538,9 @@ typedef struct mlk__kv_attn_job {
     size_t slab_bytes, rows_bytes;
 } mlk__kv_attn_job;
 
-/* Keys [kv0, kv0 + nk) of one head as float rows of stride head_dim. */
+/* Keys [kv0, kv0 + nk) of one head as float rows of stride head_dim: F32
+   rows inside one block are read in place; otherwise each block's run of
+   rows (contiguous in the pool) is decoded into the buffers. */
 static void mlk__kv_tile(const mlk_kv_cache *c, int seq, int layer, int head, int kv0, int nk,
                          float *k_buf, float *v_buf, const float **k_rows, const float **v_rows)
 {
@@ -546,9 +550,13 @@ static void mlk__kv_tile(const mlk_kv_cache *c, int seq, int layer, int head, in
         *v_rows = (const float *)(const void *)mlk__kv_row(c, seq, layer, 1, head, kv0);
         return;
     }
-    for (int j = 0; j < nk; j++) {
-        mlk__kv_decode_row(c->cfg.type, d, mlk__kv_row(c, seq, layer, 0, head, kv0 + j), k_buf + (size_t)j * d);
-        mlk__kv_decode_row(c->cfg.type, d, mlk__kv_row(c, seq, layer, 1, head, kv0 + j), v_buf + (size_t)j * d);
+    for (int j = 0, run; j < nk; j += run) {
+        run = bs - (kv0 + j) % bs;
+        run = run < nk - j ? run : nk - j;
+        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 0, head, kv0 + j),
+                            k_buf + (size_t)j * d);
+        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 1, head, kv0 + j),
+                            v_buf + (size_t)j * d);
     }
     *k_rows = k_buf;
     *v_rows = v_buf;

@@ -1,13 +1,14 @@
 /* ---- norms: implementation ----
-   Forward, per row (the row stays in L1 after the first read):
-     delta = sum(x - x0) / dim           mean = x0 + delta, shifted by x0 so a
-                                         mean of 1e4 and a spread of 1e-2 lose nothing
-     var   = sum((x - x0 - delta)^2) / dim   second pass, no cancellation
-     y     = (x - x0 - delta) * rstd * gamma + beta
-   RMSNorm is the same with x0 = delta = 0 and no beta. x and y cross memory
-   once. The float mean in the cache is rounded (by up to half an ulp of 1e4
-   in the example above); the backward pass uses it as x0 and re-derives
-   delta from x, so it keeps full precision too. */
+   Forward, per row (the row stays in L1 after the first read), the
+   corrected two-pass algorithm (Chan, Golub and LeVeque 1983):
+     m1    = sum(x) / dim
+     delta = sum(x - m1) / dim,  var = sum((x - m1)^2) / dim - delta^2
+     y     = (x - m1 - delta) * rstd * gamma + beta,  mean = m1 + delta
+   delta repairs the rounding of m1, so a row with mean 1e4 and spread 1e-2
+   normalises to full precision. RMSNorm is one pass: var = sum(x^2) / dim.
+   x and y cross memory once. The cached mean is rounded to float (by up to
+   half an ulp of 1e4 in that example); the backward pass uses it as m1 and
+   re-derives delta from x, so it keeps full precision too. */
 
 #if defined(MLK__AVX2)
 static float mlk__norm_hsum8(__m256 v)
@@ -19,55 +20,106 @@ static float mlk__norm_hsum8(__m256 v)
 }
 #endif
 
-/* sum of (x[i] - c - delta); with power = 2, sum of (x[i] - c - delta)^2 */
-static float mlk__norm_sum_dev(const float *x, int n, float c, float delta, int power)
+/* *s1 = sum(x - c), *s2 = sum((x - c)^2) */
+static void mlk__norm_moments(const float *x, int n, float c, float *s1, float *s2)
 {
-    float total = 0.0f;
+    float sum = 0.0f, sum_sq = 0.0f;
     int i = 0;
 #if defined(MLK__AVX2)
-    const __m256 cv = _mm256_set1_ps(c), dv = _mm256_set1_ps(delta);
+    const __m256 cv = _mm256_set1_ps(c);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 sq0 = _mm256_setzero_ps(), sq1 = _mm256_setzero_ps();
     for (; i + 16 <= n; i += 16) {
-        __m256 d0 = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), cv), dv);
-        __m256 d1 = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), cv), dv);
-        if (power == 2) {
-            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
-            acc1 = _mm256_fmadd_ps(d1, d1, acc1);
-        } else {
-            acc0 = _mm256_add_ps(acc0, d0);
-            acc1 = _mm256_add_ps(acc1, d1);
-        }
+        __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), cv);
+        __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), cv);
+        acc0 = _mm256_add_ps(acc0, d0);
+        acc1 = _mm256_add_ps(acc1, d1);
+        sq0 = _mm256_fmadd_ps(d0, d0, sq0);
+        sq1 = _mm256_fmadd_ps(d1, d1, sq1);
     }
-    total = mlk__norm_hsum8(_mm256_add_ps(acc0, acc1));
+    sum = mlk__norm_hsum8(_mm256_add_ps(acc0, acc1));
+    sum_sq = mlk__norm_hsum8(_mm256_add_ps(sq0, sq1));
 #endif
     for (; i < n; i++) {
-        float d = (x[i] - c) - delta;
-        total += power == 2 ? d * d : d;
+        float d = x[i] - c;
+        sum += d;
+        sum_sq += d * d;
     }
-    return total;
+    *s1 = sum;
+    *s2 = sum_sq;
 }
 
-/* y = (x - c - delta) * rstd * gamma + beta; gamma / beta NULL: ones / zeros */
-static void mlk__norm_apply(const float *x, int n, float c, float delta, float rstd,
-                            const float *gamma, const float *beta, float *y)
+#if defined(MLK__AVX2)
+/* The second pass over a row goes in groups of 8 with the same vector
+   arithmetic for every element (partial groups through masks), so results
+   do not depend on where the group boundaries fall. The first group is cut
+   short when that makes the output 32-byte aligned for streaming. */
+static int mlk__norm_first_group(const float *out, int n, int stream)
 {
-    int i = 0;
+    int head = (int)((32 - (uintptr_t)out % 32) % 32 / sizeof(float));
+    if (!stream || head == 0 || (uintptr_t)out % sizeof(float)) return n < 8 ? n : 8;
+    return head < n ? head : n;
+}
+
+static __m256i mlk__norm_mask(int len)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static __m256 mlk__norm_load(const float *p, int len)
+{
+    return len == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mlk__norm_mask(len));
+}
+
+/* stream: non-temporal store, for a full group at a 32-byte aligned address */
+static void mlk__norm_store(float *p, __m256 v, int len, int stream)
+{
+    if (len < 8) _mm256_maskstore_ps(p, mlk__norm_mask(len), v);
+    else if (stream && (uintptr_t)p % 32 == 0) _mm256_stream_ps(p, v);
+    else _mm256_storeu_ps(p, v);
+}
+#endif
+
+/* y = (x - c - delta) * rstd * gamma + beta; gamma / beta NULL: ones / zeros.
+   stream: y is large and will not be read soon, so AVX2 writes it with
+   non-temporal stores (no read-for-ownership: a third less memory traffic). */
+static void mlk__norm_apply(const float *x, int n, float c, float delta, float rstd,
+                            const float *gamma, const float *beta, float *y, int stream)
+{
 #if defined(MLK__AVX2)
     const __m256 cv = _mm256_set1_ps(c), dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), cv), dv), rv);
-        if (gamma) v = _mm256_mul_ps(v, _mm256_loadu_ps(gamma + i));
-        if (beta) v = _mm256_add_ps(v, _mm256_loadu_ps(beta + i));
-        _mm256_storeu_ps(y + i, v);
+    for (int i = 0, len = mlk__norm_first_group(y, n, stream); i < n; i += len, len = n - i < 8 ? n - i : 8) {
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(mlk__norm_load(x + i, len), cv), dv), rv);
+        if (gamma) v = _mm256_mul_ps(v, mlk__norm_load(gamma + i, len));
+        if (beta) v = _mm256_add_ps(v, mlk__norm_load(beta + i, len));
+        mlk__norm_store(y + i, v, len, stream);
     }
-#endif
-    for (; i < n; i++) {
+    if (stream) _mm_sfence();
+#else
+    (void)stream;
+    for (int i = 0; i < n; i++) {
         float v = ((x[i] - c) - delta) * rstd;
         if (gamma) v *= gamma[i];
         if (beta) v += beta[i];
         y[i] = v;
     }
+#endif
 }
+
+/* Starts loading a row into L1 while the current one is processed from L1:
+   the first pass over a row then finds it (partly) there. */
+static void mlk__norm_prefetch(const float *row, int n)
+{
+#if defined(MLK__AVX2)
+    for (int i = 0; i < n; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
+#else
+    (void)row;
+    (void)n;
+#endif
+}
+
+/* Outputs of at least this many floats (16 MiB) bypass the caches. */
+static int mlk__norm_stream(size_t count) { return count >= ((size_t)4 << 20); }
 
 /* Shared by both forward passes: center = 0 is RMSNorm. */
 static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *gamma,
@@ -82,69 +134,85 @@ static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *
     MLK__OMP(omp parallel for schedule(static) if (count > 16384))
     for (int r = 0; r < rows; r++) {
         const float *x_row = x + (size_t)r * (size_t)dim;
-        float x0 = center ? x_row[0] : 0.0f, delta = 0.0f, var, row_rstd;
-        if (center) delta = mlk__norm_sum_dev(x_row, dim, x0, 0.0f, 1) / (float)dim;
-        var = mlk__norm_sum_dev(x_row, dim, x0, delta, 2) / (float)dim;
+        float m1 = 0.0f, delta = 0.0f, s1, s2, var, row_rstd;
+        if (r + 1 < rows) mlk__norm_prefetch(x_row + dim, dim);
+        mlk__norm_moments(x_row, dim, 0.0f, &s1, &s2);
+        var = s2 / (float)dim;
+        if (center) {
+            m1 = s1 / (float)dim;
+            mlk__norm_moments(x_row, dim, m1, &s1, &s2);
+            delta = s1 / (float)dim;
+            var = s2 / (float)dim - delta * delta;
+            if (var < 0.0f) var = 0.0f;
+        }
         row_rstd = 1.0f / sqrtf(var + eps);
-        mlk__norm_apply(x_row, dim, x0, delta, row_rstd, gamma, beta, y + (size_t)r * (size_t)dim);
-        if (mean) mean[r] = x0 + delta;
+        mlk__norm_apply(x_row, dim, m1, delta, row_rstd, gamma, beta, y + (size_t)r * (size_t)dim,
+                        mlk__norm_stream(count));
+        if (mean) mean[r] = m1 + delta;
         if (rstd) rstd[r] = row_rstd;
     }
     return MLK_OK;
 }
 
-/* One row of the backward pass, x-hat = (x - mean - delta) * rstd with delta =
-   mean(x - mean) (0 for RMSNorm), g = gamma * dy:
+/* One row of the backward pass, g = gamma * dy, x-hat = (x - mean - delta) * rstd:
      dx = rstd * (g - mean(g) - x-hat * mean(g * x-hat))   (RMSNorm: no mean(g) term)
-   and dgamma_acc += dy * x-hat, dbeta_acc += dy (either may be NULL). */
+   and dgamma_acc += dy * x-hat, dbeta_acc += dy (either may be NULL).
+   Two passes: the first reads x and dy from memory for the sums, using
+   mean(g * x-hat) = rstd * (mean(g * (x - mean)) - delta * mean(g)), where
+   delta = mean(x - mean) repairs the float rounding of the cached mean (0
+   for RMSNorm); the second runs from L1. stream as in mlk__norm_apply. */
 static void mlk__norm_bwd_row(const float *x, const float *dy, const float *gamma, int n,
                               float mean, float rstd, int center, float *dx,
-                              float *dgamma_acc, float *dbeta_acc)
+                              float *dgamma_acc, float *dbeta_acc, int stream)
 {
-    float sum_g = 0.0f, sum_gx = 0.0f, mean_g, mean_gx;
-    float delta = center ? mlk__norm_sum_dev(x, n, mean, 0.0f, 1) / (float)n : 0.0f;
+    float sum_d = 0.0f, sum_g = 0.0f, sum_gd = 0.0f, delta, mean_g, mean_gx;
     int i = 0;
 #if defined(MLK__AVX2)
-    const __m256 mv = _mm256_set1_ps(mean), dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
-    __m256 acc_g = _mm256_setzero_ps(), acc_gx = _mm256_setzero_ps();
+    const __m256 mv = _mm256_set1_ps(mean);
+    __m256 acc_d = _mm256_setzero_ps(), acc_g = _mm256_setzero_ps(), acc_gd = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
-        __m256 d = _mm256_loadu_ps(dy + i);
-        __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), dv), rv);
-        __m256 g = gamma ? _mm256_mul_ps(d, _mm256_loadu_ps(gamma + i)) : d;
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv), g = _mm256_loadu_ps(dy + i);
+        if (gamma) g = _mm256_mul_ps(g, _mm256_loadu_ps(gamma + i));
+        acc_d = _mm256_add_ps(acc_d, d);
         acc_g = _mm256_add_ps(acc_g, g);
-        acc_gx = _mm256_fmadd_ps(g, xh, acc_gx);
-        if (dgamma_acc) _mm256_storeu_ps(dgamma_acc + i, _mm256_fmadd_ps(d, xh, _mm256_loadu_ps(dgamma_acc + i)));
-        if (dbeta_acc) _mm256_storeu_ps(dbeta_acc + i, _mm256_add_ps(d, _mm256_loadu_ps(dbeta_acc + i)));
+        acc_gd = _mm256_fmadd_ps(g, d, acc_gd);
     }
+    sum_d = mlk__norm_hsum8(acc_d);
     sum_g = mlk__norm_hsum8(acc_g);
-    sum_gx = mlk__norm_hsum8(acc_gx);
+    sum_gd = mlk__norm_hsum8(acc_gd);
 #endif
     for (; i < n; i++) {
-        float xh = ((x[i] - mean) - delta) * rstd, g = gamma ? gamma[i] * dy[i] : dy[i];
+        float d = x[i] - mean, g = gamma ? gamma[i] * dy[i] : dy[i];
+        sum_d += d;
         sum_g += g;
-        sum_gx += g * xh;
-        if (dgamma_acc) dgamma_acc[i] += dy[i] * xh;
-        if (dbeta_acc) dbeta_acc[i] += dy[i];
+        sum_gd += g * d;
     }
+    delta = center ? sum_d / (float)n : 0.0f;
     mean_g = center ? sum_g / (float)n : 0.0f;
-    mean_gx = sum_gx / (float)n;
-    i = 0;
+    mean_gx = rstd * (sum_gd - delta * sum_g) / (float)n;
 #if defined(MLK__AVX2)
     {
+        const __m256 dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
         const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
-        for (; i + 8 <= n; i += 8) {
-            __m256 d = _mm256_loadu_ps(dy + i);
-            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), dv), rv);
-            __m256 g = gamma ? _mm256_mul_ps(d, _mm256_loadu_ps(gamma + i)) : d;
-            __m256 t = _mm256_fnmadd_ps(xh, mgx, _mm256_sub_ps(g, mg));
-            _mm256_storeu_ps(dx + i, _mm256_mul_ps(t, rv));
+        for (int j = 0, len = mlk__norm_first_group(dx, n, stream); j < n; j += len, len = n - j < 8 ? n - j : 8) {
+            __m256 d = mlk__norm_load(dy + j, len);
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(mlk__norm_load(x + j, len), mv), dv), rv);
+            __m256 g = gamma ? _mm256_mul_ps(d, mlk__norm_load(gamma + j, len)) : d;
+            if (dgamma_acc) mlk__norm_store(dgamma_acc + j, _mm256_fmadd_ps(d, xh, mlk__norm_load(dgamma_acc + j, len)), len, 0);
+            if (dbeta_acc) mlk__norm_store(dbeta_acc + j, _mm256_add_ps(d, mlk__norm_load(dbeta_acc + j, len)), len, 0);
+            mlk__norm_store(dx + j, _mm256_mul_ps(_mm256_fnmadd_ps(xh, mgx, _mm256_sub_ps(g, mg)), rv), len, stream);
         }
+        if (stream) _mm_sfence();
+    }
+#else
+    (void)stream;
+    for (int j = 0; j < n; j++) {
+        float xh = ((x[j] - mean) - delta) * rstd, g = gamma ? gamma[j] * dy[j] : dy[j];
+        if (dgamma_acc) dgamma_acc[j] += dy[j] * xh;
+        if (dbeta_acc) dbeta_acc[j] += dy[j];
+        dx[j] = (g - mean_g - xh * mean_gx) * rstd;
     }
 #endif
-    for (; i < n; i++) {
-        float xh = ((x[i] - mean) - delta) * rstd, g = gamma ? gamma[i] * dy[i] : dy[i];
-        dx[i] = (g - mean_g - xh * mean_gx) * rstd;
-    }
 }
 
 /* dgamma/dbeta are summed over fixed chunks of rows, each into its own
@@ -183,18 +251,30 @@ static mlk_status mlk__norm_bwd(int rows, int dim, const float *x, const float *
         if (parts) memset(parts + (size_t)c * n_parts * dim, 0, (size_t)n_parts * dim * sizeof(float));
         for (int r = c * chunk_rows; r < r_end; r++) {
             size_t off = (size_t)r * (size_t)dim;
+            if (r + 1 < rows) {
+                mlk__norm_prefetch(x + off + dim, dim);
+                mlk__norm_prefetch(dy + off + dim, dim);
+            }
             mlk__norm_bwd_row(x + off, dy + off, gamma, dim, mean ? mean[r] : 0.0f, rstd[r],
-                              mean != NULL, dx + off, dgamma_acc, dbeta_acc);
+                              mean != NULL, dx + off, dgamma_acc, dbeta_acc, mlk__norm_stream(count));
         }
     }
-    if (parts) {
+    if (parts) { /* column blocks in parallel, chunks in order within each */
+        int n_cols = n_parts * dim, n_blocks = (n_cols + 63) / 64;
         MLK__OMP(omp parallel for schedule(static) if (count > 16384))
-        for (int j = 0; j < n_parts * dim; j++) {
-            int which = j / dim, col = j % dim;
-            double total = 0.0;
-            for (int c = 0; c < n_chunks; c++) total += parts[((size_t)c * n_parts + which) * dim + col];
-            if (which == 0 && dgamma) dgamma[col] = (float)total;
-            else dbeta[col] = (float)total;
+        for (int blk = 0; blk < n_blocks; blk++) {
+            double col_sum[64];
+            int j0 = blk * 64, width = n_cols - j0 < 64 ? n_cols - j0 : 64;
+            for (int j = 0; j < width; j++) col_sum[j] = 0.0;
+            for (int c = 0; c < n_chunks; c++) {
+                const float *part = parts + (size_t)c * n_cols + j0;
+                for (int j = 0; j < width; j++) col_sum[j] += part[j];
+            }
+            for (int j = 0; j < width; j++) {
+                int col = (j0 + j) % dim;
+                if (j0 + j < dim && dgamma) dgamma[col] = (float)col_sum[j];
+                else dbeta[col] = (float)col_sum[j];
+            }
         }
         mlk__free(parts);
     }

@@ -68,12 +68,12 @@ static void mlk__sm_heap_sort(mlk__sm_heap *h)
     }
 }
 
-/* Offers block[0..len) (logits base..base+len) to the heap, those past the
+/* Offers logits[0..len) (indices base..base+len) to the heap, those past the
    first heap->cap indices only (the first ones were pushed up front). */
-static void mlk__sm_offer_block(mlk__sm_heap *h, const float *block, int base, int len)
+static void mlk__sm_offer_range(mlk__sm_heap *h, const float *logits, int base, int len)
 {
     for (int j = 0; j < len; j++)
-        if (base + j >= h->cap && block[j] > h->val[0]) mlk__sm_heap_offer(h, block[j], base + j);
+        if (base + j >= h->cap && logits[j] > h->val[0]) mlk__sm_heap_offer(h, logits[j], base + j);
 }
 
 #define MLK__SM_BLOCK 64
@@ -84,7 +84,6 @@ static void mlk__sm_offer_block(mlk__sm_heap *h, const float *block, int base, i
 static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
                         float *row_max, float *l_sum)
 {
-    float tail[MLK__SM_BLOCK];
     float m = -INFINITY, l = 0.0f;
     int bad = 0;
     if (heap) {
@@ -95,7 +94,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
     {
         const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
         __m256 m8 = _mm256_set1_ps(-INFINITY), l8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
-        float lane_m[8], lane_l[8];
+        float lane_m[8], lane_l[8], tail[MLK__SM_BLOCK];
         for (int i = 0; i < n; i += MLK__SM_BLOCK) {
             const float *block = x + i;
             __m256 v[8], block_max;
@@ -104,12 +103,12 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
                 for (int j = 0; j < MLK__SM_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
                 block = tail;
             }
-            for (int j = 0; j < 8; j++) {
-                v[j] = _mm256_loadu_ps(block + 8 * j);
-                bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], pinf, _CMP_NLT_UQ));
-            }
+            for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(block + 8 * j);
             block_max = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
                                       _mm256_max_ps(_mm256_max_ps(v[4], v[5]), _mm256_max_ps(v[6], v[7])));
+            /* NaN anywhere (max_ps may drop it, so pairwise), or +inf in the max */
+            bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(block_max, pinf, _CMP_EQ_OQ));
+            for (int j = 0; j < 8; j += 2) bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], v[j + 1], _CMP_UNORD_Q));
             if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, m8, _CMP_GT_OQ))) {
                 __m256 new_m = _mm256_max_ps(m8, block_max); /* -inf - -inf is NaN: exp8 gives 0 */
                 l8 = _mm256_mul_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv)));
@@ -117,9 +116,16 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
             }
             for (int j = 0; j < 8; j++)
                 l8 = _mm256_add_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[j], m8), inv)));
-            if (heap && i + len > heap->cap &&
-                _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(heap->val[0]), _CMP_GT_OQ)))
-                mlk__sm_offer_block(heap, block, i, len);
+            if (heap && i + len > heap->cap) {
+                __m256 threshold = _mm256_set1_ps(heap->val[0]);
+                if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, threshold, _CMP_GT_OQ)))
+                    for (int j = 0; j < 8; j++) { /* only the lanes above the heap's minimum */
+                        int above = _mm256_movemask_ps(_mm256_cmp_ps(v[j], threshold, _CMP_GT_OQ));
+                        for (int lane = 0; above; lane++, above >>= 1)
+                            if ((above & 1) && 8 * j + lane < len)
+                                mlk__sm_offer_range(heap, block + 8 * j + lane, i + 8 * j + lane, 1);
+                    }
+            }
         }
         bad = _mm256_movemask_ps(bad8) != 0;
         _mm256_storeu_ps(lane_m, m8);
@@ -143,12 +149,14 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
             if (m > -INFINITY) l *= mlk__expf((m - block_max) * inv_t);
             m = block_max;
         }
-        if (m > -INFINITY)
-            for (int j = 0; j < len; j++) l += mlk__expf((block[j] - m) * inv_t);
+        if (m > -INFINITY) {
+            float block_l = 0.0f; /* a sum per block keeps the rounding error of l small */
+            for (int j = 0; j < len; j++) block_l += mlk__expf((block[j] - m) * inv_t);
+            l += block_l;
+        }
         if (heap && i + len > heap->cap && block_max > heap->val[0])
-            mlk__sm_offer_block(heap, block, i, len);
+            mlk__sm_offer_range(heap, block, i, len);
     }
-    (void)tail;
 #endif
     *row_max = m;
     *l_sum = l;
@@ -165,11 +173,14 @@ static double mlk__sm_uniform(uint64_t state, uint64_t draw)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* Below this many logits a call stays on one thread. */
+static int mlk__sm_parallel(size_t count) { return count > 32768; }
+
 /* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
 static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, float *l_sum)
 {
     int n_bad = 0;
-    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel((size_t)rows * n)) reduction(+:n_bad))
     for (int r = 0; r < rows; r++)
         n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
     return n_bad ? MLK_ERR_VALUE : MLK_OK;
@@ -189,7 +200,7 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
     if (!stats) return MLK_ERR_NOMEM;
     st = mlk__sm_scan_rows(rows, n, x, stats, stats + rows);
     if (st == MLK_OK) {
-        MLK__OMP(omp parallel for schedule(static))
+        MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)))
         for (int r = 0; r < rows; r++) {
             const float *x_row = x + (size_t)r * (size_t)n;
             float *y_row = y + (size_t)r * (size_t)n;
@@ -243,7 +254,7 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     if (st != MLK_OK) return st;
     top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
     top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_heap heap;
         float row_max, l_sum, inv_t = 1.0f / temperature, log_l;
@@ -363,7 +374,7 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     heap_val = (float *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(float));
     heap_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(int32_t));
     tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_heap heap;
         heap.val = heap_val + (size_t)mlk__thread_id() * heap_cap;

@@ -6,6 +6,10 @@
 extern "C" {
 #endif
 
+/* Below this many elements (or multiply-adds for the GEMM) a kernel runs on
+   one thread: waking a team costs more than the work. */
+#define MLK__TERN_PAR_MIN ((size_t)1 << 16)
+
 MLKERN_DEF size_t mlk_ternary_row_bytes(int cols)
 {
     return cols > 0 ? ((size_t)cols + 3) / 4 : 0;
@@ -22,7 +26,7 @@ static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
     int chunk_ok[MLK__TERN_CHUNKS], ok = 1;
     size_t per = (count + MLK__TERN_CHUNKS - 1) / MLK__TERN_CHUNKS;
     int ch;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
     for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
         size_t lo = (size_t)ch * per, hi = lo + per, i;
         double s = 0;
@@ -84,7 +88,7 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
     s = (float)(abs_sum / (double)count);
     if (!(s >= MLK_TERNARY_EPS)) s = MLK_TERNARY_EPS;
     half = 0.5f * s;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
     for (r = 0; r < rows; r++)
         mlk__tern_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
     *scale = s;
@@ -103,7 +107,7 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
         return MLK_ERR_OVERFLOW;
     for (b = 0; b < packed_bytes; b++) /* a code 3 has both bits of a pair set */
         if (packed[b] & (packed[b] >> 1) & 0x55) return MLK_ERR_VALUE;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
     for (r = 0; r < rows; r++) {
         const uint8_t *row = packed + (size_t)r * row_bytes;
         float *out = w + (size_t)r * cols;
@@ -119,12 +123,38 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
 static float mlk__tern_row_absmax(const float *x, int cols)
 {
     float amax = 0;
-    int c;
-    for (c = 0; c < cols; c++) {
+    int c = 0;
+#if defined(MLK__AVX2)
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 vmax = _mm256_setzero_ps();
+    __m128 m4;
+    for (; c + 8 <= cols; c += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask));
+    m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    amax = _mm_cvtss_f32(m4);
+#endif
+    for (; c < cols; c++) {
         float a = fabsf(x[c]);
         amax = a > amax ? a : amax;
     }
     return amax;
+}
+
+/* q = round(x * inv) half away from zero, clamped to [-127, 127]: t is
+   the truncation and x * inv - t is exact, so the halves are decided
+   exactly (and the loop vectorises, unlike roundf). */
+static void mlk__tern_quant_row(const float *x, int cols, float inv, int8_t *q)
+{
+    int c;
+    for (c = 0; c < cols; c++) {
+        float v = x[c] * inv;
+        int t = (int)v;
+        float frac = v - (float)t;
+        t += (frac >= 0.5f) - (frac <= -0.5f);
+        q[c] = (int8_t)(t > 127 ? 127 : (t < -127 ? -127 : t));
+    }
 }
 
 MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
@@ -136,25 +166,25 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     if (!x || !xq || !xscale) return MLK_ERR_NULL;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
     for (i = 0; i < count; i++)
-        if (!(fabsf(x[i]) <= FLT_MAX)) finite = 0;
+        finite &= fabsf(x[i]) <= FLT_MAX;
     if (!finite) return MLK_ERR_VALUE;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
     for (r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * cols;
-        int8_t *qr = xq + (size_t)r * cols;
-        float amax = mlk__tern_row_absmax(xr, cols);
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        int c;
-        for (c = 0; c < cols; c++) {
-            float q = roundf(xr[c] * inv); /* |q| <= 127 up to one rounding */
-            qr[c] = (int8_t)(q > 127.0f ? 127 : (q < -127.0f ? -127 : (int)q));
-        }
+        float amax = mlk__tern_row_absmax(x + (size_t)r * cols, cols);
+        mlk__tern_quant_row(x + (size_t)r * cols, cols, amax > 0 ? 127.0f / amax : 0.0f,
+                            xq + (size_t)r * cols);
         xscale[r] = amax / 127.0f;
     }
     return MLK_OK;
 }
 
 /* ---- ternary GEMM ---- */
+
+/* Whether an m x n x k ternary GEMM is worth a thread team (OpenMP only). */
+MLK__MAYBE_UNUSED static int mlk__tern_parallel(int m, int n, int k)
+{
+    return (double)m * n * k >= 16.0 * MLK__TERN_PAR_MIN;
+}
 
 static float mlk__tern_output(int32_t dot, float xscale, float wscale)
 {
@@ -184,18 +214,46 @@ MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_
 #define MLK__TERN_WIDEN 8  /* 128-weight blocks summed in int16 lanes */
 #define MLK__TERN_NCHUNK 16 /* weight rows per thread task */
 
+/* Permutes one 128-byte block: out[32s + j] = x[4j + s]. Within each
+   16-byte lane, pshufb groups the bytes by s (dword s holds s of 4 j's);
+   permd orders the dwords to qwords (s0 s1 s2 s3) of 8 j's each; a 4 x 4
+   qword transpose then gathers qword s of every vector into out_s. */
+static void mlk__tern_permute_block(const int8_t *x, int8_t *out)
+{
+    const __m256i by_s = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                          0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i dword_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i v[4], lo01, hi01, lo23, hi23;
+    int q;
+    for (q = 0; q < 4; q++)
+        v[q] = _mm256_permutevar8x32_epi32(
+            _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + 32 * q)), by_s), dword_order);
+    lo01 = _mm256_unpacklo_epi64(v[0], v[1]); /* q0 of v0 v1 | q2 of v0 v1 */
+    hi01 = _mm256_unpackhi_epi64(v[0], v[1]); /* q1 | q3 */
+    lo23 = _mm256_unpacklo_epi64(v[2], v[3]);
+    hi23 = _mm256_unpackhi_epi64(v[2], v[3]);
+    _mm256_storeu_si256((__m256i *)out, _mm256_permute2x128_si256(lo01, lo23, 0x20));
+    _mm256_storeu_si256((__m256i *)(out + 32), _mm256_permute2x128_si256(hi01, hi23, 0x20));
+    _mm256_storeu_si256((__m256i *)(out + 64), _mm256_permute2x128_si256(lo01, lo23, 0x31));
+    _mm256_storeu_si256((__m256i *)(out + 96), _mm256_permute2x128_si256(hi01, hi23, 0x31));
+}
+
+/* One activation row into the kernel's order (zero padded to kpad), and
+   its sum. */
 static void mlk__tern_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp, int32_t *row_sum)
 {
-    size_t t, i;
+    size_t full = (size_t)k / 128 * 128, t;
+    int8_t last[128];
     int32_t sum = 0;
     int c;
     for (c = 0; c < k; c++) sum += x[c];
     *row_sum = sum;
-    for (t = 0; t < kpad; t += 128)
-        for (i = 0; i < 128; i++) {
-            size_t src = t + 4 * (i % 32) + i / 32;
-            xp[t + i] = src < (size_t)k ? x[src] : 0;
-        }
+    for (t = 0; t < full; t += 128) mlk__tern_permute_block(x + t, xp + t);
+    if (full < kpad) {
+        memset(last, 0, sizeof last);
+        memcpy(last, x + full, (size_t)k - full);
+        mlk__tern_permute_block(last, xp + full);
+    }
 }
 
 /* acc16[r] += pair sums of one 128-weight block for rows r < rows. */
@@ -220,22 +278,33 @@ static inline void mlk__tern_block(__m256i wbytes, const int8_t *xp, size_t x_st
     }
 }
 
-static inline int32_t mlk__tern_hsum(__m256i v)
+/* dot[r] = sum of the 8 int32 lanes of acc[r], r < rows. */
+static inline void mlk__tern_hsum(const __m256i *acc, int rows, int32_t *dot)
 {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
+    int r;
+    if (rows == 4) { /* four rows at once: two rounds of pairwise adds */
+        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+        _mm_storeu_si128((__m128i *)dot, _mm_add_epi32(_mm256_castsi256_si128(s),
+                                                       _mm256_extracti128_si256(s, 1)));
+        return;
+    }
+    for (r = 0; r < rows; r++) {
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[r]), _mm256_extracti128_si256(acc[r], 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        dot[r] = _mm_cvtsi128_si32(s);
+    }
 }
 
-/* dot[r] = sum_c code(c) * x_r(c) of one packed weight row with `rows`
-   permuted activation rows (1 .. MLK__TERN_MR; inlined per constant). */
-static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t row_bytes, const int8_t *xp,
-                                      size_t x_stride, int rows, int32_t *dot)
+/* dot[r] = sum_c code(c) * x_r(c) of one packed weight row (`full` whole
+   32-byte blocks, then `tail`: NULL or the zero-padded last block) with
+   `rows` permuted activation rows (1 .. MLK__TERN_MR; inlined per constant). */
+static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t full, const uint8_t *tail,
+                                      const int8_t *xp, size_t x_stride, int rows, int32_t *dot)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc16[MLK__TERN_MR], acc32[MLK__TERN_MR];
-    size_t full = row_bytes / 32, tail = row_bytes % 32, b0, b;
+    size_t b0, b;
     int r;
     for (r = 0; r < rows; r++) {
         acc16[r] = _mm256_setzero_si256();
@@ -251,39 +320,42 @@ static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t row_bytes, con
             acc16[r] = _mm256_setzero_si256();
         }
     }
-    if (tail) { /* the row's last bytes, zero padded (zero codes add nothing) */
-        uint8_t last[32];
-        memset(last, 0, sizeof last);
-        memcpy(last, wrow + 32 * full, tail);
-        mlk__tern_block(_mm256_loadu_si256((const __m256i *)last), xp + 128 * full, x_stride,
+    if (tail) {
+        mlk__tern_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride,
                         rows, acc16);
+        for (r = 0; r < rows; r++)
+            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
     }
-    for (r = 0; r < rows; r++)
-        dot[r] = mlk__tern_hsum(_mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones)));
+    mlk__tern_hsum(acc32, rows, dot);
 }
 
 static void mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xp, size_t kpad,
     const int32_t *row_sum, const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
-    size_t row_bytes = mlk_ternary_row_bytes(k);
+    size_t row_bytes = mlk_ternary_row_bytes(k), full = row_bytes / 32, tail = row_bytes % 32;
     int n_chunks = (n + MLK__TERN_NCHUNK - 1) / MLK__TERN_NCHUNK, ch;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
     for (ch = 0; ch < n_chunks; ch++) {
         int j0 = ch * MLK__TERN_NCHUNK, j1 = j0 + MLK__TERN_NCHUNK < n ? j0 + MLK__TERN_NCHUNK : n;
         int i = 0, j, r;
         int32_t dot[MLK__TERN_MR];
+        uint8_t tails[MLK__TERN_NCHUNK][32]; /* each row's last bytes, zero padded */
+        for (j = j0; tail && j < j1; j++) {
+            memset(tails[j - j0], 0, 32);
+            memcpy(tails[j - j0], wpacked + (size_t)j * row_bytes + 32 * full, tail);
+        }
         for (; i + MLK__TERN_MR <= m; i += MLK__TERN_MR)
             for (j = j0; j < j1; j++) {
-                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, row_bytes, xp + (size_t)i * kpad,
-                                   kpad, MLK__TERN_MR, dot);
+                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                                   xp + (size_t)i * kpad, kpad, MLK__TERN_MR, dot);
                 for (r = 0; r < MLK__TERN_MR; r++)
                     y[(size_t)(i + r) * n + j] =
                         mlk__tern_output(dot[r] - row_sum[i + r], xscale[i + r], wscale);
             }
         for (; i < m; i++)
             for (j = j0; j < j1; j++) {
-                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, row_bytes, xp + (size_t)i * kpad,
-                                   kpad, 1, dot);
+                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                                   xp + (size_t)i * kpad, kpad, 1, dot);
                 y[(size_t)i * n + j] = mlk__tern_output(dot[0] - row_sum[i], xscale[i], wscale);
             }
     }
@@ -314,14 +386,14 @@ MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
         if (st != MLK_OK) return st;
         xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
         row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
-        MLK__OMP(omp parallel for schedule(static))
+        MLK__OMP(omp parallel for schedule(static) if (x_count >= MLK__TERN_PAR_MIN))
         for (i = 0; i < m; i++)
             mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
         mlk__tern_gemm_avx2(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
         mlk__arena_done(&arena);
 #else
         int j;
-        MLK__OMP(omp parallel for schedule(static))
+        MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
         for (j = 0; j < n; j++) {
             const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
             int i;
@@ -435,7 +507,7 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     decay = (float)(1.0 - (double)cfg->lr * cfg->weight_decay);
     step_size = (float)((double)cfg->lr / (1.0 - pow((double)beta1, (double)step)));
     bc2_sqrt = (float)sqrt(1.0 - pow((double)beta2, (double)step));
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)n >= MLK__TERN_PAR_MIN))
     for (i = 0; i < n; i++) {
         float g = grad[i], p = param[i] * decay;
         float m1 = beta1 * m[i] + (1.0f - beta1) * g;

@@ -328,8 +328,8 @@ static void test_grid(void)
 {
     static const int ns[] = {1, 7, 64, 129, 300}, dims[] = {16, 64, 80, 128};
     static const int heads[3][2] = {{4, 4}, {8, 2}, {4, 1}};
-    int n_cases = mlkt_quick() ? 30 : 110, kv_len[2], parent[300];
-    double budget = mlkt_quick() ? 1.5e6 : 8e6;
+    int n_cases = mlkt_quick() ? 120 : 200, kv_len[2], parent[300];
+    double budget = mlkt_quick() ? 1.5e6 : 1.5e7;
     for (int t = 0; t < n_cases; t++) {
         mlk_attn_desc d;
         int hsel = mlkt_int(3), b = 1 + mlkt_int(2), nq = ns[mlkt_int(5)], nkv = ns[mlkt_int(5)], dim = dims[mlkt_int(4)];

@@ -255,49 +255,80 @@ static void test_nonfinite(void)
     }
 }
 
-/* Each bad argument returns its code and leaves C exactly as it was. */
+/* Other sections call mlk__sgemm_serial from inside their own parallel
+   regions: it must neither deadlock nor differ from mlk_sgemm there. */
+static void test_serial_in_parallel(void)
+{
+    enum { jobs = 6 };
+    gemm_problem p[jobs];
+    float *c[jobs], *scratch[jobs];
+    for (int j = 0; j < jobs; j++) {
+        p[j] = make_problem(j & 1, (j >> 1) & 1, 40 + 31 * j, 200 - 17 * j, 300 + 9 * j, j % 3, 1.0f, 0.5f);
+        c[j] = copy_c(&p[j]);
+        scratch[j] = mlkt_floats(mlk__sgemm_scratch_size(p[j].m, p[j].n, p[j].k) / sizeof(float));
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic)
+#endif
+    for (int j = 0; j < jobs; j++)
+        mlk__sgemm_serial(p[j].ta, p[j].tb, p[j].m, p[j].n, p[j].k, p[j].alpha, p[j].a, p[j].lda,
+                          p[j].b, p[j].ldb, p[j].beta, c[j], p[j].ldc, scratch[j]);
+    for (int j = 0; j < jobs; j++) {
+        float *c_ref = copy_c(&p[j]);
+        CHECK_INT(run_sgemm(&p[j], c_ref), MLK_OK);
+        CHECKF(mlkt_same(c[j], c_ref, size_c(&p[j]) * sizeof(float)), "job %d", j);
+        mlkt_digest(c[j], size_c(&p[j]) * sizeof(float));
+        mlkt_free(c_ref);
+        mlkt_free(c[j]);
+        mlkt_free(scratch[j]);
+        free_problem(&p[j]);
+    }
+}
+
+/* A bad call must return want and leave C exactly as it was (c0). */
+static void expect_error(const char *what, mlk_status got, mlk_status want, const float *c,
+                         const float *c0, size_t bytes)
+{
+    CHECKF(got == want, "%s: status %d, want %d", what, (int)got, (int)want);
+    CHECKF(mlkt_same(c, c0, bytes), "%s: C changed", what);
+}
+
 static void test_bad_inputs(void)
 {
     gemm_problem p = make_problem(0, 0, 8, 9, 10, 0, 1.0f, 1.0f);
     gemm_problem pt = make_problem(1, 1, 8, 9, 10, 0, 1.0f, 1.0f);
-    float *c = copy_c(&p);
+    gemm_problem big = make_problem(1, 0, 300, 200, 300, 0, 1.0f, 1.0f);
+    float *c = copy_c(&p), *c_big = copy_c(&big);
+    const float *a = p.a, *b = p.b, *c0 = p.c0;
     const size_t bytes = size_c(&p) * sizeof(float);
-#define BAD(expect, call) do { CHECK_INT(call, expect); CHECK(mlkt_same(c, p.c0, bytes)); } while (0)
-    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, NULL, 10, p.b, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, NULL, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_NULL, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, NULL, 9));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, -1, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, -9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, -1, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 9, p.b, 9, 1.0f, c, 9));   /* lda < k */
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 8, 1.0f, c, 9));  /* ldb < n */
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 8));  /* ldc < n */
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(1, 0, 8, 9, 10, 1.0f, pt.a, 7, p.b, 9, 1.0f, c, 9));  /* lda < m */
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 1, 8, 9, 10, 1.0f, p.a, 10, pt.b, 9, 1.0f, c, 9)); /* ldb < k */
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 0, p.b, 9, 1.0f, c, 9));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 0, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 0));
-    BAD(MLK_ERR_SHAPE, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, -10, p.b, 9, 1.0f, c, 9));
-    /* int dimensions cannot overflow a 64-bit size_t; on 32-bit targets
-       2^16 x 2^16 floats does */
+    expect_error("a NULL", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, NULL, 10, b, 9, 1.0f, c, 9), MLK_ERR_NULL, c, c0, bytes);
+    expect_error("b NULL", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, NULL, 9, 1.0f, c, 9), MLK_ERR_NULL, c, c0, bytes);
+    expect_error("c NULL", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, b, 9, 1.0f, NULL, 9), MLK_ERR_NULL, c, c0, bytes);
+    expect_error("m < 0", mlk_sgemm(0, 0, -1, 9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("n < 0", mlk_sgemm(0, 0, 8, -9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("k < 0", mlk_sgemm(0, 0, 8, 9, -1, 1.0f, a, 10, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("lda < k", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 9, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("ldb < n", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, b, 8, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("ldc < n", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 8), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("lda < m (A^T)", mlk_sgemm(1, 0, 8, 9, 10, 1.0f, pt.a, 7, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("ldb < k (B^T)", mlk_sgemm(0, 1, 8, 9, 10, 1.0f, a, 10, pt.b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("lda 0", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 0, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("lda < 0", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, -10, b, 9, 1.0f, c, 9), MLK_ERR_SHAPE, c, c0, bytes);
+    expect_error("ldc 0, m 0", mlk_sgemm(0, 0, 0, 9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 0), MLK_ERR_SHAPE, c, c0, bytes);
+    /* int sizes cannot overflow a 64-bit size_t; 2^16 x 2^16 floats overflow 32 bits */
     if (sizeof(size_t) < 8)
-        BAD(MLK_ERR_OVERFLOW, mlk_sgemm(0, 0, 65536, 9, 65536, 1.0f, p.a, 65536, p.b, 9, 1.0f, c, 9));
+        expect_error("overflow", mlk_sgemm(0, 0, 65536, 9, 65536, 1.0f, a, 65536, b, 9, 1.0f, c, 9),
+                     MLK_ERR_OVERFLOW, c, c0, bytes);
     gemm_fail_allocs = 1;
-    BAD(MLK_ERR_NOMEM, mlk_sgemm(0, 0, 8, 9, 10, 1.0f, p.a, 10, p.b, 9, 1.0f, c, 9));
+    expect_error("no memory", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 9), MLK_ERR_NOMEM, c, c0, bytes);
+    expect_error("no memory, threaded size", run_sgemm(&big, c_big), MLK_ERR_NOMEM, c_big, big.c0,
+                 size_c(&big) * sizeof(float));
     gemm_fail_allocs = 0;
-#undef BAD
-    {   /* the threaded path allocates too */
-        gemm_problem big = make_problem(1, 0, 300, 200, 300, 0, 1.0f, 1.0f);
-        float *c_big = copy_c(&big);
-        gemm_fail_allocs = 1;
-        CHECK_INT(run_sgemm(&big, c_big), MLK_ERR_NOMEM);
-        gemm_fail_allocs = 0;
-        CHECK(mlkt_same(c_big, big.c0, size_c(&big) * sizeof(float)));
-        mlkt_free(c_big);
-        free_problem(&big);
-    }
     mlkt_free(c);
+    mlkt_free(c_big);
     free_problem(&p);
     free_problem(&pt);
+    free_problem(&big);
 }
 
 int main(void)
@@ -307,6 +338,7 @@ int main(void)
     MLKT_RUN(test_large, 2);
     MLKT_RUN(test_degenerate, 3);
     MLKT_RUN(test_nonfinite, 4);
-    MLKT_RUN(test_bad_inputs, 5);
+    MLKT_RUN(test_serial_in_parallel, 5);
+    MLKT_RUN(test_bad_inputs, 6);
     return mlkt_finish();
 }

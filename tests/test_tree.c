@@ -5,6 +5,7 @@
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
+#include "examples/tinylm.h"
 
 #define MAX_N 64
 
@@ -348,6 +349,7 @@ static void test_spec_mock(void)
         int32_t prompt[8], buf[128], *out = (int32_t *)mlkt_alloc((size_t)max_new * sizeof(int32_t));
         mlk_spec_stats st;
         mlk_spec_config cfg;
+        memset(&st, 0, sizeof st);
         memset(&m, 0, sizeof m);
         m.vocab = vocab;
         m.mode = rep % 4;
@@ -429,6 +431,188 @@ static void test_spec_errors(void)
     mlkt_digest(out, sizeof out);
 }
 
+/* ---- tree attention over the KV cache ----
+   Every node's output equals attention of its query over the prefix and its
+   root-to-node path laid out as a plain causal sequence. Both are checked
+   against a double reference, within 2x the naive float error + a floor. */
+static void test_tree_attention(void)
+{
+    int reps = mlkt_quick() ? 4 : 12;
+    for (int rep = 0; rep < reps; rep++) {
+        int hkv = 1 + mlkt_int(2), heads = hkv * (1 + mlkt_int(3)), d = 8 * (1 + mlkt_int(4));
+        int prefix = 1 + mlkt_int(rep % 3 ? 40 : 300), n = 1 + mlkt_int(24), tree_seq = -1, path_seq = -1;
+        int parent[32], p[32];
+        size_t rows = (size_t)prefix + n, kvd = (size_t)hkv * d, qd = (size_t)heads * d;
+        float *k = mlkt_floats(rows * kvd), *v = mlkt_floats(rows * kvd), *q = mlkt_floats((size_t)n * qd);
+        float *o_tree = mlkt_floats((size_t)n * qd), *o_path = mlkt_floats(qd), *kp, *vp;
+        mlk_kv_config kc;
+        mlk_kv_cache *c;
+        kc.layers = 1; kc.kv_heads = hkv; kc.head_dim = d; kc.block_size = 16;
+        kc.num_blocks = 2 * (int)(rows / 16 + 2); kc.max_seqs = 2; kc.type = MLK_KV_F32;
+        CHECK_INT(mlk_kv_create(&kc, &c), MLK_OK);
+        random_tree(n, parent);
+        mlkt_fill_normal(k, rows * kvd, 1.0);
+        mlkt_fill_normal(v, rows * kvd, 1.0);
+        mlkt_fill_normal(q, (size_t)n * qd, 1.0);
+        CHECK_INT(mlk_kv_seq_new(c, &tree_seq), MLK_OK);
+        CHECK_INT(mlk_kv_append(c, tree_seq, (int)rows), MLK_OK);
+        CHECK_INT(mlk_kv_store(c, tree_seq, 0, 0, (int)rows, k, v), MLK_OK);
+        CHECK_INT(mlk_kv_attn(c, 0, 1, &tree_seq, &n, q, heads, 0.0f, parent, o_tree), MLK_OK);
+        kp = mlkt_floats(rows * kvd);
+        vp = mlkt_floats(rows * kvd);
+        for (int i = 0; i < n; i++) {
+            int len = path_of(parent, i, p), total = prefix + len, one = 1;
+            double worst = 0, worst_naive = 0, worst_path = 0;
+            memcpy(kp, k, (size_t)prefix * kvd * sizeof(float));
+            memcpy(vp, v, (size_t)prefix * kvd * sizeof(float));
+            for (int j = 0; j < len; j++) {
+                memcpy(kp + (size_t)(prefix + j) * kvd, k + (size_t)(prefix + p[j]) * kvd, kvd * sizeof(float));
+                memcpy(vp + (size_t)(prefix + j) * kvd, v + (size_t)(prefix + p[j]) * kvd, kvd * sizeof(float));
+            }
+            CHECK_INT(mlk_kv_seq_new(c, &path_seq), MLK_OK);
+            CHECK_INT(mlk_kv_append(c, path_seq, total), MLK_OK);
+            CHECK_INT(mlk_kv_store(c, path_seq, 0, 0, total, kp, vp), MLK_OK);
+            CHECK_INT(mlk_kv_attn(c, 0, 1, &path_seq, &one, q + (size_t)i * qd, heads, 0.0f, NULL, o_path), MLK_OK);
+            mlk_kv_seq_free(c, path_seq);
+            for (int h = 0; h < heads; h++) {
+                const float *qh = q + (size_t)i * qd + (size_t)h * d;
+                int g = h / (heads / hkv);
+                double mx = -INFINITY, sum = 0, acc[32] = {0};
+                float fmx = -INFINITY, fsum = 0, facc[32] = {0};
+                double sc[512];
+                float fsc[512];
+                for (int j = 0; j < total; j++) {
+                    double dot = 0;
+                    float fdot = 0;
+                    for (int e = 0; e < d; e++) {
+                        dot += (double)qh[e] * kp[(size_t)j * kvd + (size_t)g * d + e];
+                        fdot += qh[e] * kp[(size_t)j * kvd + (size_t)g * d + e];
+                    }
+                    sc[j] = dot / sqrt((double)d);
+                    fsc[j] = fdot / sqrtf((float)d);
+                    if (sc[j] > mx) mx = sc[j];
+                    if (fsc[j] > fmx) fmx = fsc[j];
+                }
+                for (int j = 0; j < total; j++) {
+                    double w = exp(sc[j] - mx);
+                    float fw = expf(fsc[j] - fmx);
+                    sum += w;
+                    fsum += fw;
+                    for (int e = 0; e < d; e++) {
+                        acc[e] += w * vp[(size_t)j * kvd + (size_t)g * d + e];
+                        facc[e] += fw * vp[(size_t)j * kvd + (size_t)g * d + e];
+                    }
+                }
+                for (int e = 0; e < d; e++) {
+                    double ref = acc[e] / sum;
+                    double et = fabs(o_tree[(size_t)i * qd + (size_t)h * d + e] - ref);
+                    double ep = fabs(o_path[(size_t)h * d + e] - ref);
+                    double en = fabs((double)(facc[e] / fsum) - ref);
+                    if (et > worst) worst = et;
+                    if (ep > worst_path) worst_path = ep;
+                    if (en > worst_naive) worst_naive = en;
+                }
+            }
+            CHECKF(worst <= 2 * worst_naive + 1e-6, "tree node %d: err %.3g, naive float %.3g", i, worst, worst_naive);
+            CHECKF(worst_path <= 2 * worst_naive + 1e-6, "path of node %d: err %.3g, naive float %.3g", i,
+                   worst_path, worst_naive);
+        }
+        mlkt_digest(o_tree, (size_t)n * qd * sizeof(float));
+        mlk_kv_destroy(c);
+        mlkt_free(k); mlkt_free(v); mlkt_free(q); mlkt_free(o_tree); mlkt_free(o_path); mlkt_free(kp); mlkt_free(vp);
+    }
+}
+
+/* ---- mlk_spec_generate on the example model ----
+   Drafts that are always right, always wrong, or random trees with right
+   tokens scattered in: the output must be the model's greedy decoding. */
+typedef struct model_draft {
+    tinylm_spec sp;          /* first: the model's verify/accept take the same user pointer */
+    const int32_t *greedy;   /* the reference continuation */
+    int plen, n_greedy, mode, protocol_errors;
+} model_draft;
+
+static int model_draft_fn(void *user, const int32_t *ctx, int ctx_len, int max_nodes, int32_t *tokens,
+                          int *parent, int *n_nodes)
+{
+    model_draft *md = (model_draft *)user;
+    int gen = ctx_len - md->plen, n = 1 + mlkt_int(max_nodes), vocab = md->sp.m->cfg.vocab;
+    if (gen < 0 || gen > md->n_greedy || memcmp(ctx + md->plen, md->greedy, (size_t)gen * sizeof(int32_t)) != 0)
+        md->protocol_errors++;
+    if (md->mode == DRAFT_RANDOM) random_tree(n, parent);
+    else for (int i = 0; i < n; i++) parent[i] = i - 1;
+    for (int i = 0; i < n; i++) {
+        int p[MAX_N], len = path_of(parent, i, p), on_greedy = 1;
+        int32_t right;
+        for (int j = 0; j + 1 < len; j++) on_greedy &= tokens[p[j]] == md->greedy[gen + j];
+        right = gen + len - 1 < md->n_greedy ? md->greedy[gen + len - 1] : 0;
+        if (md->mode == DRAFT_RIGHT) tokens[i] = right;
+        else if (md->mode == DRAFT_WRONG) tokens[i] = (right + 1) % vocab;
+        else tokens[i] = on_greedy && mlkt_int(3) ? right : mlkt_int(vocab);
+    }
+    *n_nodes = n;
+    return 0;
+}
+
+static void test_spec_model(void)
+{
+    int seeds = mlkt_quick() ? 6 : 40;
+    tinylm_config cfg;
+    cfg.vocab = 96; cfg.dim = 48; cfg.layers = 3; cfg.heads = 4; cfg.kv_heads = 2; cfg.head_dim = 12;
+    cfg.ffn = 96; cfg.max_ctx = 128; cfg.max_tokens = 48; cfg.max_seqs = 4;
+    cfg.first_scale = 16.0f; cfg.tail_scale = 0.5f; cfg.logit_scale = 0.25f;
+    for (int s = 0; s < seeds; s++) {
+        tinylm m;
+        int32_t prompt[16], greedy[40], out[40];
+        int plen = 1 + mlkt_int(16), max_new = 8 + mlkt_int(32), n_greedy, n_out = -1;
+        float *logits;
+        cfg.seed = 100 + (uint64_t)s;
+        CHECK_INT(tinylm_init(&m, &cfg), MLK_OK);
+        logits = (float *)malloc((size_t)(cfg.max_tokens + 1) * cfg.vocab * sizeof(float));
+        for (int i = 0; i < plen; i++) prompt[i] = mlkt_int(cfg.vocab);
+        n_greedy = tinylm_greedy(&m, prompt, plen, 1 + mlkt_int(8), max_new, -1, logits, greedy);
+        CHECK_INT(n_greedy, max_new);
+        for (int mode = DRAFT_WRONG; mode <= DRAFT_RANDOM; mode++) {
+            model_draft md;
+            mlk_spec_config sc;
+            mlk_spec_stats st;
+            memset(&st, 0, sizeof st);
+            memset(&md, 0, sizeof md);
+            md.sp.m = &m;
+            md.sp.draft_layers = 1;
+            md.sp.chunk = 1 + mlkt_int(8);
+            md.sp.logits = logits;
+            md.greedy = greedy;
+            md.plen = plen;
+            md.n_greedy = n_greedy;
+            md.mode = mode;
+            CHECK_INT(mlk_kv_seq_new(m.kv, &md.sp.target_seq), MLK_OK);
+            sc.max_new_tokens = max_new; sc.max_nodes = 1 + mlkt_int(24); sc.eos_id = -1;
+            sc.draft = model_draft_fn; sc.verify = tinylm_spec_verify; sc.accept = tinylm_spec_accept;
+            sc.user = &md;
+            CHECK_INT(mlk_spec_generate(&sc, prompt, plen, out, &n_out, &st), MLK_OK);
+            CHECK_INT(n_out, n_greedy);
+            CHECKF(memcmp(out, greedy, (size_t)n_greedy * sizeof(int32_t)) == 0, "seed %d mode %d", s, mode);
+            if (mode == DRAFT_WRONG) CHECK_INT(st.accepted, 0);
+            if (mode == DRAFT_RIGHT) CHECK_INT(st.accepted + st.target_calls, n_greedy);
+            CHECK_INT(mlk_kv_seq_len(m.kv, md.sp.target_seq), md.sp.target_len);
+            CHECK_INT(md.protocol_errors, 0);
+            mlk_kv_seq_free(m.kv, md.sp.target_seq);
+            mlkt_digest(out, (size_t)n_out * sizeof(int32_t));
+        }
+        /* the example's own truncated-model draft */
+        {
+            mlk_spec_stats st;
+            memset(&st, 0, sizeof st);
+            CHECK_INT(tinylm_speculate(&m, 1, 1 + mlkt_int(6), prompt, plen, 4, max_new, -1, logits, out, &n_out, &st),
+                      MLK_OK);
+            CHECKF(n_out == n_greedy && memcmp(out, greedy, (size_t)n_greedy * sizeof(int32_t)) == 0, "seed %d", s);
+        }
+        free(logits);
+        tinylm_free(&m);
+    }
+}
+
 int main(void)
 {
     mlkt_file = "test_tree";
@@ -437,5 +621,7 @@ int main(void)
     MLKT_RUN(test_bad_trees, 3);
     MLKT_RUN(test_spec_mock, 4);
     MLKT_RUN(test_spec_errors, 5);
+    MLKT_RUN(test_tree_attention, 6);
+    MLKT_RUN(test_spec_model, 7);
     return mlkt_finish();
 }

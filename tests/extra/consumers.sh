@@ -1,11 +1,12 @@
 #!/bin/sh
 # Consumer tests, run by `make check` from the repository root. Installs
 # mlkern into temporary prefixes (make install, make install DESTDIR=, cmake
-# --install; the last must equal the first), builds tests/consumer against it
-# through pkg-config (as C, and as C++ calling the C implementation), CMake
-# find_package from the staged (moved) tree, add_subdirectory and FetchContent,
-# runs each, then uninstalls and checks that only files not ours are left.
-# Needs make, cmake, pkg-config and a C and a C++ compiler.
+# --install, which must install the same bytes as make), then builds and runs
+# tests/consumer against it through pkg-config (as C, and as C++ calling the
+# C implementation), the README's first program (its output must be the one
+# the README shows), CMake find_package from the staged (moved) tree,
+# add_subdirectory and FetchContent; finally uninstalls and checks that only
+# files not ours are left. Needs make, cmake, pkg-config, a C and a C++ compiler.
 set -eu
 repo=$(pwd)
 tmp=$(mktemp -d)
@@ -70,6 +71,20 @@ $cxx -x c++ -std=c++11 -Wall -Wextra -Wpedantic -Werror $cflags -c -o "$tmp/main
 # shellcheck disable=SC2086
 $cxx -o "$tmp/pc_cxx" "$tmp/main.o" "$tmp/impl.o" $libs
 run_consumer "$tmp/pc_cxx" off
+
+echo "== the README's first program, through pkg-config, prints what the README shows"
+doc=docs/readme/00_intro.md
+[ -f "$doc" ] || doc=README.md
+awk '/^```c$/ { on = 1; next } /^```$/ { if (on) exit } on' "$doc" > "$tmp/first.c"
+sed -n 's/^    \(position [0-9]*: token .*\)/\1/p' "$doc" > "$tmp/first.expected"
+if [ ! -s "$tmp/first.c" ] || [ ! -s "$tmp/first.expected" ]; then
+    fail "no first program and its output in $doc"
+fi
+# shellcheck disable=SC2086
+$cc -std=c99 -O2 $cflags -o "$tmp/first" "$tmp/first.c" $libs
+"$tmp/first" > "$tmp/first.out" || fail "the first program exited with an error"
+sed 's/^/   /' "$tmp/first.out"
+diff "$tmp/first.expected" "$tmp/first.out" || fail "the first program's output differs from $doc"
 
 echo "== make install DESTDIR=$tmp/stage PREFIX=/opt/mlkern, used from where it was staged"
 $make -s --no-print-directory install DESTDIR="$tmp/stage" PREFIX=/opt/mlkern > /dev/null

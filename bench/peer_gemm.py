@@ -1,14 +1,29 @@
-"""Peer for bench_gemm: torch.mm (OpenBLAS in Debian's torch) on the same
-shapes; NT is a @ b.t() with b stored n x k."""
+"""Peer for bench_gemm: torch.mm on the same shapes (NT is a @ b.t() with b
+stored n x k). Debian's torch calls whatever libblas.so.3 the system's
+alternatives select: OpenBLAS when libopenblas0 is installed, else the
+netlib reference BLAS, which is ~30x slower; the script says which it got."""
+import os
+
 import torch
 
 import peerlib
+
+
+def blas_library():
+    """The BLAS shared object this process has mapped (after a matmul)."""
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "blas" in os.path.basename(line.split()[-1])}
+    return ", ".join(sorted(libs)) or "unknown"
+
 
 peerlib.setup()
 for n in (512, 1024, 2048):
     a = torch.rand(n, n) - 0.5
     b = torch.rand(n, n) - 0.5
     c = torch.empty(n, n)
+    if n == 512:
+        torch.mm(a, b, out=c)
+        print("torch.mm BLAS: %s" % blas_library())
     shape = "%dx%dx%d" % (n, n, n)
     flops = 2.0 * n * n * n
     reps = 30 if n <= 512 else 15 if n <= 1024 else 7

@@ -40,58 +40,15 @@ static void print_tokens(const char *label, const int32_t *t, int n)
     printf("\n");
 }
 
-/* ---- beam search over the model: one kv sequence per live beam ---- */
-
-typedef struct beam_model {
-    tinylm *m;
-    int n_live, seq_of[64];     /* kv sequence of each sequence of the last call */
-    int32_t last_tok[64];
-    int n_q[64], new_seq[64];
-    int prompt_len;
-    float eos_per_token;        /* EOS logit bonus per generated token */
-    float *logits;
-} beam_model;
-
-/* Each new beam takes over its parent's sequence or forks it (blocks are
-   shared copy-on-write); parents nobody extends are freed. */
-static int beam_logits(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
-                       float *logits)
+/* A model that wants to stop more with every generated token, so the
+   beams finish at different lengths. */
+static int eager_to_stop(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
+                         float *logits)
 {
-    beam_model *bm = (beam_model *)user;
-    tinylm *m = bm->m;
-    int vocab = m->cfg.vocab, used[64] = {0};
-    if (n > 64) return 1;
-    for (int i = 0; i < n; i++) {
-        if (parent[i] < 0) { /* first call: prefill the prompt */
-            if (mlk_kv_seq_new(m->kv, &bm->new_seq[i]) != MLK_OK) return 1;
-            bm->n_q[i] = lens[i];
-        } else if (!used[parent[i]]) {
-            used[parent[i]] = 1;
-            bm->new_seq[i] = bm->seq_of[parent[i]];
-            bm->n_q[i] = 1;
-        } else {
-            if (mlk_kv_seq_fork(m->kv, bm->seq_of[parent[i]], &bm->new_seq[i]) != MLK_OK) return 1;
-            bm->n_q[i] = 1;
-        }
-    }
-    for (int p = 0; p < bm->n_live; p++)
-        if (!used[p]) mlk_kv_seq_free(m->kv, bm->seq_of[p]);
-    for (int i = 0; i < n; i++) {
-        bm->seq_of[i] = bm->new_seq[i];
-        if (bm->n_q[i] == 1) bm->last_tok[i] = seqs[i][lens[i] - 1];
-    }
-    bm->n_live = n;
-    if (parent[0] < 0) { /* prompts one by one, only the last row needed */
-        for (int i = 0; i < n; i++)
-            if (tinylm_prefill(m, m->cfg.layers, bm->seq_of[i], seqs[i], lens[i], m->cfg.max_tokens,
-                               bm->logits, logits + (size_t)i * vocab) != MLK_OK) return 1;
-    } else {           /* every beam's next token in one forward */
-        if (tinylm_forward(m, m->cfg.layers, n, bm->seq_of, bm->n_q, bm->last_tok, NULL, bm->logits) != MLK_OK)
-            return 1;
-        memcpy(logits, bm->logits, (size_t)n * vocab * sizeof(float));
-    }
-    for (int i = 0; i < n; i++) /* a model that wants to stop more with every token */
-        logits[(size_t)i * vocab + EOS] += bm->eos_per_token * (float)(lens[i] - bm->prompt_len);
+    tinylm_beam *bm = (tinylm_beam *)user;
+    if (tinylm_beam_logits(user, n, parent, seqs, lens, logits) != 0) return 1;
+    for (int i = 0; i < n; i++)
+        logits[(size_t)i * bm->m->cfg.vocab + EOS] += 1.5f * (float)(lens[i] - PROMPT_LEN);
     return 0;
 }
 
@@ -163,20 +120,18 @@ int main(int argc, char **argv)
         int32_t toks[WIDTH * BEAM_NEW];
         float lp[WIDTH], score[WIDTH];
         mlk_beam_config bc;
-        beam_model bm;
+        tinylm_beam bm;
         mlk_status st;
         memset(&bm, 0, sizeof bm);
         bm.m = &m;
-        bm.prompt_len = PROMPT_LEN;
-        bm.eos_per_token = 1.5f;
         bm.logits = logits;
         bc.beam_width = WIDTH; bc.vocab = cfg.vocab; bc.eos_id = EOS; bc.max_new_tokens = BEAM_NEW;
         bc.num_return = WIDTH; bc.length_penalty = 1.0f;
         prompts[0] = prompt;
-        st = mlk_beam_search(&bc, 1, prompts, &plen, beam_logits, &bm, toks, len, lp, score);
-        for (int i = 0; i < bm.n_live; i++) mlk_kv_seq_free(m.kv, bm.seq_of[i]);
-        printf("beam search: width %d, length penalty %.1f, EOS logit +%.1f per token: %s\n", WIDTH,
-               (double)bc.length_penalty, (double)bm.eos_per_token, mlk_status_str(st));
+        st = mlk_beam_search(&bc, 1, prompts, &plen, eager_to_stop, &bm, toks, len, lp, score);
+        tinylm_beam_done(&bm);
+        printf("beam search: width %d, length penalty %.1f, EOS logit +1.5 per generated token: %s\n", WIDTH,
+               (double)bc.length_penalty, mlk_status_str(st));
         fail |= st != MLK_OK;
         for (int q = 0; st == MLK_OK && q < WIDTH; q++) {
             char label[64];

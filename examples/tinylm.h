@@ -244,8 +244,9 @@ static mlk_status tinylm_prefill(tinylm *m, int n_layers, int seq, const int32_t
     return st;
 }
 
-/* Plain greedy decoding of max_new tokens with all layers, one forward per
-   token; returns the number written to out (stops after eos, -1 = none). */
+/* Plain greedy decoding with all layers, one forward per token: up to
+   max_new tokens into out, stopping after eos (-1: never). logits is scratch
+   of [max_tokens + 1, vocab]. Returns the count, or -1 on an error. */
 static int tinylm_greedy(tinylm *m, const int32_t *prompt, int len, int chunk, int max_new, int eos,
                          float *logits, int32_t *out)
 {
@@ -387,6 +388,63 @@ static mlk_status tinylm_speculate(tinylm *m, int draft_layers, int depth, const
     mlk_kv_seq_free(m->kv, sp.target_seq);
     mlk_kv_seq_free(m->kv, sp.draft_seq);
     return st;
+}
+
+/* ---- beam search: one KV sequence per live beam (mlk_logits_fn) ---- */
+
+#define TINYLM_MAX_BEAMS 64
+
+typedef struct tinylm_beam {
+    tinylm *m;
+    float *logits;                      /* scratch, [max_tokens + 1, vocab] */
+    int n_live;
+    int seq_of[TINYLM_MAX_BEAMS];       /* kv sequence of each sequence of the last call */
+    int next_seq[TINYLM_MAX_BEAMS], n_q[TINYLM_MAX_BEAMS];
+    int32_t last_tok[TINYLM_MAX_BEAMS];
+} tinylm_beam;
+
+/* Each new beam takes over its parent's sequence or forks it (blocks are
+   shared copy-on-write); parents nobody extends are freed. The first call
+   prefills the prompts; later ones run every beam's newest token in one
+   forward. */
+static int tinylm_beam_logits(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
+                              float *logits)
+{
+    tinylm_beam *bm = (tinylm_beam *)user;
+    tinylm *m = bm->m;
+    int vocab = m->cfg.vocab, used[TINYLM_MAX_BEAMS] = {0};
+    if (n > TINYLM_MAX_BEAMS) return 1;
+    for (int i = 0; i < n; i++) {
+        int p = parent[i];
+        mlk_status st = MLK_OK;
+        if (p < 0) st = mlk_kv_seq_new(m->kv, &bm->next_seq[i]);
+        else if (!used[p]) bm->next_seq[i] = bm->seq_of[p];
+        else st = mlk_kv_seq_fork(m->kv, bm->seq_of[p], &bm->next_seq[i]);
+        if (st != MLK_OK) return 1;
+        if (p >= 0) used[p] = 1;
+        bm->n_q[i] = 1;
+        bm->last_tok[i] = seqs[i][lens[i] - 1];
+    }
+    for (int p = 0; p < bm->n_live; p++)
+        if (!used[p]) mlk_kv_seq_free(m->kv, bm->seq_of[p]);
+    memcpy(bm->seq_of, bm->next_seq, (size_t)n * sizeof(int));
+    bm->n_live = n;
+    if (parent[0] < 0) {
+        for (int i = 0; i < n; i++)
+            if (tinylm_prefill(m, m->cfg.layers, bm->seq_of[i], seqs[i], lens[i], m->cfg.max_tokens, bm->logits,
+                               logits + (size_t)i * vocab) != MLK_OK) return 1;
+        return 0;
+    }
+    if (tinylm_forward(m, m->cfg.layers, n, bm->seq_of, bm->n_q, bm->last_tok, NULL, bm->logits) != MLK_OK) return 1;
+    memcpy(logits, bm->logits, (size_t)n * vocab * sizeof(float));
+    return 0;
+}
+
+/* Frees the sequences of the last call's beams. */
+static void tinylm_beam_done(tinylm_beam *bm)
+{
+    for (int i = 0; i < bm->n_live; i++) mlk_kv_seq_free(bm->m->kv, bm->seq_of[i]);
+    bm->n_live = 0;
 }
 
 #endif

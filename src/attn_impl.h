@@ -448,7 +448,7 @@ static void mlk__attn_rows_finish(const mlk__attn_rows *st, float *o, size_t o_h
 /* A validated descriptor with defaults resolved and element strides. */
 typedef struct mlk__attn_geom {
     int batch, heads, kv_heads, group, len_q, len_kv, head_dim;
-    int tile_q, tile_kv, n_q_tiles;
+    int tile_q, tile_kv, bwd_tile_kv, n_q_tiles;
     float scale, softcap;
     size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
     size_t fwd_thread_bytes, bwd_thread_bytes; /* scratch of one task */
@@ -499,6 +499,10 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     /* default tiles: about 64 rows (queries x grouped heads) by 128 keys */
     g->tile_q = d->tile_q ? d->tile_q : (g->group >= 64 ? 1 : 64 / g->group);
     g->tile_kv = d->tile_kv ? d->tile_kv : 128;
+    /* the backward keeps ~5 tiles of kv rows live (K, V both ways, dK, dV):
+       64 keys keep them in L2 and its workspace under 1% of N x N at N = 4096 */
+    g->bwd_tile_kv = d->tile_kv ? d->tile_kv : 64;
+    if (g->bwd_tile_kv > g->len_kv) g->bwd_tile_kv = g->len_kv;
     if (g->tile_q > g->len_q) g->tile_q = g->len_q;
     if (g->tile_kv > g->len_kv) g->tile_kv = g->len_kv;
     if ((size_t)g->tile_q * (size_t)g->group > (size_t)INT_MAX / 64) return MLK_ERR_OVERFLOW;
@@ -518,8 +522,8 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
     rows = (size_t)g->tile_q * g->group;
     dp = (size_t)mlk__attn_pad(g->head_dim);
-    kp = (size_t)mlk__attn_pad(g->tile_kv);
     g->fwd_thread_bytes = mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv);
+    kp = (size_t)mlk__attn_pad(g->bwd_tile_kv);
     /* backward: k_t, v_t [D][kp]; k_pack, dk_acc, dv_acc [kp][dp]; q, dout,
        dq tile [rows][dp]; p, ds [rows][kp]; p^T [kp][rows]; lse, D [rows] */
     t = 2 * (size_t)g->head_dim * kp + 3 * kp * dp + 3 * rows * dp + 3 * rows * kp + 2 * rows;
@@ -717,7 +721,7 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                                const mlk__attn_bwd_io *io, void *scratch)
 {
     int b = task / g->kv_heads, kvh = task % g->kv_heads, h0 = kvh * g->group, dim = g->head_dim;
-    int dp = mlk__attn_pad(dim), kp = mlk__attn_pad(g->tile_kv), max_rows = g->tile_q * g->group;
+    int dp = mlk__attn_pad(dim), kp = mlk__attn_pad(g->bwd_tile_kv), max_rows = g->tile_q * g->group;
     size_t q_off = (size_t)b * g->q_batch + (size_t)h0 * g->q_head;
     size_t kv_off = (size_t)b * g->kv_batch + (size_t)kvh * g->kv_head;
     size_t lse_off = ((size_t)b * g->heads + (size_t)h0) * g->len_q;
@@ -733,8 +737,8 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
         for (int h = 0; h < g->group; h++)
             for (int i = 0; i < g->len_q; i++)
                 memset(io->dq + q_off + (size_t)h * g->q_head + (size_t)i * g->q_tok, 0, (size_t)dim * sizeof(float));
-    for (int kv0 = 0; kv0 < g->len_kv; kv0 += g->tile_kv) {
-        int nk_tile = g->len_kv - kv0 < g->tile_kv ? g->len_kv - kv0 : g->tile_kv;
+    for (int kv0 = 0; kv0 < g->len_kv; kv0 += g->bwd_tile_kv) {
+        int nk_tile = g->len_kv - kv0 < g->bwd_tile_kv ? g->len_kv - kv0 : g->bwd_tile_kv;
         int nk = m.n_keys - kv0 < nk_tile ? m.n_keys - kv0 : nk_tile; /* keys past kv_len get 0 */
         const float *kt = io->k + kv_off + (size_t)kv0 * g->kv_tok, *vt = io->v + kv_off + (size_t)kv0 * g->kv_tok;
         if (nk < 0) nk = 0;

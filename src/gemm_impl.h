@@ -25,7 +25,7 @@ enum {
     MLK__GEMM_NR = 16,   /* micro-tile columns */
     MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
     MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
-    MLK__GEMM_NC = 512   /* columns of B per packed panel */
+    MLK__GEMM_NC = 512   /* columns of B per packed panel: 512 KiB, stays in a 2 MiB L2 */
 };
 
 /* op(A) element (i, p) is a[i * a_rs + p * a_cs]; op(B) element (p, j) is
@@ -56,7 +56,7 @@ static mlk__gemm_args mlk__gemm_make_args(int trans_a, int trans_b, int m, int n
 }
 
 static int mlk__gemm_min(int x, int y) { return x < y ? x : y; }
-static int mlk__gemm_ceil_div(int x, int y) { return (x + y - 1) / y; }
+static int mlk__gemm_ceil_div(int x, int y) { return x / y + (x % y != 0); }
 
 /* Packs `width` (<= pad) lines of kc values into dst[p * pad + w], zeros in
    lines width..pad-1. Line w, step p reads src[w * w_stride + p * k_stride]:
@@ -205,12 +205,13 @@ static int mlk__gemm_split(int count, int blocks, int b) { return (int)((long lo
    called with nth > 1 only by every thread of one parallel team. */
 static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_pack, int tid, int nth)
 {
-    for (int jc = 0; jc < g->n; jc += MLK__GEMM_NC) {
-        const int nc = mlk__gemm_min(MLK__GEMM_NC, g->n - jc);
+    int nc, kc;
+    for (int jc = 0; jc < g->n; jc += nc) { /* jc += NC could overflow near INT_MAX */
+        nc = mlk__gemm_min(MLK__GEMM_NC, g->n - jc);
         const int nt = mlk__gemm_ceil_div(nc, MLK__GEMM_NR);
         const mlk__gemm_plan pl = mlk__gemm_make_plan(g->m, nt, nth);
-        for (int pc = 0; pc < g->k; pc += MLK__GEMM_KC) {
-            const int kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
+        for (int pc = 0; pc < g->k; pc += kc) {
+            kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
             const float beta = pc == 0 ? g->beta : 1.0f;
             int packed_ic = -1;
             for (int s = tid; s < nt; s += nth) {
@@ -224,8 +225,10 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
             }
             for (int t = tid; t < pl.n_ic * pl.n_jr; t += nth) {
                 const int ic = t / pl.n_jr, jr = t % pl.n_jr;
-                const int i0 = mlk__gemm_split(pl.mt, pl.n_ic, ic) * MLK__GEMM_MR;
-                const int mc = mlk__gemm_min(mlk__gemm_split(pl.mt, pl.n_ic, ic + 1) * MLK__GEMM_MR, g->m) - i0;
+                const int tile0 = mlk__gemm_split(pl.mt, pl.n_ic, ic);
+                const int i0 = tile0 * MLK__GEMM_MR;
+                const int mc = mlk__gemm_min((mlk__gemm_split(pl.mt, pl.n_ic, ic + 1) - tile0) * MLK__GEMM_MR,
+                                             g->m - i0);
                 const int s_end = mlk__gemm_split(nt, pl.n_jr, jr + 1);
                 if (ic != packed_ic) {
                     for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
@@ -320,7 +323,8 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     }
     /* one thread for small products: the team costs more than it saves */
     nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
-    nth = mlk__gemm_min(nth, mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR));
+    if ((long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR) < nth)
+        nth = mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
     b_floats = mlk__gemm_b_floats(n, k);
     a_floats = mlk__gemm_a_floats(m, k);
     pack = (float *)mlk__alloc((b_floats + (size_t)nth * a_floats) * sizeof(float));

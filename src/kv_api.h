@@ -69,7 +69,9 @@ MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
    order, [n_q[s], heads, head_dim]; heads a multiple of kv_heads (GQA).
    Causal, bottom-right aligned; with tree_parent (one sequence only) the
    last n_q positions are a tree: a node sees the prefix, its ancestors and
-   itself. scale 0 means 1/sqrt(head_dim). Deterministic for any threads. */
+   itself (a bad parent array is MLK_ERR_TREE). scale 0 means
+   1/sqrt(head_dim). Scratch: one allocation per call, about 0.4 MiB per
+   thread at head_dim 128. Bitwise identical for any thread count. */
 MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     const int *seqs, const int *n_q, const float *q, int heads,
     float scale, const int *tree_parent, float *o);

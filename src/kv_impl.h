@@ -101,21 +101,18 @@ static void mlk__kv_f16_decode(int d, const uint16_t *h, float *x)
     for (; j < d; j++) x[j] = mlk__kv_f32_from_f16(h[j]);
 }
 
-/* Symmetric quantisation of each 32-block to [-qmax, qmax]: scale =
-   max|x| / qmax, q = round(x / scale); |x - q*scale| <= scale / 2. */
-static void mlk__kv_quant(int d, int qmax, const float *x, float *scales, signed char *q)
+/* Symmetric quantisation of n <= 32 values to [-qmax, qmax]; returns the
+   scale max|x| / qmax. |x - q * scale| <= scale / 2 up to float rounding. */
+static float mlk__kv_quant_block(int n, int qmax, const float *x, signed char *q)
 {
-    for (int b0 = 0, bi = 0; b0 < d; b0 += MLK__KV_QBLOCK, bi++) {
-        int b1 = b0 + MLK__KV_QBLOCK < d ? b0 + MLK__KV_QBLOCK : d;
-        float amax = 0.0f, inv;
-        for (int j = b0; j < b1; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        scales[bi] = amax / (float)qmax;
-        inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
-        for (int j = b0; j < b1; j++) {
-            float r = roundf(x[j] * inv);
-            q[j] = (signed char)(r > (float)qmax ? qmax : r < (float)-qmax ? -qmax : (int)r);
-        }
+    float amax = 0.0f, inv;
+    for (int j = 0; j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
+    for (int j = 0; j < n; j++) {
+        float r = roundf(x[j] * inv);
+        q[j] = (signed char)(r > (float)qmax ? qmax : r < (float)-qmax ? -qmax : (int)r);
     }
+    return amax / (float)qmax;
 }
 
 static void mlk__kv_q8_dequant(int d, const float *scales, const signed char *q, float *x)
@@ -154,22 +151,28 @@ static void mlk__kv_q4_dequant(int d, const float *scales, const unsigned char *
     for (; j < d; j++) x[j] = (float)mlk__kv_q4_get(p, j) * scales[j / MLK__KV_QBLOCK];
 }
 
-/* Encodes one row; scratch holds head_dim int8 (Q4 packs from it). */
-static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row,
-                               signed char *scratch)
+static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
 {
-    int nb = mlk__kv_nblocks(d);
-    switch (type) {
-    case MLK_KV_F32: memcpy(row, x, (size_t)d * 4); break;
-    case MLK_KV_F16: mlk__kv_f16_encode(d, x, (uint16_t *)(void *)row); break;
-    case MLK_KV_Q8: mlk__kv_quant(d, 127, x, (float *)(void *)row, (signed char *)(row + 4 * nb)); break;
-    case MLK_KV_Q4: {
-        unsigned char *p = row + 4 * nb;
-        mlk__kv_quant(d, 7, x, (float *)(void *)row, scratch);
-        memset(p, 0, (size_t)(d + 1) / 2);
-        for (int j = 0; j < d; j++) p[j >> 1] |= (unsigned char)((scratch[j] + 8) << ((j & 1) * 4));
-        break;
+    float *scales = (float *)(void *)row;
+    unsigned char *data = row + 4 * mlk__kv_nblocks(d);
+    signed char qb[MLK__KV_QBLOCK];
+    if (type == MLK_KV_F32) {
+        memcpy(row, x, (size_t)d * 4);
+        return;
     }
+    if (type == MLK_KV_F16) {
+        mlk__kv_f16_encode(d, x, (uint16_t *)(void *)row);
+        return;
+    }
+    for (int b0 = 0; b0 < d; b0 += MLK__KV_QBLOCK) {
+        int n = d - b0 < MLK__KV_QBLOCK ? d - b0 : MLK__KV_QBLOCK;
+        scales[b0 / MLK__KV_QBLOCK] = mlk__kv_quant_block(n, type == MLK_KV_Q8 ? 127 : 7, x + b0, qb);
+        if (type == MLK_KV_Q8) {
+            memcpy(data + b0, qb, (size_t)n);
+            continue;
+        }
+        for (int j = 0; j < n; j += 2) /* b0 is even: element pairs share a byte */
+            data[(b0 + j) / 2] = (unsigned char)((qb[j] + 8) | (j + 1 < n ? (qb[j + 1] + 8) << 4 : 0));
     }
 }
 
@@ -425,7 +428,6 @@ MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
 {
     int hkv, d, bs, b0, b1;
     size_t count;
-    signed char *scratch = NULL;
     mlk_status st;
     if (!c || !k || !v) return MLK_ERR_NULL;
     if ((st = mlk__kv_check_range(c, seq, layer, pos, n)) != MLK_OK) return st;
@@ -439,18 +441,13 @@ MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
     b0 = pos / bs;
     b1 = (pos + n - 1) / bs;
     if (mlk__kv_shared_in(c, seq, b0, b1) > c->free_count) return MLK_ERR_CAPACITY;
-    if (c->cfg.type == MLK_KV_Q4) {
-        scratch = (signed char *)MLKERN_MALLOC((size_t)d);
-        if (!scratch) return MLK_ERR_NOMEM;
-    }
     for (int b = b0; b <= b1; b++) mlk__kv_make_private(c, seq, b);
     for (int i = 0; i < n; i++)
         for (int h = 0; h < hkv; h++) {
             size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
-            mlk__kv_encode_row(c->cfg.type, d, k + off, mlk__kv_row(c, seq, layer, 0, h, pos + i), scratch);
-            mlk__kv_encode_row(c->cfg.type, d, v + off, mlk__kv_row(c, seq, layer, 1, h, pos + i), scratch);
+            mlk__kv_encode_row(c->cfg.type, d, k + off, mlk__kv_row(c, seq, layer, 0, h, pos + i));
+            mlk__kv_encode_row(c->cfg.type, d, v + off, mlk__kv_row(c, seq, layer, 1, h, pos + i));
         }
-    MLKERN_FREE(scratch);
     return MLK_OK;
 }
 

@@ -1,70 +1,77 @@
 /* ---- softmax, top-k, sampling: implementation ----
-   Every kernel reads a row once through mlk__sm_scan: a running max m and a
-   running sum l of exp((x - m) / T), rescaled by exp((m_old - m_new) / T)
-   when the max grows, while a size-k min-heap keeps the k largest logits.
-   The scan goes in blocks of 64 logits; after warm-up almost no block holds a
-   logit above the heap's minimum, so the heap is touched rarely. */
+   mlk__sm_scan reads a row once: a running max m and a running sum l of
+   exp((x - m) / T), rescaled by exp((m_old - m_new) / T) when the max grows,
+   while a size-k min-heap keeps the k largest logits. The scan goes in
+   blocks of 64 logits; after warm-up almost no block holds a logit above the
+   heap's minimum, so the heap is touched rarely. Top-k is that one pass;
+   softmax and sampling without top_k/top_p add a pass that writes or draws. */
 
-/* A min-heap of (logit, index) whose root is the worst kept entry: the
-   smallest logit, and of equal logits the higher index. */
-typedef struct mlk__sm_heap { float *val; int32_t *idx; int size, cap; } mlk__sm_heap;
+/* A min-heap of (logit, index) pairs packed in one 64-bit key that orders
+   them as the output does: the float's bits mapped to an unsigned order
+   (-0 taken as +0) above the complemented index, so a larger key is a larger
+   logit or, for equal logits, the lower index. The root is the worst kept. */
+typedef struct mlk__sm_heap { uint64_t *key; int size, cap; } mlk__sm_heap;
 
-static int mlk__sm_worse(float va, int32_t ia, float vb, int32_t ib)
+static uint64_t mlk__sm_key(float v, int32_t idx)
 {
-    return va < vb || (va == vb && ia > ib);
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if (u == 0x80000000u) u = 0;
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)idx;
 }
 
-static void mlk__sm_sift_down(mlk__sm_heap *h, int pos, int size)
+static float mlk__sm_key_val(uint64_t key)
 {
-    float v = h->val[pos];
-    int32_t id = h->idx[pos];
+    uint32_t u = (uint32_t)(key >> 32);
+    float v;
+    u = (u & 0x80000000u) ? u & 0x7FFFFFFFu : ~u;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static void mlk__sm_sift_down(uint64_t *key, int pos, int size)
+{
+    uint64_t moving = key[pos];
     for (;;) {
         int child = 2 * pos + 1;
         if (child >= size) break;
-        if (child + 1 < size && mlk__sm_worse(h->val[child + 1], h->idx[child + 1], h->val[child], h->idx[child]))
-            child++;
-        if (!mlk__sm_worse(h->val[child], h->idx[child], v, id)) break;
-        h->val[pos] = h->val[child];
-        h->idx[pos] = h->idx[child];
+        if (child + 1 < size && key[child + 1] < key[child]) child++;
+        if (key[child] >= moving) break;
+        key[pos] = key[child];
         pos = child;
     }
-    h->val[pos] = v;
-    h->idx[pos] = id;
+    key[pos] = moving;
 }
 
-/* Logits arrive in increasing index order, so a later logit beats the root
-   only when strictly larger: ties keep the lower index. */
-static void mlk__sm_heap_offer(mlk__sm_heap *h, float v, int32_t id)
+/* Keeps the cap largest keys offered so far. */
+static void mlk__sm_heap_offer(mlk__sm_heap *h, uint64_t k)
 {
     if (h->size < h->cap) {
         int pos = h->size++;
-        while (pos > 0) {
-            int parent = (pos - 1) / 2;
-            if (!mlk__sm_worse(v, id, h->val[parent], h->idx[parent])) break;
-            h->val[pos] = h->val[parent];
-            h->idx[pos] = h->idx[parent];
-            pos = parent;
+        while (pos > 0 && h->key[(pos - 1) / 2] > k) {
+            h->key[pos] = h->key[(pos - 1) / 2];
+            pos = (pos - 1) / 2;
         }
-        h->val[pos] = v;
-        h->idx[pos] = id;
-    } else if (v > h->val[0]) {
-        h->val[0] = v;
-        h->idx[0] = id;
-        mlk__sm_sift_down(h, 0, h->size);
+        h->key[pos] = k;
+    } else if (k > h->key[0]) {
+        h->key[0] = k;
+        mlk__sm_sift_down(h->key, 0, h->size);
     }
 }
 
-/* In-place heapsort: afterwards val/idx run from best to worst. */
-static void mlk__sm_heap_sort(mlk__sm_heap *h)
+/* Heapsort, then unpacks the keys into val/idx from best to worst. */
+static void mlk__sm_heap_sort(mlk__sm_heap *h, float *val, int32_t *idx)
 {
     for (int end = h->size - 1; end > 0; end--) {
-        float v = h->val[0];
-        int32_t id = h->idx[0];
-        h->val[0] = h->val[end];
-        h->idx[0] = h->idx[end];
-        h->val[end] = v;
-        h->idx[end] = id;
-        mlk__sm_sift_down(h, 0, end);
+        uint64_t worst = h->key[0];
+        h->key[0] = h->key[end];
+        h->key[end] = worst;
+        mlk__sm_sift_down(h->key, 0, end);
+    }
+    for (int j = 0; j < h->size; j++) {
+        val[j] = mlk__sm_key_val(h->key[j]);
+        idx[j] = (int32_t)~(uint32_t)h->key[j];
     }
 }
 
@@ -73,7 +80,7 @@ static void mlk__sm_heap_sort(mlk__sm_heap *h)
 static void mlk__sm_offer_range(mlk__sm_heap *h, const float *logits, int base, int len)
 {
     for (int j = 0; j < len; j++)
-        if (base + j >= h->cap && logits[j] > h->val[0]) mlk__sm_heap_offer(h, logits[j], base + j);
+        if (base + j >= h->cap) mlk__sm_heap_offer(h, mlk__sm_key(logits[j], base + j));
 }
 
 #define MLK__SM_BLOCK 64
@@ -88,7 +95,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
     int bad = 0;
     if (heap) {
         heap->size = 0;
-        for (int i = 0; i < heap->cap; i++) mlk__sm_heap_offer(heap, x[i], i);
+        for (int i = 0; i < heap->cap; i++) mlk__sm_heap_offer(heap, mlk__sm_key(x[i], i));
     }
 #if defined(MLK__AVX2)
     {
@@ -117,7 +124,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
             for (int j = 0; j < 8; j++)
                 l8 = _mm256_add_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[j], m8), inv)));
             if (heap && i + len > heap->cap) {
-                __m256 threshold = _mm256_set1_ps(heap->val[0]);
+                __m256 threshold = _mm256_set1_ps(mlk__sm_key_val(heap->key[0]));
                 if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, threshold, _CMP_GT_OQ)))
                     for (int j = 0; j < 8; j++) { /* only the lanes above the heap's minimum */
                         int above = _mm256_movemask_ps(_mm256_cmp_ps(v[j], threshold, _CMP_GT_OQ));
@@ -154,7 +161,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
             for (int j = 0; j < len; j++) block_l += mlk__expf((block[j] - m) * inv_t);
             l += block_l;
         }
-        if (heap && i + len > heap->cap && block_max > heap->val[0])
+        if (heap && i + len > heap->cap && block_max > mlk__sm_key_val(heap->key[0]))
             mlk__sm_offer_range(heap, block, i, len);
     }
 #endif
@@ -173,14 +180,11 @@ static double mlk__sm_uniform(uint64_t state, uint64_t draw)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* Below this many logits a call stays on one thread. */
-static int mlk__sm_parallel(size_t count) { return count > 32768; }
-
 /* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
 static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, float *l_sum)
 {
     int n_bad = 0;
-    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel((size_t)rows * n)) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > 32768) reduction(+:n_bad))
     for (int r = 0; r < rows; r++)
         n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
     return n_bad ? MLK_ERR_VALUE : MLK_OK;
@@ -200,7 +204,7 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
     if (!stats) return MLK_ERR_NOMEM;
     st = mlk__sm_scan_rows(rows, n, x, stats, stats + rows);
     if (st == MLK_OK) {
-        MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)))
+        MLK__OMP(omp parallel for schedule(static) if (count > 32768))
         for (int r = 0; r < rows; r++) {
             const float *x_row = x + (size_t)r * (size_t)n;
             float *y_row = y + (size_t)r * (size_t)n;
@@ -240,6 +244,7 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
 {
     size_t count, out_count, need;
     mlk__arena arena;
+    uint64_t *keys;
     float *top_val;
     int32_t *top_idx;
     int n_bad = 0;
@@ -249,27 +254,28 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count) ||
         !mlk__count4(rows, k, 1, 1, sizeof(float), &out_count)) return MLK_ERR_OVERFLOW;
     if (!(temperature > 0.0f && 1.0f / temperature < INFINITY) || temperature == INFINITY) return MLK_ERR_ARG;
-    need = mlk__arena_need(mlk__arena_need(0, out_count * sizeof(float)), out_count * sizeof(int32_t));
+    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(0, out_count * sizeof(uint64_t)),
+                                           out_count * sizeof(float)), out_count * sizeof(int32_t));
     st = mlk__arena_init(&arena, NULL, need);
     if (st != MLK_OK) return st;
+    keys = (uint64_t *)mlk__arena_take(&arena, out_count * sizeof(uint64_t));
     top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
     top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_heap heap;
-        float row_max, l_sum, inv_t = 1.0f / temperature, log_l;
-        heap.val = top_val + (size_t)r * k;
-        heap.idx = top_idx + (size_t)r * k;
+        float row_max, l_sum, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
+        heap.key = keys + (size_t)r * k;
         heap.cap = k;
         if (!mlk__sm_scan(logits + (size_t)r * (size_t)n, n, inv_t, &heap, &row_max, &l_sum)) {
             n_bad++;
             continue;
         }
-        mlk__sm_heap_sort(&heap);
+        mlk__sm_heap_sort(&heap, val, top_idx + (size_t)r * k);
         log_l = logf(l_sum);
         for (int j = 0; j < k; j++) {
-            float d = (heap.val[j] - row_max) * inv_t;
-            heap.val[j] = log_out ? d - log_l : expf(d) / l_sum;
+            float d = (val[j] - row_max) * inv_t;
+            val[j] = log_out ? d - log_l : expf(d) / l_sum;
         }
     }
     if (n_bad == 0) {
@@ -292,18 +298,20 @@ MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
     return mlk__sm_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
 }
 
-/* One row of mlk_sample with uniform draw u; heap has room for n entries.
-   Weights are w = exp((x - max) / T), so the most probable token has w = 1
-   and min_p keeps w >= min_p. Returns -1 for a bad row. */
+/* One row of mlk_sample with uniform draw u; heap, val and idx have room
+   for the candidates (heap->cap). Weights are w = exp((x - max) / T), so the
+   most probable token has w = 1 and min_p keeps w >= min_p. Returns -1 for
+   a bad row. */
 static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, double u,
-                                  mlk__sm_heap *heap)
+                                  mlk__sm_heap *heap, float *val, int32_t *idx)
 {
     float row_max, l_sum, inv_t;
     int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : 0;
     if (s->temperature == 0.0f) { /* greedy: a heap of one is the argmax, ties to the lower index */
         heap->cap = 1;
         if (!mlk__sm_scan(x, n, 1.0f, heap, &row_max, &l_sum)) return -1;
-        return heap->idx[0];
+        mlk__sm_heap_sort(heap, val, idx);
+        return idx[0];
     }
     inv_t = 1.0f / s->temperature;
     if (top_k || s->top_p < 1.0f) {
@@ -313,20 +321,20 @@ static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, d
         int n_keep = 0;
         heap->cap = top_k ? top_k : n;
         if (!mlk__sm_scan(x, n, inv_t, heap, &row_max, &l_sum)) return -1;
-        mlk__sm_heap_sort(heap);
+        mlk__sm_heap_sort(heap, val, idx);
         for (int j = 0; j < heap->size; j++) {
-            heap->val[j] = mlk__expf((heap->val[j] - row_max) * inv_t);
-            total += heap->val[j];
+            val[j] = mlk__expf((val[j] - row_max) * inv_t);
+            total += val[j];
         }
         while (n_keep < heap->size && (n_keep == 0 || (kept < (double)s->top_p * total &&
-               heap->val[n_keep] >= s->min_p && heap->val[n_keep] > 0.0f)))
-            kept += heap->val[n_keep++];
+               val[n_keep] >= s->min_p && val[n_keep] > 0.0f)))
+            kept += val[n_keep++];
         target = u * kept;
         for (int j = 0; j < n_keep - 1; j++) {
-            target -= heap->val[j];
-            if (target < 0.0) return heap->idx[j];
+            target -= val[j];
+            if (target < 0.0) return idx[j];
         }
-        return heap->idx[n_keep - 1];
+        return idx[n_keep - 1];
     } else {
         /* no sorting needed: draw over the tokens with w >= min_p in index order */
         double kept = 0.0, target;
@@ -355,6 +363,7 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     size_t count, need;
     mlk__arena arena;
     int threads = mlk__max_threads(), heap_cap, n_bad = 0;
+    uint64_t *heap_key;
     float *heap_val;
     int32_t *heap_idx, *tokens;
     mlk_status st;
@@ -366,21 +375,23 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
         !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f)) return MLK_ERR_ARG;
     /* a heap per thread: the top_k candidates, or the whole row for top_p alone */
     heap_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
-    if (!mlk__count4(threads, heap_cap, 1, 1, sizeof(float), &need)) return MLK_ERR_OVERFLOW;
-    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(float)), need * sizeof(int32_t)),
-                           (size_t)rows * sizeof(int32_t));
+    if (!mlk__count4(threads, heap_cap, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
+    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(uint64_t)),
+                           need * sizeof(float)), need * sizeof(int32_t)), (size_t)rows * sizeof(int32_t));
     st = mlk__arena_init(&arena, NULL, need);
     if (st != MLK_OK) return st;
+    heap_key = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(uint64_t));
     heap_val = (float *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(float));
     heap_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * heap_cap * sizeof(int32_t));
     tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (mlk__sm_parallel(count)) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_heap heap;
-        heap.val = heap_val + (size_t)mlk__thread_id() * heap_cap;
-        heap.idx = heap_idx + (size_t)mlk__thread_id() * heap_cap;
+        size_t slot = (size_t)mlk__thread_id() * heap_cap;
+        heap.key = heap_key + slot;
         tokens[r] = mlk__sm_sample_row(logits + (size_t)r * (size_t)n, n, s,
-                                       mlk__sm_uniform(*rng_state, (uint64_t)r), &heap);
+                                       mlk__sm_uniform(*rng_state, (uint64_t)r), &heap,
+                                       heap_val + slot, heap_idx + slot);
         n_bad += tokens[r] < 0;
     }
     if (n_bad == 0) {

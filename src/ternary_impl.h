@@ -201,6 +201,22 @@ MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_
     return acc;
 }
 
+/* Reference GEMM: one output column (weight row) per iteration. */
+MLK__MAYBE_UNUSED static void mlk__tern_gemm_ref(int m, int n, int k, const int8_t *xq,
+    const float *xscale, const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t row_bytes = mlk_ternary_row_bytes(k);
+    int j;
+    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
+    for (j = 0; j < n; j++) {
+        const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
+        int i;
+        for (i = 0; i < m; i++)
+            y[(size_t)i * n + j] = mlk__tern_output(
+                mlk__tern_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
+    }
+}
+
 #if defined(MLK__AVX2)
 /* AVX2: 32 packed bytes hold 128 weights; byte j of a 128-block holds
    weights 4j .. 4j+3, so shifting the bytes by 0, 2, 4, 6 gives four
@@ -329,7 +345,9 @@ static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t full, const ui
     mlk__tern_hsum(acc32, rows, dot);
 }
 
-static void mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xp, size_t kpad,
+/* The GEMM on permuted activations: threads take chunks of weight rows
+   (output columns); within one, MLK__TERN_MR activation rows at a time. */
+static void mlk__tern_gemm_panels(int m, int n, int k, const int8_t *xp, size_t kpad,
     const int32_t *row_sum, const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k), full = row_bytes / 32, tail = row_bytes % 32;
@@ -360,6 +378,30 @@ static void mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xp, size_t kp
             }
     }
 }
+
+/* Permutes the activations into scratch, then runs the panels. */
+static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, const float *xscale,
+                                      const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t kpad = ((size_t)k + 127) / 128 * 128, xp_bytes;
+    mlk__arena arena;
+    int8_t *xp;
+    int32_t *row_sum;
+    mlk_status st;
+    int i;
+    if (!mlk__mul_ok((size_t)m, kpad, &xp_bytes)) return MLK_ERR_OVERFLOW;
+    st = mlk__arena_init(&arena, NULL,
+                         mlk__arena_need(mlk__arena_need(0, xp_bytes), (size_t)m * sizeof(int32_t)));
+    if (st != MLK_OK) return st;
+    xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
+    row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__TERN_PAR_MIN))
+    for (i = 0; i < m; i++)
+        mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
+    mlk__tern_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
+    mlk__arena_done(&arena);
+    return MLK_OK;
+}
 #endif
 
 MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
@@ -372,38 +414,12 @@ MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
         !mlk__count4(m, n, 1, 1, sizeof(float), &y_count) ||
         !mlk__mul_ok((size_t)n, row_bytes, &w_bytes))
         return MLK_ERR_OVERFLOW;
-    {
 #if defined(MLK__AVX2)
-        size_t kpad = ((size_t)k + 127) / 128 * 128, xp_bytes;
-        mlk__arena arena;
-        int8_t *xp;
-        int32_t *row_sum;
-        mlk_status st;
-        int i;
-        if (!mlk__mul_ok((size_t)m, kpad, &xp_bytes)) return MLK_ERR_OVERFLOW;
-        st = mlk__arena_init(&arena, NULL,
-                             mlk__arena_need(mlk__arena_need(0, xp_bytes), (size_t)m * sizeof(int32_t)));
-        if (st != MLK_OK) return st;
-        xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
-        row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
-        MLK__OMP(omp parallel for schedule(static) if (x_count >= MLK__TERN_PAR_MIN))
-        for (i = 0; i < m; i++)
-            mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
-        mlk__tern_gemm_avx2(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
-        mlk__arena_done(&arena);
+    return mlk__tern_gemm_avx2(m, n, k, xq, xscale, wpacked, wscale, y);
 #else
-        int j;
-        MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
-        for (j = 0; j < n; j++) {
-            const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
-            int i;
-            for (i = 0; i < m; i++)
-                y[(size_t)i * n + j] = mlk__tern_output(
-                    mlk__tern_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
-        }
-#endif
-    }
+    mlk__tern_gemm_ref(m, n, k, xq, xscale, wpacked, wscale, y);
     return MLK_OK;
+#endif
 }
 
 /* ---- BitLinear training ---- */

@@ -120,7 +120,8 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
         s.target_calls++;
         s.drafted += n;
         bonus = greedy[0];
-        if (n > 0) mlk_tree_accept(n, parent, tokens, greedy, path, &n_path, &bonus);
+        if (n > 0) /* cannot fail: the tree was checked above */
+            mlk_tree_accept(n, parent, tokens, greedy, path, &n_path, &bonus);
         if (cfg->accept && cfg->accept(cfg->user, n_path, path) != 0) {
             st = MLK_ERR_CALLBACK;
             break;

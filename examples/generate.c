@@ -97,6 +97,7 @@ int main(int argc, char **argv)
     t_greedy = now_s() - t0;
     print_tokens("greedy:   ", greedy, n_greedy);
 
+    memset(&stats, 0, sizeof stats);
     t0 = now_s();
     if (tinylm_speculate(&m, 1, 4, prompt, PROMPT_LEN, 5, MAX_NEW, -1, logits, spec, &n_spec, &stats) != MLK_OK)
         n_spec = -1;
@@ -106,7 +107,7 @@ int main(int argc, char **argv)
     printf("  %d target calls for %d tokens (greedy: %d), mean accepted length %.2f (+1 bonus per call)\n",
            stats.target_calls, n_spec, n_greedy, (double)stats.mean_accepted);
     printf("  %.1f ms vs greedy %.1f ms: %.2fx\n", t_spec * 1e3, t_greedy * 1e3, t_greedy / t_spec);
-    if (n_spec != n_greedy || memcmp(spec, greedy, (size_t)n_greedy * sizeof(int32_t)) != 0) {
+    if (n_greedy < 0 || n_spec != n_greedy || memcmp(spec, greedy, (size_t)n_greedy * sizeof(int32_t)) != 0) {
         printf("  MISMATCH: speculative output differs from greedy decoding\n");
         fail = 1;
     } else {

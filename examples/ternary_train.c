@@ -290,7 +290,7 @@ static void train(run *r, int steps, int log_every, int n_train, const float *x,
     mlp m = mlp_view(r->params), g = mlp_view(r->grads);
     double loss_sum = 0;
     int step, i;
-    cfg.lr = 5e-3f; cfg.beta1 = 0.9f; cfg.beta2 = 0.999f; cfg.eps = 1e-8f; cfg.weight_decay = 1e-4f;
+    cfg.beta1 = 0.9f; cfg.beta2 = 0.999f; cfg.eps = 1e-8f; cfg.weight_decay = 1e-4f;
     mlp_init(r->params);
     memset(r->adam_m, 0, N_PARAMS * sizeof(float));
     memset(r->adam_v, 0, N_PARAMS * sizeof(float));
@@ -301,7 +301,7 @@ static void train(run *r, int steps, int log_every, int n_train, const float *x,
             xb[2 * i + 1] = x[2 * at + 1];
             yb[i] = label[at];
         }
-        cfg.lr = 5e-3f * (step > steps * 3 / 4 ? 0.2f : 1.0f); /* one step decay near the end */
+        cfg.lr = step > steps * 3 / 4 ? 1e-3f : 5e-3f; /* one decay for the last quarter */
         mlp_forward(r->ternary, &m, BATCH, xb, &a);
         loss_sum += cross_entropy(BATCH, a.logits, yb, dlogits);
         mlp_backward(r->ternary, &m, &g, BATCH, xb, &a, dlogits);

@@ -17,6 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Every function is static; a program may use only some. */
+#if defined(__GNUC__) || defined(__clang__)
+#define TINYLM_FN static __attribute__((unused))
+#else
+#define TINYLM_FN static
+#endif
+
 typedef struct tinylm_config {
     int vocab, dim, layers, heads, kv_heads, head_dim, ffn;
     int max_ctx;    /* positions per sequence */
@@ -45,7 +52,7 @@ typedef struct tinylm {
     int *pos, *tree;
 } tinylm;
 
-static uint64_t tinylm_rng_next(uint64_t *s)
+TINYLM_FN uint64_t tinylm_rng_next(uint64_t *s)
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -54,7 +61,7 @@ static uint64_t tinylm_rng_next(uint64_t *s)
 }
 
 /* n floats uniform with standard deviation std (mean zero). */
-static float *tinylm_param(size_t n, float std, uint64_t *rng)
+TINYLM_FN float *tinylm_param(size_t n, float std, uint64_t *rng)
 {
     float *w = (float *)malloc(n * sizeof(float));
     if (!w) return NULL;
@@ -65,14 +72,14 @@ static float *tinylm_param(size_t n, float std, uint64_t *rng)
     return w;
 }
 
-static float *tinylm_ones(size_t n)
+TINYLM_FN float *tinylm_ones(size_t n)
 {
     float *w = (float *)malloc(n * sizeof(float));
     if (w) for (size_t i = 0; i < n; i++) w[i] = 1.0f;
     return w;
 }
 
-static void tinylm_free(tinylm *m)
+TINYLM_FN void tinylm_free(tinylm *m)
 {
     if (m->layer)
         for (int l = 0; l < m->cfg.layers; l++) {
@@ -87,7 +94,7 @@ static void tinylm_free(tinylm *m)
     memset(m, 0, sizeof *m);
 }
 
-static mlk_status tinylm_init(tinylm *m, const tinylm_config *cfg)
+TINYLM_FN mlk_status tinylm_init(tinylm *m, const tinylm_config *cfg)
 {
     uint64_t rng = cfg->seed;
     int d = cfg->dim, qd = cfg->heads * cfg->head_dim, kvd = cfg->kv_heads * cfg->head_dim, f = cfg->ffn;
@@ -151,7 +158,7 @@ static mlk_status tinylm_init(tinylm *m, const tinylm_config *cfg)
 
 /* Rotates pairs (2i, 2i+1) of every head of rows x [n, heads, head_dim] by
    pos[row] * 10000^(-2i / head_dim). */
-static void tinylm_rope(const tinylm *m, float *x, int n, int heads)
+TINYLM_FN void tinylm_rope(const tinylm *m, float *x, int n, int heads)
 {
     int hd = m->cfg.head_dim, half = hd / 2;
     for (int r = 0; r < n; r++) {
@@ -168,7 +175,7 @@ static void tinylm_rope(const tinylm *m, float *x, int n, int heads)
 }
 
 /* y [n, cols] = x [n, rows] * w [rows, cols] (+ y when accumulate). */
-static mlk_status tinylm_matmul(int n, int rows, int cols, const float *x, const float *w, float *y, int accumulate)
+TINYLM_FN mlk_status tinylm_matmul(int n, int rows, int cols, const float *x, const float *w, float *y, int accumulate)
 {
     return mlk_sgemm(0, 0, n, cols, rows, 1.0f, x, rows, w, cols, accumulate ? 1.0f : 0.0f, y, cols);
 }
@@ -178,7 +185,7 @@ static mlk_status tinylm_matmul(int n, int rows, int cols, const float *x, const
    their caches at positions len, len + 1, ...; with tree_parent (one
    sequence) the tokens form a tree whose node i sits at position
    len + depth(i) and sees its ancestors only. logits: [sum n_q, vocab]. */
-static mlk_status tinylm_forward(tinylm *m, int n_layers, int n_seqs, const int *seqs, const int *n_q,
+TINYLM_FN mlk_status tinylm_forward(tinylm *m, int n_layers, int n_seqs, const int *seqs, const int *n_q,
                                  const int32_t *tokens, const int *tree_parent, float *logits)
 {
     const tinylm_config *c = &m->cfg;
@@ -221,7 +228,7 @@ static mlk_status tinylm_forward(tinylm *m, int n_layers, int n_seqs, const int 
 }
 
 /* Greedy tokens of rows logits [rows, vocab] (argmax, ties to the lower id). */
-static void tinylm_argmax(const tinylm *m, int rows, const float *logits, int32_t *out)
+TINYLM_FN void tinylm_argmax(const tinylm *m, int rows, const float *logits, int32_t *out)
 {
     mlk_sampler greedy;
     uint64_t rng = 0;
@@ -231,7 +238,7 @@ static void tinylm_argmax(const tinylm *m, int rows, const float *logits, int32_
 
 /* Prompt prefill in chunks of `chunk` tokens (causal over the cache, so the
    result equals one full pass); last_logits gets the prompt's last row. */
-static mlk_status tinylm_prefill(tinylm *m, int n_layers, int seq, const int32_t *prompt, int len, int chunk,
+TINYLM_FN mlk_status tinylm_prefill(tinylm *m, int n_layers, int seq, const int32_t *prompt, int len, int chunk,
                                  float *logits_buf, float *last_logits)
 {
     mlk_status st = MLK_OK;
@@ -247,7 +254,7 @@ static mlk_status tinylm_prefill(tinylm *m, int n_layers, int seq, const int32_t
 /* Plain greedy decoding with all layers, one forward per token: up to
    max_new tokens into out, stopping after eos (-1: never). logits is scratch
    of [max_tokens + 1, vocab]. Returns the count, or -1 on an error. */
-static int tinylm_greedy(tinylm *m, const int32_t *prompt, int len, int chunk, int max_new, int eos,
+TINYLM_FN int tinylm_greedy(tinylm *m, const int32_t *prompt, int len, int chunk, int max_new, int eos,
                          float *logits, int32_t *out)
 {
     int seq, n = 0, one = 1;
@@ -281,7 +288,7 @@ typedef struct tinylm_spec {
 
 /* Brings a cache up to ctx[0, ctx_len - 1): truncate to the rows that are
    still right, prefill the rest; leaves the last ctx token to the caller. */
-static mlk_status tinylm_catch_up(tinylm *m, int n_layers, int seq, int *have, const int32_t *ctx, int ctx_len,
+TINYLM_FN mlk_status tinylm_catch_up(tinylm *m, int n_layers, int seq, int *have, const int32_t *ctx, int ctx_len,
                                   int chunk, float *logits)
 {
     mlk_status st = mlk_kv_truncate(m->kv, seq, *have);
@@ -292,7 +299,7 @@ static mlk_status tinylm_catch_up(tinylm *m, int n_layers, int seq, int *have, c
     return st;
 }
 
-static int tinylm_spec_draft(void *user, const int32_t *ctx, int ctx_len, int max_nodes, int32_t *tokens,
+TINYLM_FN int tinylm_spec_draft(void *user, const int32_t *ctx, int ctx_len, int max_nodes, int32_t *tokens,
                              int *parent, int *n_nodes)
 {
     tinylm_spec *sp = (tinylm_spec *)user;
@@ -325,7 +332,7 @@ static int tinylm_spec_draft(void *user, const int32_t *ctx, int ctx_len, int ma
     return 0;
 }
 
-static int tinylm_spec_verify(void *user, const int32_t *ctx, int ctx_len, int n_nodes, const int32_t *tokens,
+TINYLM_FN int tinylm_spec_verify(void *user, const int32_t *ctx, int ctx_len, int n_nodes, const int32_t *tokens,
                               const int *parent, int32_t *greedy)
 {
     tinylm_spec *sp = (tinylm_spec *)user;
@@ -349,7 +356,7 @@ static int tinylm_spec_verify(void *user, const int32_t *ctx, int ctx_len, int n
 
 /* Keep the root (the last ctx token) and the accepted nodes' rows: node i
    sits right after the root at row target_len + 1 + i. */
-static int tinylm_spec_accept(void *user, int n_path, const int *path)
+TINYLM_FN int tinylm_spec_accept(void *user, int n_path, const int *path)
 {
     tinylm_spec *sp = (tinylm_spec *)user;
     if (mlk_kv_compact(sp->m->kv, sp->target_seq, sp->target_len + 1, n_path, path) != MLK_OK) return 1;
@@ -359,7 +366,7 @@ static int tinylm_spec_accept(void *user, int n_path, const int *path)
 
 /* Speculative generation with the model truncated to draft_layers as the
    draft; out as mlk_spec_generate. */
-static mlk_status tinylm_speculate(tinylm *m, int draft_layers, int depth, const int32_t *prompt, int len,
+TINYLM_FN mlk_status tinylm_speculate(tinylm *m, int draft_layers, int depth, const int32_t *prompt, int len,
                                    int chunk, int max_new, int eos, float *logits, int32_t *out, int *out_len,
                                    mlk_spec_stats *stats)
 {
@@ -407,7 +414,7 @@ typedef struct tinylm_beam {
    shared copy-on-write); parents nobody extends are freed. The first call
    prefills the prompts; later ones run every beam's newest token in one
    forward. */
-static int tinylm_beam_logits(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
+TINYLM_FN int tinylm_beam_logits(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
                               float *logits)
 {
     tinylm_beam *bm = (tinylm_beam *)user;
@@ -441,7 +448,7 @@ static int tinylm_beam_logits(void *user, int n, const int *parent, const int32_
 }
 
 /* Frees the sequences of the last call's beams. */
-static void tinylm_beam_done(tinylm_beam *bm)
+TINYLM_FN void tinylm_beam_done(tinylm_beam *bm)
 {
     for (int i = 0; i < bm->n_live; i++) mlk_kv_seq_free(bm->m->kv, bm->seq_of[i]);
     bm->n_live = 0;

@@ -3,13 +3,15 @@
    ====================================================================== */
 
 /* BLIS/GotoBLAS structure: for each NC-wide column panel and KC-deep slice
-   of k, op(B) is packed into NR-wide micro-panels (shared by all threads),
-   each MC-row block of op(A) into MR-high micro-panels, and a register-tiled
-   MR x NR micro-kernel streams both from cache. Packing zero-pads the edges
-   and absorbs transposes and leading dimensions, so the micro-kernel sees one
-   layout. Every C element accumulates over k in the same order whatever the
-   blocking of m and n, and only KC (a constant) splits k: results are
-   bitwise identical for any thread count.
+   of k, op(B) is packed into NR-wide micro-panels, each MC-row block of op(A)
+   into MR-high micro-panels, and a register-tiled MR x NR micro-kernel
+   streams both from cache. Packing zero-pads the edges and absorbs
+   transposes and leading dimensions, so the micro-kernel sees one layout.
+   Threads each take a contiguous share of C's columns (or rows) and run the
+   whole loop nest on it with private pack buffers: no barriers, and no
+   packed panel bouncing between cores' caches. Every C element accumulates
+   over k in the same order whatever the blocking of m and n, and only KC (a
+   constant) splits k: results are bitwise identical for any thread count.
 
    Internal entry for other sections (attention tiles, the ternary trainer),
    callable inside their own parallel regions, single-threaded, no allocation,
@@ -25,7 +27,7 @@ enum {
     MLK__GEMM_NR = 16,   /* micro-tile columns */
     MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
     MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
-    MLK__GEMM_NC = 512   /* columns of B per packed panel: 512 KiB, stays in a 2 MiB L2 */
+    MLK__GEMM_NC = 4096  /* columns of B per packed panel (L3) */
 };
 
 /* op(A) element (i, p) is a[i * a_rs + p * a_cs]; op(B) element (p, j) is
@@ -181,74 +183,32 @@ static void mlk__gemm_scale_c(int m, int n, float beta, float *c, size_t ldc)
     }
 }
 
-/* How one packed panel (mt micro-tile rows, nt micro-panels of B) is cut
-   into tasks for nth threads: n_ic row blocks, each split into n_jr column
-   chunks. Block b covers micro-tiles [b * count / blocks, (b + 1) * count /
-   blocks), so blocks differ by at most one tile and threads stay balanced. */
-typedef struct mlk__gemm_plan { int mt, n_ic, nt, n_jr; } mlk__gemm_plan;
-
-static mlk__gemm_plan mlk__gemm_make_plan(int m, int nt, int nth)
+/* The five loops, one thread: C = alpha op(A) op(B) + beta C with m, n, k > 0.
+   b_pack holds a KC x NC panel, a_pack an MC x KC block. */
+static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_pack)
 {
-    mlk__gemm_plan pl;
-    pl.mt = mlk__gemm_ceil_div(m, MLK__GEMM_MR);
-    pl.nt = nt;
-    pl.n_ic = mlk__gemm_ceil_div(mlk__gemm_ceil_div(m, MLK__GEMM_MC), nth) * nth;
-    pl.n_ic = mlk__gemm_min(pl.n_ic, pl.mt);
-    pl.n_jr = pl.n_ic < nth ? mlk__gemm_min(nth, nt) : 1; /* few rows: split columns too */
-    return pl;
-}
-
-static int mlk__gemm_split(int count, int blocks, int b) { return (int)((long long)count * b / blocks); }
-
-/* The five loops. Thread tid of nth packs its share of each B panel and runs
-   its share of the (row block, column chunk) tasks with its own A block;
-   called with nth > 1 only by every thread of one parallel team. */
-static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_pack, int tid, int nth)
-{
-    int nc, kc;
-    for (int jc = 0; jc < g->n; jc += nc) { /* jc += NC could overflow near INT_MAX */
+    int nc, kc, mc; /* loops step by these: jc += NC could overflow near INT_MAX */
+    for (int jc = 0; jc < g->n; jc += nc) {
         nc = mlk__gemm_min(MLK__GEMM_NC, g->n - jc);
-        const int nt = mlk__gemm_ceil_div(nc, MLK__GEMM_NR);
-        const mlk__gemm_plan pl = mlk__gemm_make_plan(g->m, nt, nth);
         for (int pc = 0; pc < g->k; pc += kc) {
-            kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
             const float beta = pc == 0 ? g->beta : 1.0f;
-            int packed_ic = -1;
-            for (int s = tid; s < nt; s += nth) {
-                const int j0 = s * MLK__GEMM_NR;
+            kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
+            for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR)
                 mlk__gemm_pack_sliver(g->b + (size_t)pc * g->b_rs + (size_t)(jc + j0) * g->b_cs,
                                       g->b_cs, g->b_rs, mlk__gemm_min(MLK__GEMM_NR, nc - j0),
-                                      MLK__GEMM_NR, kc, b_pack + (size_t)s * MLK__GEMM_NR * kc);
-            }
-            if (nth > 1) {
-                MLK__OMP(omp barrier)
-            }
-            for (int t = tid; t < pl.n_ic * pl.n_jr; t += nth) {
-                const int ic = t / pl.n_jr, jr = t % pl.n_jr;
-                const int tile0 = mlk__gemm_split(pl.mt, pl.n_ic, ic);
-                const int i0 = tile0 * MLK__GEMM_MR;
-                const int mc = mlk__gemm_min((mlk__gemm_split(pl.mt, pl.n_ic, ic + 1) - tile0) * MLK__GEMM_MR,
-                                             g->m - i0);
-                const int s_end = mlk__gemm_split(nt, pl.n_jr, jr + 1);
-                if (ic != packed_ic) {
+                                      MLK__GEMM_NR, kc, b_pack + (size_t)j0 * kc);
+            for (int ic = 0; ic < g->m; ic += mc) {
+                mc = mlk__gemm_min(MLK__GEMM_MC, g->m - ic);
+                for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
+                    mlk__gemm_pack_sliver(g->a + (size_t)(ic + ir) * g->a_rs + (size_t)pc * g->a_cs,
+                                          g->a_rs, g->a_cs, mlk__gemm_min(MLK__GEMM_MR, mc - ir),
+                                          MLK__GEMM_MR, kc, a_pack + (size_t)ir * kc);
+                for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR) /* B sliver stays in L1 */
                     for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
-                        mlk__gemm_pack_sliver(g->a + (size_t)(i0 + ir) * g->a_rs + (size_t)pc * g->a_cs,
-                                              g->a_rs, g->a_cs, mlk__gemm_min(MLK__GEMM_MR, mc - ir),
-                                              MLK__GEMM_MR, kc, a_pack + (size_t)ir * kc);
-                    packed_ic = ic;
-                }
-                for (int s = mlk__gemm_split(nt, pl.n_jr, jr); s < s_end; s++) {
-                    const int j0 = s * MLK__GEMM_NR;
-                    const int cols = mlk__gemm_min(MLK__GEMM_NR, nc - j0);
-                    const float *bp = b_pack + (size_t)s * MLK__GEMM_NR * kc;
-                    for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
-                        mlk__gemm_tile(kc, a_pack + (size_t)ir * kc, bp,
-                                       g->c + (size_t)(i0 + ir) * g->ldc + (size_t)(jc + j0), g->ldc,
-                                       mlk__gemm_min(MLK__GEMM_MR, mc - ir), cols, g->alpha, beta);
-                }
-            }
-            if (nth > 1) {
-                MLK__OMP(omp barrier)
+                        mlk__gemm_tile(kc, a_pack + (size_t)ir * kc, b_pack + (size_t)j0 * kc,
+                                       g->c + (size_t)(ic + ir) * g->ldc + (size_t)(jc + j0), g->ldc,
+                                       mlk__gemm_min(MLK__GEMM_MR, mc - ir),
+                                       mlk__gemm_min(MLK__GEMM_NR, nc - j0), g->alpha, beta);
             }
         }
     }
@@ -285,7 +245,42 @@ MLK__MAYBE_UNUSED static void mlk__sgemm_serial(int trans_a, int trans_b, int m,
         return;
     }
     g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    mlk__gemm_blocked(&g, scratch, scratch + mlk__gemm_b_floats(n, k), 0, 1);
+    mlk__gemm_blocked(&g, scratch, scratch + mlk__gemm_b_floats(n, k));
+}
+
+/* Part i of `parts` of `size` elements cut at multiples of `tile`:
+   [*start, *start + *len), parts balanced to within one tile. */
+static void mlk__gemm_split(int size, int tile, int parts, int i, int *start, int *len)
+{
+    const long long tiles = mlk__gemm_ceil_div(size, tile);
+    const long long t0 = tiles * i / parts, t1 = tiles * (i + 1) / parts;
+    const long long end = t1 * tile < size ? t1 * tile : size;
+    *start = (int)(t0 * tile);
+    *len = (int)(end - t0 * tile);
+}
+
+/* Thread tid's share of C: contiguous micro-tile columns (rows when C is
+   taller than wide, or when there are too few columns), balanced to one
+   tile. Splitting along n keeps each thread's B panel half as big. */
+static mlk__gemm_args mlk__gemm_thread_part(const mlk__gemm_args *g, int tid, int team)
+{
+    mlk__gemm_args part = *g;
+    const int mt = mlk__gemm_ceil_div(g->m, MLK__GEMM_MR), nt = mlk__gemm_ceil_div(g->n, MLK__GEMM_NR);
+    int by_cols = g->n >= g->m;
+    if (by_cols && nt < team && mt > nt) by_cols = 0;
+    if (!by_cols && mt < team && nt > mt) by_cols = 1;
+    if (by_cols) {
+        int j0;
+        mlk__gemm_split(g->n, MLK__GEMM_NR, team, tid, &j0, &part.n);
+        part.b = g->b + (size_t)j0 * g->b_cs;
+        part.c = g->c + j0;
+    } else {
+        int i0;
+        mlk__gemm_split(g->m, MLK__GEMM_MR, team, tid, &i0, &part.m);
+        part.a = g->a + (size_t)i0 * g->a_rs;
+        part.c = g->c + (size_t)i0 * g->ldc;
+    }
+    return part;
 }
 
 static int mlk__gemm_team_size(void)
@@ -304,6 +299,7 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     const int a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
     const int a_rows = trans_a ? k : m, b_rows = trans_b ? n : k;
     size_t span, b_floats, a_floats;
+    long long tiles;
     int nth;
     float *pack;
     mlk__gemm_args g;
@@ -323,17 +319,19 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     }
     /* one thread for small products: the team costs more than it saves */
     nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
-    if ((long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR) < nth)
-        nth = mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
+    tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
+    if (tiles < nth) nth = (int)tiles;
     b_floats = mlk__gemm_b_floats(n, k);
     a_floats = mlk__gemm_a_floats(m, k);
-    pack = (float *)mlk__alloc((b_floats + (size_t)nth * a_floats) * sizeof(float));
+    pack = (float *)mlk__alloc((size_t)nth * (b_floats + a_floats) * sizeof(float));
     if (!pack) return MLK_ERR_NOMEM;
     g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     MLK__OMP(omp parallel num_threads(nth) if(nth > 1))
     {
         const int tid = mlk__thread_id();
-        mlk__gemm_blocked(&g, pack, pack + b_floats + (size_t)tid * a_floats, tid, mlk__gemm_team_size());
+        mlk__gemm_args part = mlk__gemm_thread_part(&g, tid, mlk__gemm_team_size());
+        float *b_pack = pack + (size_t)tid * (b_floats + a_floats);
+        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, b_pack, b_pack + b_floats);
     }
     mlk__free(pack);
     return MLK_OK;

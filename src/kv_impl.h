@@ -119,15 +119,14 @@ static void mlk__kv_q8_dequant(int d, const float *scales, const signed char *q,
 {
     int j = 0;
 #if defined(MLK__AVX2)
-    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK) { /* whole blocks: 4 x 8 lanes */
-        __m256 vs = _mm256_set1_ps(scales[j / MLK__KV_QBLOCK]);
-        for (int i = 0; i < MLK__KV_QBLOCK; i += 8) {
-            __m256i qi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + j + i)));
-            _mm256_storeu_ps(x + j + i, _mm256_mul_ps(_mm256_cvtepi32_ps(qi), vs));
-        }
+    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK, q += MLK__KV_QBLOCK, x += MLK__KV_QBLOCK) {
+        __m256 vs = _mm256_set1_ps(*scales++); /* whole blocks: 4 x 8 lanes */
+        for (int i = 0; i < MLK__KV_QBLOCK; i += 8)
+            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                      _mm_loadl_epi64((const __m128i *)(q + i)))), vs));
     }
 #endif
-    for (; j < d; j++) x[j] = (float)q[j] * scales[j / MLK__KV_QBLOCK];
+    for (int i = 0; j + i < d; i++) x[i] = (float)q[i] * scales[i / MLK__KV_QBLOCK];
 }
 
 static int mlk__kv_q4_get(const unsigned char *p, int j) { return ((p[j >> 1] >> ((j & 1) * 4)) & 15) - 8; }
@@ -137,18 +136,18 @@ static void mlk__kv_q4_dequant(int d, const float *scales, const unsigned char *
     int j = 0;
 #if defined(MLK__AVX2)
     const __m128i low4 = _mm_set1_epi8(15), bias = _mm_set1_epi8(8);
-    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK) { /* 16 bytes -> 32 nibbles in element order */
-        __m256 vs = _mm256_set1_ps(scales[j / MLK__KV_QBLOCK]);
-        __m128i b = _mm_loadu_si128((const __m128i *)(p + j / 2));
+    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK, p += MLK__KV_QBLOCK / 2, x += MLK__KV_QBLOCK) {
+        __m256 vs = _mm256_set1_ps(*scales++); /* 16 bytes -> 32 nibbles in element order */
+        __m128i b = _mm_loadu_si128((const __m128i *)p);
         __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
         __m128i v0 = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), bias), v1 = _mm_sub_epi8(_mm_unpackhi_epi8(lo, hi), bias);
-        _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), vs));
-        _mm256_storeu_ps(x + j + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), vs));
-        _mm256_storeu_ps(x + j + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), vs));
-        _mm256_storeu_ps(x + j + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), vs));
+        _mm256_storeu_ps(x, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), vs));
+        _mm256_storeu_ps(x + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), vs));
+        _mm256_storeu_ps(x + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), vs));
+        _mm256_storeu_ps(x + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), vs));
     }
 #endif
-    for (; j < d; j++) x[j] = (float)mlk__kv_q4_get(p, j) * scales[j / MLK__KV_QBLOCK];
+    for (int i = 0; j + i < d; i++) x[i] = (float)mlk__kv_q4_get(p, i) * scales[i / MLK__KV_QBLOCK];
 }
 
 static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
@@ -603,7 +602,7 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     mlk__kv_attn_job job;
     mlk__arena ar;
     mlk_status st;
-    size_t total = 0, row, cap, slabs;
+    size_t q_floats = 0, row, cap, slabs;
     long long tasks = 0;
     int *depth, *task_base;
     size_t *q_off;
@@ -616,9 +615,6 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
         if (!mlk__kv_valid_seq(c, seqs[s])) return MLK_ERR_ARG;
     for (int s = 0; s < n_seqs; s++)
         if (n_q[s] < 1 || n_q[s] > c->seq_len[seqs[s]]) return MLK_ERR_SHAPE;
-    if (tree_parent)
-        for (int i = 0; i < n_q[0]; i++)
-            if (tree_parent[i] < -1 || tree_parent[i] >= i) return MLK_ERR_TREE;
     job.c = c;
     job.layer = layer;
     job.heads = heads;
@@ -632,9 +628,9 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
     for (int s = 0; s < n_seqs; s++) {
         size_t part;
-        if (!mlk__mul_ok((size_t)n_q[s], row, &part) || total > SIZE_MAX / sizeof(float) - part)
+        if (!mlk__mul_ok((size_t)n_q[s], row, &part) || q_floats > SIZE_MAX / sizeof(float) - part)
             return MLK_ERR_OVERFLOW;
-        total += part;
+        q_floats += part;
         tasks += (long long)((n_q[s] + job.q_chunk - 1) / job.q_chunk) * c->cfg.kv_heads;
         if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
     }
@@ -651,7 +647,10 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     q_off = (size_t *)mlk__arena_take(&ar, (size_t)n_seqs * sizeof(size_t));
     task_base = (int *)mlk__arena_take(&ar, ((size_t)n_seqs + 1) * sizeof(int));
     slab0 = (unsigned char *)mlk__arena_take(&ar, slabs);
-    if (tree_parent) mlk__attn_tree_depth(n_q[0], tree_parent, depth);
+    if (tree_parent && (st = mlk__attn_tree_depth(n_q[0], tree_parent, depth)) != MLK_OK) {
+        mlk__arena_done(&ar); /* a bad parent array: nothing written */
+        return st;
+    }
     job.tree_depth = tree_parent ? depth : NULL;
     q_off[0] = 0;
     task_base[0] = 0;

@@ -121,8 +121,13 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_heap *heap,
                 l8 = _mm256_mul_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv)));
                 m8 = new_m;
             }
-            for (int j = 0; j < 8; j++)
-                l8 = _mm256_add_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[j], m8), inv)));
+            { /* the block's sum as a tree: shorter add chains, smaller rounding error */
+                __m256 e[4];
+                for (int j = 0; j < 4; j++)
+                    e[j] = _mm256_add_ps(mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j], m8), inv)),
+                                         mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j + 1], m8), inv)));
+                l8 = _mm256_add_ps(l8, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
+            }
             if (heap && i + len > heap->cap) {
                 __m256 threshold = _mm256_set1_ps(mlk__sm_key_val(heap->key[0]));
                 if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, threshold, _CMP_GT_OQ)))

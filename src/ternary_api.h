@@ -11,10 +11,11 @@
 #define MLK_TERNARY_EPS 1e-5f       /* smallest absmean scale */
 #define MLK_TERNARY_MAX_K (1 << 22) /* longest dot product: int32 sums stay exact */
 
+/* Bytes of one packed row: ceil(cols / 4); 0 when cols < 1. */
 MLKERN_DEF size_t mlk_ternary_row_bytes(int cols);
 
 /* Absmean quantisation: s = max(mean|w|, MLK_TERNARY_EPS) over the whole
-   matrix, q = clamp(round(w / s), -1, 1) rounding half away from zero on the
+   matrix (summed in double), q = clamp(round(w / s), -1, 1) rounding half away from zero on the
    exact quotient (q = sign(w) when |w| >= s / 2). torch.round would round
    half to even; the two differ only for |w| == s / 2 exactly. packed:
    rows * row_bytes; *scale = s. A NaN or infinite weight is MLK_ERR_VALUE. */
@@ -35,7 +36,8 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
    exact in int32; xq [m, k], wpacked [n, row_bytes(k)], y [m, n]. Any
    m, n >= 1 and 1 <= k <= MLK_TERNARY_MAX_K (else MLK_ERR_SHAPE /
    MLK_ERR_OVERFLOW); xq may hold -128. The AVX2 path multiplies the 2-bit
-   codes as bytes (never as floats); threads split the output columns. */
+   codes as bytes (never as floats) and allocates about m * k bytes per
+   call for reordered activations; threads split the output columns. */
 MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
     const float *xscale, const uint8_t *wpacked, float wscale, float *y);
 

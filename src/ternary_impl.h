@@ -191,12 +191,19 @@ static float mlk__tern_output(int32_t dot, float xscale, float wscale)
     return (float)dot * (xscale * wscale);
 }
 
-/* Reference dot product of one int8 row with one packed row: exact int32. */
+/* Reference dot product of one int8 row with one packed row: exact int32,
+   a byte (four weights) at a time, then the last partial byte. */
 MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_t *wrow, int k)
 {
     int32_t acc = 0;
-    int c;
-    for (c = 0; c < k; c++)
+    int b, c;
+    for (b = 0; b < k / 4; b++) {
+        const int8_t *x4 = x + 4 * b;
+        unsigned byte = wrow[b];
+        acc += x4[0] * ((int32_t)(byte & 3) - 1) + x4[1] * ((int32_t)((byte >> 2) & 3) - 1) +
+               x4[2] * ((int32_t)((byte >> 4) & 3) - 1) + x4[3] * ((int32_t)(byte >> 6) - 1);
+    }
+    for (c = k / 4 * 4; c < k; c++)
         acc += (int32_t)x[c] * ((int32_t)((wrow[c >> 2] >> (2 * (c & 3))) & 3) - 1);
     return acc;
 }

@@ -128,7 +128,9 @@ static const uint32_t mlkt_canary = 0xDEADBEEFu;
 MLKT_FN void *mlkt_alloc(size_t n_bytes)
 {
     size_t i;
-    unsigned char *raw = (unsigned char *)malloc(n_bytes + 2 * MLKT_GUARD * 4 + 16);
+    unsigned char *raw;
+    if (n_bytes > ((size_t)1 << 40)) { fprintf(stderr, "mlkt_alloc: %zu bytes?\n", n_bytes); exit(2); }
+    raw = (unsigned char *)malloc(n_bytes + 2 * MLKT_GUARD * 4 + 16);
     if (!raw) { fprintf(stderr, "mlkt_alloc: out of memory\n"); exit(2); }
     memcpy(raw, &n_bytes, sizeof n_bytes);
     for (i = 0; i < MLKT_GUARD; i++) {

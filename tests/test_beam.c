@@ -3,6 +3,7 @@
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
+#include "examples/tinylm.h"
 
 /* ---- mock models -------------------------------------------------------
 
@@ -521,6 +522,73 @@ static void test_short_pool(void)
     result_free(&r);
 }
 
+/* ---- a stateful model: the example model keeps one KV sequence per beam,
+   forked through the parent indices. It must match the same model run
+   statelessly, every sequence prefilled from scratch at every call. ---- */
+
+static int stateless_logits(void *user, int n, const int *parent, const int32_t *const *seqs, const int *lens,
+                            float *logits)
+{
+    tinylm_beam *bm = (tinylm_beam *)user;
+    (void)parent;
+    for (int i = 0; i < n; i++) {
+        int seq;
+        if (mlk_kv_seq_new(bm->m->kv, &seq) != MLK_OK) return 1;
+        if (tinylm_prefill(bm->m, bm->m->cfg.layers, seq, seqs[i], lens[i], 5, bm->logits,
+                           logits + (size_t)i * bm->m->cfg.vocab) != MLK_OK) return 1;
+        mlk_kv_seq_free(bm->m->kv, seq);
+    }
+    return 0;
+}
+
+static void test_kv_forking_model(void)
+{
+    tinylm_config cfg;
+    tinylm m;
+    int reps = mlkt_quick() ? 2 : 6;
+    cfg.vocab = 64; cfg.dim = 32; cfg.layers = 2; cfg.heads = 4; cfg.kv_heads = 2; cfg.head_dim = 8;
+    cfg.ffn = 64; cfg.max_ctx = 64; cfg.max_tokens = 48; cfg.max_seqs = 40;
+    cfg.first_scale = 4.0f; cfg.tail_scale = 1.0f; cfg.logit_scale = 0.5f;
+    for (int rep = 0; rep < reps; rep++) {
+        int32_t pbuf[3][8];
+        const int32_t *prompts[3];
+        int plens[3], batch = 1 + mlkt_int(3), bw = 1 + mlkt_int(5), max_new = 2 + mlkt_int(8);
+        mlk_beam_config bc = beam_cfg(bw, cfg.vocab, 0, max_new, bw, 1.0f);
+        tinylm_beam bm;
+        result fork, fresh;
+        mlk_kv_stats ks;
+        memset(&ks, 0xFF, sizeof ks);
+        cfg.seed = 40 + (uint64_t)rep;
+        CHECK_INT(tinylm_init(&m, &cfg), MLK_OK);
+        for (int b = 0; b < batch; b++) {
+            plens[b] = 1 + mlkt_int(8);
+            for (int i = 0; i < plens[b]; i++) pbuf[b][i] = 1 + mlkt_int(cfg.vocab - 1);
+            prompts[b] = pbuf[b];
+        }
+        memset(&bm, 0, sizeof bm);
+        bm.m = &m;
+        bm.logits = (float *)malloc((size_t)(cfg.max_tokens + 1) * cfg.vocab * sizeof(float));
+        result_alloc(&fork, batch, bw, max_new);
+        result_alloc(&fresh, batch, bw, max_new);
+        CHECK_INT(mlk_beam_search(&bc, batch, prompts, plens, tinylm_beam_logits, &bm, fork.tok, fork.len,
+                                  fork.lp, fork.score), MLK_OK);
+        tinylm_beam_done(&bm);
+        CHECK_INT(mlk_kv_get_stats(m.kv, &ks), MLK_OK);
+        CHECK_INT(ks.seqs, 0);
+        CHECK_INT(ks.blocks_used, 0);
+        CHECK_INT(mlk_beam_search(&bc, batch, prompts, plens, stateless_logits, &bm, fresh.tok, fresh.len,
+                                  fresh.lp, fresh.score), MLK_OK);
+        CHECKF(mlkt_same(fork.tok, fresh.tok, (size_t)batch * bw * max_new * sizeof(int32_t)) &&
+               mlkt_same(fork.len, fresh.len, (size_t)batch * bw * sizeof(int)), "rep %d", rep);
+        for (int q = 0; q < batch * bw; q++) CHECK_CLOSE(fork.score[q], fresh.score[q], 1e-4, 1e-5);
+        result_digest(&fork);
+        result_free(&fork);
+        result_free(&fresh);
+        free(bm.logits);
+        tinylm_free(&m);
+    }
+}
+
 /* ---- errors: the right code, outputs untouched ---- */
 
 static void expect_untouched(const result *r, const result *before, const char *what)
@@ -624,5 +692,6 @@ int main(void)
     MLKT_RUN(test_batch, 5);
     MLKT_RUN(test_short_pool, 6);
     MLKT_RUN(test_errors, 7);
+    MLKT_RUN(test_kv_forking_model, 9);
     return mlkt_finish();
 }

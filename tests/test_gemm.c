@@ -181,8 +181,9 @@ static void test_shapes(void)
     }
 }
 
-/* Big enough for every blocking loop and for the OpenMP split: m spans
-   several MC blocks, k several KC slices, and n > NC in the second. */
+/* Big enough for every blocking loop and for the OpenMP split (by columns
+   when n >= m, else by rows): m spans several MC (144) blocks, k several
+   KC (256) slices, and n = 4200 crosses an NC (4096) panel boundary. */
 static void test_large(void)
 {
     for (int tr = 0; tr < 4; tr++) {
@@ -196,7 +197,17 @@ static void test_large(void)
         check_problem(&p);
         free_problem(&p);
     }
-    {
+    {   /* a long k: twenty KC slices summed into a thin C */
+        gemm_problem p = make_problem(1, 1, 3, 7, 5000, 1, 0.25f, -1.0f);
+        check_problem(&p);
+        free_problem(&p);
+    }
+    {   /* one row block, many columns */
+        gemm_problem p = make_problem(0, 1, 5, 2000, 300, 2, 1.0f, 0.0f);
+        check_problem(&p);
+        free_problem(&p);
+    }
+    {   /* many rows, one column tile: the threads split the rows */
         gemm_problem p = make_problem(1, 0, 1000, 3, 600, 0, 1.0f, 0.0f);
         check_problem(&p);
         free_problem(&p);

@@ -6,7 +6,12 @@
 set -e
 PY=/usr/bin/python3
 if ! $PY -c 'import torch, numpy' 2>/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-torch python3-numpy
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-torch python3-numpy libopenblas0-pthread
+fi
+# Debian's torch takes BLAS from the libblas.so.3 alternative: without
+# OpenBLAS it gets the netlib reference BLAS (under 1 GFLOP/s), no fair peer.
+if ! update-alternatives --query libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep -q '^Value:.*openblas'; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas0-pthread
 fi
 threads=${OMP_NUM_THREADS:-2}
 for p in bench/peer_*.py; do

@@ -1,23 +1,67 @@
 /* mlkern.h - the kernels LLM inference and training engines are built from.
-   A single-header C99 library (stb style).                    version 0.1.0
+   A single-header C99 library (stb style), MIT licence (end of file).
+                                                            version 0.1.0
+   WHAT IT IS
+   Plain C functions on plain float arrays: a packed SIMD sgemm, layer and RMS
+   norm forward/backward, softmax with fused one-pass top-k and sampling,
+   flash attention forward/backward (bottom-right causal, GQA/MQA, sliding
+   window, softcap, variable kv lengths, tree masks, two layouts), a paged
+   KV cache (copy-on-write forks, f32/f16/int8/int4 storage, attention over
+   it for decode, chunked prefill and tree verification), batched beam
+   search whose finished hypotheses keep competing, tree speculative
+   decoding that is exactly greedy decoding, and ternary (BitNet b1.58)
+   quantisation, packed ternary GEMM and straight-through training.
+   No dependencies beyond libm, no global state, no hidden threads.
 
-   MANUAL (to be completed: see the section list below)
-
-   Include it anywhere for the declarations; in exactly one C or C++ file write
+   HOW TO USE IT
+   Include it anywhere for the declarations; in exactly one C or C++ file
+   write
 
        #define MLKERN_IMPLEMENTATION
        #include "mlkern.h"
 
-   Configuration macros (define before the implementation include):
+   and link with -lm. Add -fopenmp to run the kernels on several threads:
+   results are bitwise identical for any thread count. With -march=native
+   (or -mavx2 -mfma -mf16c) the AVX2+FMA paths are compiled in.
+
+   CONFIGURATION (define before the implementation include)
        MLKERN_STATIC     every function static (private to that file)
-       MLKERN_MALLOC(n)  / MLKERN_FREE(p)  allocation (default malloc/free)
+       MLKERN_MALLOC(n)  MLKERN_FREE(p)   allocation (default malloc/free)
        MLKERN_ASSERT(x)  internal invariants (default assert)
        MLKERN_NO_SIMD    force the portable scalar path
-   Compile with -fopenmp to run the kernels on several threads; results are
-   bitwise identical for any thread count.
+   SIMD: AVX2+FMA (x86-64) or scalar, chosen at compile time.
 
-   Sections, in order: common, gemm, norms, softmax/top-k/sampling,
-   attention, KV cache, beam search, tree speculative decoding, ternary.
+   ERRORS
+   Every fallible function returns mlk_status (MLK_OK == 0; mlk_status_str
+   names each code). Arguments are validated before any output is written:
+   on error every output and cache is left exactly as it was.
+
+   EXAMPLE: the three likeliest next tokens of a toy LM head
+       float x[2 * 64], h[2 * 64], w[1000 * 64], logits[2 * 1000], p[2 * 3];
+       int32_t tok[2 * 3];
+       ... fill x (2 x 64) and w (1000 x 64) ...
+       mlk_layernorm_fwd(2, 64, x, NULL, NULL, 1e-5f, h, NULL, NULL);
+       mlk_sgemm(0, 1, 2, 1000, 64, 1.0f, h, 64, w, 64, 0.0f, logits, 1000);
+       if (mlk_topk_softmax(2, 1000, logits, 1.0f, 3, p, tok) != MLK_OK) ...
+       for (int t = 0; t < 2; t++)
+           printf("%d (p=%.3f)\n", tok[t * 3], p[t * 3]);
+
+   SECTIONS (declarations below in this order, each with its own notes)
+       common       mlk_status, mlk_status_str
+       gemm         mlk_sgemm
+       norms        mlk_layernorm_fwd/bwd, mlk_rmsnorm_fwd/bwd
+       softmax      mlk_softmax, mlk_log_softmax, mlk_topk_softmax,
+                    mlk_topk_log_softmax, mlk_sample
+       attention    mlk_attn_fwd, mlk_attn_bwd, mlk_attn_naive,
+                    mlk_attn_workspace_size
+       KV cache     mlk_kv_create ... mlk_kv_attn, mlk_kv_get_stats
+       beam search  mlk_beam_search
+       speculative  mlk_tree_mask, mlk_tree_depth, mlk_tree_accept,
+                    mlk_spec_generate
+       ternary      mlk_ternary_quant/dequant, mlk_act_quant_i8,
+                    mlk_ternary_gemm, mlk_bitlinear_fwd/bwd, mlk_adamw_step
+   README.md has the tour, the semantics that differ from PyTorch/HF and the
+   measured speed.
 */
 #ifndef MLKERN_H
 #define MLKERN_H

@@ -24,7 +24,12 @@ extern "C" {
        mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
        for (kv0 = lo; kv0 < hi; kv0 += nk) {
            nk = min(tile_kv, hi - kv0);
-           mlk__attn_rows_update(&st, kv0, nk, k_rows, ldk, v_rows, ldv);
+           if (mlk__attn_rows_typed(&st)) {      (decode: few rows)
+               st.k_row[j] = key kv0 + j, st.v_row[j] likewise (j < nk);
+               mlk__attn_rows_update_typed(&st, kv0, nk, type);
+           } else {
+               mlk__attn_rows_update(&st, kv0, nk, k_rows, ldk, v_rows, ldv);
+           }
        }
        mlk__attn_rows_finish(&st, o, o_head_stride, o_query_stride,
                              lse_or_NULL, lse_head_stride, lse_query_stride);
@@ -32,9 +37,11 @@ extern "C" {
    q points at query q0 of the group's first head; row r of the task is query
    q0 + r / group of head r % group. k_rows / v_rows point at key kv0 (row j
    of the tile at k_rows + j * ldk, any float memory: a dequantised cache
-   tile works). Strides are in floats. scale is applied as given (resolve the
-   0 default before). scratch: any float-aligned memory of the returned
-   size; nothing is allocated. Rows that see no key get o = 0, lse = -inf. */
+   tile works). Strides are in floats. Typed rows are rows of any
+   mlk_kv_type layout (a cache block's rows, read in place). scale is
+   applied as given (resolve the 0 default before). scratch: pointer-aligned
+   memory of the returned size; nothing is allocated. Rows that see no key
+   get o = 0, lse = -inf. */
 
 /* Visibility of keys to the queries of one batch item (DESIGN.md): query i
    sits at position i + off, off = n_keys - n_q (bottom-right alignment). */
@@ -213,35 +220,6 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const flo
     }
 }
 
-/* S[r][j] = q[r] . k[j] straight from the key rows: for a handful of rows
-   (decode) transposing the key tile would cost as much as the product. */
-static void mlk__attn_scores_dot(int n_rows, int nk, int dim, const float *q, int ldq, const float *k, size_t ldk,
-                                 float *s, int lds)
-{
-    for (int j = 0; j < nk; j++) {
-        const float *kj = k + (size_t)j * ldk;
-        for (int r = 0; r < n_rows; r++) {
-            const float *qr = q + (size_t)r * ldq;
-            float dot = 0.0f;
-            int e = 0;
-#if defined(MLK__AVX2)
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            __m128 half;
-            for (; e + 16 <= dim; e += 16) {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + e), _mm256_loadu_ps(kj + e), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + e + 8), _mm256_loadu_ps(kj + e + 8), acc1);
-            }
-            acc0 = _mm256_add_ps(acc0, acc1);
-            half = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-            half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            dot = _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half)));
-#endif
-            for (; e < dim; e++) dot += qr[e] * kj[e];
-            s[(size_t)r * lds + j] = dot;
-        }
-    }
-}
-
 #if defined(MLK__AVX2)
 /* One 8 x 8 block of mlk__attn_transpose in registers. */
 static void mlk__attn_transpose8(const float *src, size_t ld_src, float *dst, int ld_dst)
@@ -289,6 +267,187 @@ static void mlk__attn_copy_rows(int rows, int cols, const float *src, size_t ld_
         memcpy(dst + (size_t)j * ld_dst, src + (size_t)j * ld_src, (size_t)cols * sizeof(float));
         memset(dst + (size_t)j * ld_dst + cols, 0, (size_t)(ld_dst - cols) * sizeof(float));
     }
+}
+
+/* ---- typed key/value rows: the decode path ----
+   With a handful of query rows per task (decode: the GQA group of one
+   token) attention is bound by reading K and V, so the rows are consumed
+   where they lie, in any mlk_kv_type layout, instead of being written to a
+   float tile and read back. F32/F16 rows hold the values; Q8/Q4 rows hold
+   ceil(D / 32) float scales, then int8 values or 4-bit values biased by 8
+   (element e in byte e / 2, low nibble first). */
+
+#define MLK__ATTN_QBLOCK 32 /* quantisation block along head_dim */
+#define MLK__ATTN_GROUP_ROWS 4 /* query rows sharing each K/V row load */
+
+static int mlk__attn_qblocks(int dim) { return dim / MLK__ATTN_QBLOCK + (dim % MLK__ATTN_QBLOCK != 0); }
+
+static float mlk__attn_f32_from_f16(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    float f;
+    if (e == 0) {
+        f = (float)m * 5.9604644775390625e-08f; /* m * 2^-24 */
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* Element e of a row of dim values stored as type. */
+static float mlk__attn_row_get(mlk_kv_type type, int dim, const unsigned char *row, int e)
+{
+    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
+    float scale, x;
+    uint16_t h;
+    if (type == MLK_KV_F32) {
+        memcpy(&x, row + 4 * (size_t)e, 4);
+        return x;
+    }
+    if (type == MLK_KV_F16) {
+        memcpy(&h, row + 2 * (size_t)e, 2);
+        return mlk__attn_f32_from_f16(h);
+    }
+    memcpy(&scale, row + 4 * (size_t)(e / MLK__ATTN_QBLOCK), 4);
+    if (type == MLK_KV_Q8) return scale * (float)(signed char)data[e];
+    return scale * (float)(((data[e >> 1] >> ((e & 1) * 4)) & 15) - 8);
+}
+
+#if defined(MLK__AVX2)
+/* Elements e .. e+7 of a row (e a multiple of 8, e + 8 <= dim) in a
+   register; data points past the nb scales of a quantised row. Inlined with
+   a constant type, the switch folds away. */
+static inline __m256 mlk__attn_row_load8(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e)
+{
+    __m256 scale;
+    __m128i bytes, lo, hi;
+    uint32_t packed;
+    switch (type) {
+    case MLK_KV_F16:
+#if defined(__F16C__)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
+#else
+    {
+        float x[8];
+        for (int i = 0; i < 8; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * (size_t)(e + i), 2);
+            x[i] = mlk__attn_f32_from_f16(h);
+        }
+        return _mm256_loadu_ps(x);
+    }
+#endif
+    case MLK_KV_Q8:
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+    case MLK_KV_Q4: /* 4 bytes -> 8 nibbles in element order */
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
+        memcpy(&packed, data + e / 2, 4);
+        bytes = _mm_cvtsi32_si128((int)packed);
+        lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
+        hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
+        bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+    default:
+        return _mm256_loadu_ps((const float *)(const void *)row + e);
+    }
+}
+#endif
+
+/* x[e] = element e of a typed row, e < dim. */
+static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char *row, float *x)
+{
+    int e = 0;
+#if defined(MLK__AVX2)
+    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
+    for (; e + 8 <= dim; e += 8) _mm256_storeu_ps(x + e, mlk__attn_row_load8(type, row, data, e));
+#endif
+    for (; e < dim; e++) x[e] = mlk__attn_row_get(type, dim, row, e);
+}
+
+/* s[r][j] = q[r] . k_row[j] for the 4 rows q[0..3] (the caller repeats its
+   last row to fill 4; repeated rows compute and store identical values).
+   Keys go in pairs so 8 independent FMA chains hide the FMA latency, and
+   the 8 dot products are reduced together by two rounds of hadd. */
+static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *k_row,
+                                       const float *const *q, float *const *s)
+{
+    int nb = mlk__attn_qblocks(dim), vec_end = 0;
+#if defined(MLK__AVX2)
+    vec_end = dim / 8 * 8;
+#endif
+    (void)nb;
+    for (int j = 0; j < nk; j += 2) {
+        const unsigned char *ka = k_row[j], *kb = k_row[j + 1 < nk ? j + 1 : j];
+        float dot[8]; /* dot[2 r] = q[r] . ka, dot[2 r + 1] = q[r] . kb */
+#if defined(MLK__AVX2)
+        const unsigned char *da = ka + 4 * (size_t)nb, *db = kb + 4 * (size_t)nb;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, qe;
+        __m256 h0, h1, h2, h3;
+        for (int e = 0; e < vec_end; e += 8) {
+            __m256 x = mlk__attn_row_load8(type, ka, da, e), y = mlk__attn_row_load8(type, kb, db, e);
+            qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, x, a0), b0 = _mm256_fmadd_ps(qe, y, b0);
+            qe = _mm256_loadu_ps(q[1] + e), a1 = _mm256_fmadd_ps(qe, x, a1), b1 = _mm256_fmadd_ps(qe, y, b1);
+            qe = _mm256_loadu_ps(q[2] + e), a2 = _mm256_fmadd_ps(qe, x, a2), b2 = _mm256_fmadd_ps(qe, y, b2);
+            qe = _mm256_loadu_ps(q[3] + e), a3 = _mm256_fmadd_ps(qe, x, a3), b3 = _mm256_fmadd_ps(qe, y, b3);
+        }
+        h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, b0), _mm256_hadd_ps(a1, b1)); /* rows 0, 1 by 128-bit half */
+        h1 = _mm256_hadd_ps(_mm256_hadd_ps(a2, b2), _mm256_hadd_ps(a3, b3));
+        h2 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1)));
+        h3 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1)));
+        _mm256_storeu_ps(dot, _mm256_insertf128_ps(h2, _mm256_castps256_ps128(h3), 1));
+#else
+        for (int i = 0; i < 8; i++) dot[i] = 0.0f;
+#endif
+        for (int e = vec_end; e < dim; e++) {
+            float xa = mlk__attn_row_get(type, dim, ka, e), xb = mlk__attn_row_get(type, dim, kb, e);
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+                dot[2 * r] += q[r][e] * xa;
+                dot[2 * r + 1] += q[r][e] * xb;
+            }
+        }
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+            s[r][j] = dot[2 * r];
+            if (j + 1 < nk) s[r][j + 1] = dot[2 * r + 1];
+        }
+    }
+}
+
+/* acc[r] += sum_j p[r][j] v_row[j] for the first n_rows <= 4 of the rows
+   (p and acc repeat the last real row to fill 4). 16 columns at a time:
+   8 accumulators stay in registers across the key loop. */
+static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *v_row,
+                                      int n_rows, const float *const *p, float *const *acc)
+{
+    int nb = mlk__attn_qblocks(dim), e0 = 0;
+    (void)nb;
+#if defined(MLK__AVX2)
+    for (; e0 + 16 <= dim; e0 += 16) {
+        __m256 a0 = _mm256_loadu_ps(acc[0] + e0), b0 = _mm256_loadu_ps(acc[0] + e0 + 8);
+        __m256 a1 = _mm256_loadu_ps(acc[1] + e0), b1 = _mm256_loadu_ps(acc[1] + e0 + 8);
+        __m256 a2 = _mm256_loadu_ps(acc[2] + e0), b2 = _mm256_loadu_ps(acc[2] + e0 + 8);
+        __m256 a3 = _mm256_loadu_ps(acc[3] + e0), b3 = _mm256_loadu_ps(acc[3] + e0 + 8);
+        for (int j = 0; j < nk; j++) {
+            const unsigned char *vj = v_row[j], *dj = vj + 4 * (size_t)nb;
+            __m256 x = mlk__attn_row_load8(type, vj, dj, e0), y = mlk__attn_row_load8(type, vj, dj, e0 + 8), pr;
+            pr = _mm256_broadcast_ss(p[0] + j), a0 = _mm256_fmadd_ps(pr, x, a0), b0 = _mm256_fmadd_ps(pr, y, b0);
+            pr = _mm256_broadcast_ss(p[1] + j), a1 = _mm256_fmadd_ps(pr, x, a1), b1 = _mm256_fmadd_ps(pr, y, b1);
+            pr = _mm256_broadcast_ss(p[2] + j), a2 = _mm256_fmadd_ps(pr, x, a2), b2 = _mm256_fmadd_ps(pr, y, b2);
+            pr = _mm256_broadcast_ss(p[3] + j), a3 = _mm256_fmadd_ps(pr, x, a3), b3 = _mm256_fmadd_ps(pr, y, b3);
+        }
+        _mm256_storeu_ps(acc[0] + e0, a0), _mm256_storeu_ps(acc[0] + e0 + 8, b0);
+        _mm256_storeu_ps(acc[1] + e0, a1), _mm256_storeu_ps(acc[1] + e0 + 8, b1);
+        _mm256_storeu_ps(acc[2] + e0, a2), _mm256_storeu_ps(acc[2] + e0 + 8, b2);
+        _mm256_storeu_ps(acc[3] + e0, a3), _mm256_storeu_ps(acc[3] + e0 + 8, b3);
+    }
+#endif
+    for (int j = 0; j < nk; j++)
+        for (int e = e0; e < dim; e++) {
+            float x = mlk__attn_row_get(type, dim, v_row[j], e);
+            for (int r = 0; r < n_rows; r++) acc[r][e] += p[r][j] * x;
+        }
 }
 
 /* ---- row-wise vector helpers of the softmax ---- */
@@ -348,6 +507,7 @@ typedef struct mlk__attn_rows {
     const mlk__attn_mask *mask;
     int q0, n_q, group, n_rows, head_dim, dpad, kv_pad;
     float softcap;
+    const unsigned char **k_row, **v_row; /* [kv_pad] typed rows of the tile (decode path) */
     float *q_pack;  /* [n_rows][dpad] scale * q */
     float *acc;     /* [n_rows][dpad] unnormalised output */
     float *scores;  /* [n_rows][kv_pad] scores, then probabilities */
@@ -359,14 +519,20 @@ typedef struct mlk__attn_rows {
 static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
 {
     size_t dp = (size_t)mlk__attn_pad(head_dim), kp = (size_t)mlk__attn_pad(tile_kv), r = (size_t)n_rows;
-    return (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r) * sizeof(float);
+    return 2 * kp * sizeof(const unsigned char *) +
+           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r) * sizeof(float);
 }
+
+/* 1 when the task takes its tiles as typed rows (mlk__attn_rows_update_typed):
+   fewer rows than the tile micro-kernel's height, so reading K and V
+   dominates and packing them would cost as much as the products. */
+static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_MR; }
 
 static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
                                 int head_dim, int tile_kv, float scale, float softcap, const float *q,
                                 size_t q_head, size_t q_tok, void *scratch)
 {
-    float *f = (float *)scratch;
+    float *f;
     st->mask = mask;
     st->q0 = q0;
     st->n_q = n_q;
@@ -376,6 +542,9 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
     st->dpad = mlk__attn_pad(head_dim);
     st->kv_pad = mlk__attn_pad(tile_kv);
     st->softcap = softcap;
+    st->k_row = (const unsigned char **)scratch;
+    st->v_row = st->k_row + st->kv_pad;
+    f = (float *)(void *)(st->v_row + st->kv_pad);
     st->q_pack = f;
     st->acc = st->q_pack + (size_t)st->n_rows * st->dpad;
     st->scores = st->acc + (size_t)st->n_rows * st->dpad;
@@ -394,23 +563,14 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
     }
 }
 
-/* Folds keys kv0 .. kv0+nk-1 (nk <= tile_kv) into every row: S = Q K^T,
-   mask, m_new = max(m, rowmax S), acc = acc * exp(m - m_new) + exp(S - m_new) V.
-   A row whose running max is still -inf (no visible key yet) is skipped, so
-   exp(-inf - -inf) never occurs. */
-static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
-                                  const float *v, size_t ldv)
+/* The online softmax on the scores of keys kv0 .. kv0+nk-1: mask,
+   m_new = max(m, rowmax S), p = exp(S - m_new), l = l exp(m - m_new) + sum p,
+   acc *= exp(m - m_new). A row whose running max is still -inf (no visible
+   key yet) gets p = 0, so exp(-inf - -inf) never occurs. */
+static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
 {
     const mlk__attn_mask *m = st->mask;
-    int nkp = mlk__attn_pad(nk), full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
-    mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
-    if (st->n_rows < MLK__ATTN_MR) {
-        mlk__attn_scores_dot(st->n_rows, nk, st->head_dim, st->q_pack, st->dpad, k, ldk, st->scores, st->kv_pad);
-    } else {
-        mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
-        mlk__attn_mm(st->n_rows, nkp, st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
-                     st->kv_pad, 0);
-    }
+    int full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
     for (int r = 0; r < st->n_rows; r++) {
         float *s = st->scores + (size_t)r * st->kv_pad, m_new, alpha;
         if (st->softcap > 0) mlk__attn_softcap_row(s, nk, st->softcap);
@@ -426,7 +586,61 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
         st->row_max[r] = m_new;
         if (alpha != 1.0f) mlk__attn_scale_row(st->acc + (size_t)r * st->dpad, st->dpad, alpha);
     }
+}
+
+/* Folds keys kv0 .. kv0+nk-1 (nk <= tile_kv), given as float rows, into
+   every row through packed tiles: S = Q K^T, softmax, acc += P V. */
+static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
+                                  const float *v, size_t ldv)
+{
+    mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
+    mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
+    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
+                 st->kv_pad, 0);
+    mlk__attn_rows_softmax(st, kv0, nk);
     mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, st->kv_pad, st->v_pack, st->dpad, st->acc, st->dpad, 1);
+}
+
+/* One group of up to 4 rows of a typed tile: scores, then (after the
+   caller's softmax) acc += P V. Split by phase; called with a constant type
+   so the row loads inline to straight-line code. */
+static void mlk__attn_typed_phase(mlk_kv_type type, int pv, const mlk__attn_rows *st, int nk, int r0)
+{
+    const float *q[MLK__ATTN_GROUP_ROWS], *p[MLK__ATTN_GROUP_ROWS];
+    float *s[MLK__ATTN_GROUP_ROWS], *acc[MLK__ATTN_GROUP_ROWS];
+    int n = st->n_rows - r0 < MLK__ATTN_GROUP_ROWS ? st->n_rows - r0 : MLK__ATTN_GROUP_ROWS;
+    for (int i = 0; i < MLK__ATTN_GROUP_ROWS; i++) { /* short groups repeat their last row */
+        size_t r = (size_t)(r0 + (i < n ? i : n - 1));
+        q[i] = st->q_pack + r * st->dpad;
+        s[i] = st->scores + r * st->kv_pad;
+        p[i] = s[i];
+        acc[i] = st->acc + r * st->dpad;
+    }
+    if (pv)
+        mlk__attn_pv_group(type, st->head_dim, nk, st->v_row, n, p, acc);
+    else
+        mlk__attn_dot_group(type, st->head_dim, nk, st->k_row, q, s);
+}
+
+static void mlk__attn_typed_pass(mlk_kv_type type, int pv, const mlk__attn_rows *st, int nk)
+{
+    for (int r0 = 0; r0 < st->n_rows; r0 += MLK__ATTN_GROUP_ROWS) switch (type) {
+        case MLK_KV_F32: mlk__attn_typed_phase(MLK_KV_F32, pv, st, nk, r0); break;
+        case MLK_KV_F16: mlk__attn_typed_phase(MLK_KV_F16, pv, st, nk, r0); break;
+        case MLK_KV_Q8: mlk__attn_typed_phase(MLK_KV_Q8, pv, st, nk, r0); break;
+        case MLK_KV_Q4: mlk__attn_typed_phase(MLK_KV_Q4, pv, st, nk, r0); break;
+        }
+}
+
+/* The decode form of mlk__attn_rows_update (when mlk__attn_rows_typed):
+   keys kv0 .. kv0+nk-1 are the rows st->k_row[j] / st->v_row[j], which the
+   caller fills, stored as type; each is read once per group of 4 rows and
+   never copied. */
+static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk_kv_type type)
+{
+    mlk__attn_typed_pass(type, 0, st, nk);
+    mlk__attn_rows_softmax(st, kv0, nk);
+    mlk__attn_typed_pass(type, 1, st, nk);
 }
 
 /* o = acc / l (0 for rows that saw nothing); lse = m + log(l) or -inf. */
@@ -593,7 +807,15 @@ static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     for (int kv0 = lo; kv0 < hi; kv0 += g->tile_kv) {
         int nk = hi - kv0 < g->tile_kv ? hi - kv0 : g->tile_kv;
         size_t at = kv_off + (size_t)kv0 * g->kv_tok;
-        mlk__attn_rows_update(&st, kv0, nk, k + at, g->kv_tok, v + at, g->kv_tok);
+        if (!mlk__attn_rows_typed(&st)) {
+            mlk__attn_rows_update(&st, kv0, nk, k + at, g->kv_tok, v + at, g->kv_tok);
+            continue;
+        }
+        for (int j = 0; j < nk; j++) {
+            st.k_row[j] = (const unsigned char *)(const void *)(k + at + (size_t)j * g->kv_tok);
+            st.v_row[j] = (const unsigned char *)(const void *)(v + at + (size_t)j * g->kv_tok);
+        }
+        mlk__attn_rows_update_typed(&st, kv0, nk, MLK_KV_F32);
     }
     mlk__attn_rows_finish(&st, o + q_off, g->q_head, g->q_tok,
                           lse ? lse + ((size_t)b * g->heads + (size_t)h0) * g->len_q + (size_t)q0 : NULL,

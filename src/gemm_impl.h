@@ -330,8 +330,8 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     {
         const int tid = mlk__thread_id();
         mlk__gemm_args part = mlk__gemm_thread_part(&g, tid, mlk__gemm_team_size());
-        float *b_pack = pack + (size_t)tid * (b_floats + a_floats);
-        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, b_pack, b_pack + b_floats);
+        float *thread_pack = pack + (size_t)tid * (b_floats + a_floats);
+        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, thread_pack, thread_pack + b_floats);
     }
     mlk__free(pack);
     return MLK_OK;

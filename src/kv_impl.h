@@ -6,8 +6,6 @@
 extern "C" {
 #endif
 
-#define MLK__KV_QBLOCK 32 /* quantisation block along head_dim */
-
 struct mlk_kv_cache {
     mlk_kv_config cfg;
     size_t row_bytes;   /* one position of one head, K or V */
@@ -24,13 +22,13 @@ struct mlk_kv_cache {
 
 /* ---- storage formats: one row = head_dim values of one head ----
    F32/F16: the values. Q8/Q4: nb float scales, then int8 values or
-   4-bit values biased by 8 (element j in byte j/2, low nibble first). */
-
-static int mlk__kv_nblocks(int d) { return d / MLK__KV_QBLOCK + (d % MLK__KV_QBLOCK != 0); }
+   4-bit values biased by 8 (element j in byte j/2, low nibble first).
+   The attention section reads this layout ("typed rows"), so decoding
+   lives there (mlk__attn_row_decode); encoding lives here. */
 
 static size_t mlk__kv_row_bytes(mlk_kv_type type, int d)
 {
-    size_t nb = (size_t)mlk__kv_nblocks(d), n = (size_t)d;
+    size_t nb = (size_t)mlk__attn_qblocks(d), n = (size_t)d;
     switch (type) {
     case MLK_KV_F32: return 4 * n;
     case MLK_KV_F16: return 2 * n;
@@ -65,19 +63,6 @@ static uint16_t mlk__kv_f16_from_f32(float f)
     return (uint16_t)(sign | q);
 }
 
-static float mlk__kv_f32_from_f16(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-    float f;
-    if (e == 0) {
-        f = (float)m * 5.9604644775390625e-08f; /* m * 2^-24 */
-        return sign ? -f : f;
-    }
-    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
 {
     int j = 0;
@@ -89,16 +74,6 @@ static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
     }
 #endif
     for (; j < d; j++) h[j] = mlk__kv_f16_from_f32(x[j]);
-}
-
-static void mlk__kv_f16_decode(int d, const uint16_t *h, float *x)
-{
-    int j = 0;
-#if defined(MLK__AVX2) && defined(__F16C__)
-    for (; j + 8 <= d; j += 8)
-        _mm256_storeu_ps(x + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j))));
-#endif
-    for (; j < d; j++) x[j] = mlk__kv_f32_from_f16(h[j]);
 }
 
 /* Symmetric quantisation of n <= 32 values to [-qmax, qmax]; returns the
@@ -115,46 +90,11 @@ static float mlk__kv_quant_block(int n, int qmax, const float *x, signed char *q
     return amax / (float)qmax;
 }
 
-static void mlk__kv_q8_dequant(int d, const float *scales, const signed char *q, float *x)
-{
-    int j = 0;
-#if defined(MLK__AVX2)
-    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK, q += MLK__KV_QBLOCK, x += MLK__KV_QBLOCK) {
-        __m256 vs = _mm256_set1_ps(*scales++); /* whole blocks: 4 x 8 lanes */
-        for (int i = 0; i < MLK__KV_QBLOCK; i += 8)
-            _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                                                      _mm_loadl_epi64((const __m128i *)(q + i)))), vs));
-    }
-#endif
-    for (int i = 0; j + i < d; i++) x[i] = (float)q[i] * scales[i / MLK__KV_QBLOCK];
-}
-
-static int mlk__kv_q4_get(const unsigned char *p, int j) { return ((p[j >> 1] >> ((j & 1) * 4)) & 15) - 8; }
-
-static void mlk__kv_q4_dequant(int d, const float *scales, const unsigned char *p, float *x)
-{
-    int j = 0;
-#if defined(MLK__AVX2)
-    const __m128i low4 = _mm_set1_epi8(15), bias = _mm_set1_epi8(8);
-    for (; j + MLK__KV_QBLOCK <= d; j += MLK__KV_QBLOCK, p += MLK__KV_QBLOCK / 2, x += MLK__KV_QBLOCK) {
-        __m256 vs = _mm256_set1_ps(*scales++); /* 16 bytes -> 32 nibbles in element order */
-        __m128i b = _mm_loadu_si128((const __m128i *)p);
-        __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-        __m128i v0 = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), bias), v1 = _mm_sub_epi8(_mm_unpackhi_epi8(lo, hi), bias);
-        _mm256_storeu_ps(x, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), vs));
-        _mm256_storeu_ps(x + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), vs));
-        _mm256_storeu_ps(x + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), vs));
-        _mm256_storeu_ps(x + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), vs));
-    }
-#endif
-    for (int i = 0; j + i < d; i++) x[i] = (float)mlk__kv_q4_get(p, i) * scales[i / MLK__KV_QBLOCK];
-}
-
 static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
 {
     float *scales = (float *)(void *)row;
-    unsigned char *data = row + 4 * mlk__kv_nblocks(d);
-    signed char qb[MLK__KV_QBLOCK];
+    unsigned char *data = row + 4 * mlk__attn_qblocks(d);
+    signed char qb[MLK__ATTN_QBLOCK];
     if (type == MLK_KV_F32) {
         memcpy(row, x, (size_t)d * 4);
         return;
@@ -163,9 +103,9 @@ static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned
         mlk__kv_f16_encode(d, x, (uint16_t *)(void *)row);
         return;
     }
-    for (int b0 = 0; b0 < d; b0 += MLK__KV_QBLOCK) {
-        int n = d - b0 < MLK__KV_QBLOCK ? d - b0 : MLK__KV_QBLOCK;
-        scales[b0 / MLK__KV_QBLOCK] = mlk__kv_quant_block(n, type == MLK_KV_Q8 ? 127 : 7, x + b0, qb);
+    for (int b0 = 0; b0 < d; b0 += MLK__ATTN_QBLOCK) {
+        int n = d - b0 < MLK__ATTN_QBLOCK ? d - b0 : MLK__ATTN_QBLOCK;
+        scales[b0 / MLK__ATTN_QBLOCK] = mlk__kv_quant_block(n, type == MLK_KV_Q8 ? 127 : 7, x + b0, qb);
         if (type == MLK_KV_Q8) {
             memcpy(data + b0, qb, (size_t)n);
             continue;
@@ -178,19 +118,7 @@ static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned
 /* Decodes n consecutive rows (row_bytes apart) into n * d floats. */
 static void mlk__kv_decode_rows(mlk_kv_type type, int d, size_t row_bytes, int n, const unsigned char *row, float *x)
 {
-    int nb = mlk__kv_nblocks(d);
-    switch (type) {
-    case MLK_KV_F32: memcpy(x, row, (size_t)n * (size_t)d * 4); return;
-    case MLK_KV_F16: mlk__kv_f16_decode(n * d, (const uint16_t *)(const void *)row, x); return;
-    case MLK_KV_Q8:
-        for (int i = 0; i < n; i++, row += row_bytes, x += d)
-            mlk__kv_q8_dequant(d, (const float *)(const void *)row, (const signed char *)(row + 4 * nb), x);
-        return;
-    case MLK_KV_Q4:
-        for (int i = 0; i < n; i++, row += row_bytes, x += d)
-            mlk__kv_q4_dequant(d, (const float *)(const void *)row, row + 4 * nb, x);
-        return;
-    }
+    for (int i = 0; i < n; i++, row += row_bytes, x += d) mlk__attn_row_decode(type, d, row, x);
 }
 
 /* ---- pool and block tables ---- */
@@ -558,6 +486,24 @@ static void mlk__kv_tile(const mlk_kv_cache *c, int seq, int layer, int head, in
     *v_rows = v_buf;
 }
 
+/* Row pointers of keys [kv0, kv0 + nk) of one head, K and V: one table
+   lookup per block, then consecutive rows. */
+static void mlk__kv_tile_rows(const mlk_kv_cache *c, int seq, int layer, int head, int kv0, int nk,
+                              const unsigned char **k_row, const unsigned char **v_row)
+{
+    int bs = c->cfg.block_size;
+    for (int j = 0, run; j < nk; j += run) {
+        const unsigned char *k = mlk__kv_row(c, seq, layer, 0, head, kv0 + j);
+        const unsigned char *v = mlk__kv_row(c, seq, layer, 1, head, kv0 + j);
+        run = bs - (kv0 + j) % bs;
+        run = run < nk - j ? run : nk - j;
+        for (int i = 0; i < run; i++, k += c->row_bytes, v += c->row_bytes) {
+            k_row[j + i] = k;
+            v_row[j + i] = v;
+        }
+    }
+}
+
 static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float *q, float *o,
                               unsigned char *slab)
 {
@@ -589,6 +535,11 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
     for (int kv0 = key_lo; kv0 < key_hi; kv0 += MLK__KV_TILE) {
         int nk = key_hi - kv0 < MLK__KV_TILE ? key_hi - kv0 : MLK__KV_TILE;
         const float *k_rows, *v_rows;
+        if (mlk__attn_rows_typed(&st)) { /* decode: the kernel reads the blocks in place */
+            mlk__kv_tile_rows(c, job->seqs[s], job->layer, head, kv0, nk, st.k_row, st.v_row);
+            mlk__attn_rows_update_typed(&st, kv0, nk, c->cfg.type);
+            continue;
+        }
         mlk__kv_tile(c, job->seqs[s], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
         mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
     }

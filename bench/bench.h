@@ -84,10 +84,63 @@ static void bench_copy_run(void *p)
     memcpy(x->dst, x->src, x->bytes);
 }
 
-typedef struct bench_roof { double sgemm_gflops, copy_gbs; } bench_roof;
+/* The FMA peak: per thread, 12 independent 8-lane FMA chains (enough to
+   cover the FMA latency on two pipes) for a fixed count; GFLOP/s of all
+   threads together. The sgemm roofline sits just under it. */
+static double bench_fma_peak(void)
+{
+    const long iters = 20 * 1000 * 1000;
+    double best = 0;
+    int rep;
+    for (rep = 0; rep < 3; rep++) {
+        double t0 = bench_now(), sink = 0;
+        int threads = 1;
+        MLK__OMP(omp parallel reduction(+:sink))
+        {
+            float acc[12][8];
+            long it;
+            int r, l;
+            for (r = 0; r < 12; r++)
+                for (l = 0; l < 8; l++) acc[r][l] = (float)(r + l) * 1e-3f;
+#if defined(MLK__AVX2)
+            {
+                __m256 v[12], m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
+                for (r = 0; r < 12; r++) v[r] = _mm256_loadu_ps(acc[r]);
+                for (it = 0; it < iters; it++)
+                    for (r = 0; r < 12; r++) v[r] = _mm256_fmadd_ps(v[r], m, a);
+                for (r = 0; r < 12; r++) _mm256_storeu_ps(acc[r], v[r]);
+            }
+#else
+            for (it = 0; it < iters / 8; it++)
+                for (r = 0; r < 12; r++)
+                    for (l = 0; l < 8; l++) acc[r][l] = acc[r][l] * 0.999999f + 1e-7f;
+#endif
+            for (r = 0; r < 12; r++) sink += acc[r][0];
+#ifdef _OPENMP
+            MLK__OMP(omp master)
+            threads = omp_get_num_threads();
+#endif
+        }
+        {
+            double dt = bench_now() - t0;
+#if defined(MLK__AVX2)
+            double flops = 2.0 * 8 * 12 * (double)iters * threads;
+#else
+            double flops = 2.0 * 8 * 12 * (double)(iters / 8) * threads;
+#endif
+            if (flops / dt * 1e-9 > best && sink == sink) best = flops / dt * 1e-9;
+        }
+    }
+    return best;
+}
 
-/* This machine's ceilings, measured now: sgemm GFLOP/s (2048^3, NN) and copy
-   GB/s (1 GiB, read + write). */
+/* sgemm_gflops: mlk_sgemm at 2048^3, the ceiling compute-bound kernels are
+   compared with; fma_gflops: the FMA peak, which sgemm is compared with;
+   copy_gbs: memcpy over 1 GiB, the ceiling of memory-bound kernels. */
+typedef struct bench_roof { double sgemm_gflops, fma_gflops, copy_gbs; } bench_roof;
+
+/* This machine's ceilings, measured now: sgemm GFLOP/s (2048^3, NN), the FMA
+   peak, and copy GB/s (1 GiB, read + write). */
 static bench_roof bench_roofline(void)
 {
     bench_roof roof;
@@ -105,6 +158,8 @@ static bench_roof bench_roofline(void)
     r = bench_time(bench_sgemm_run, &g, 5);
     roof.sgemm_gflops = 2.0 * g.n * (double)g.n * g.n / r.median_s * 1e-9;
     free(g.a); free(g.b); free(g.c);
+    bench_progress("FMA peak");
+    roof.fma_gflops = bench_fma_peak();
     cp.bytes = (size_t)1 << 30;
     cp.src = (char *)malloc(cp.bytes);
     cp.dst = (char *)malloc(cp.bytes);
@@ -115,8 +170,8 @@ static bench_roof bench_roofline(void)
     roof.copy_gbs = 2.0 * (double)cp.bytes / r.median_s * 1e-9;
     free(cp.src); free(cp.dst);
     bench_progress_done();
-    printf("roofline: sgemm %.1f GFLOP/s (2048^3), copy %.1f GB/s (1 GiB, read+write), %d thread(s)\n",
-           roof.sgemm_gflops, roof.copy_gbs, mlk__max_threads());
+    printf("roofline: sgemm %.1f GFLOP/s (2048^3), FMA peak %.1f GFLOP/s, copy %.1f GB/s (1 GiB, read+write), %d thread(s)\n",
+           roof.sgemm_gflops, roof.fma_gflops, roof.copy_gbs, mlk__max_threads());
     return roof;
 }
 

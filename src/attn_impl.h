@@ -279,8 +279,22 @@ static void mlk__attn_copy_rows(int rows, int cols, const float *src, size_t ld_
 
 #define MLK__ATTN_QBLOCK 32 /* quantisation block along head_dim */
 #define MLK__ATTN_GROUP_ROWS 4 /* query rows sharing each K/V row load */
+#define MLK__ATTN_PREFETCH 8    /* key rows between a prefetch and its use */
 
 static int mlk__attn_qblocks(int dim) { return dim / MLK__ATTN_QBLOCK + (dim % MLK__ATTN_QBLOCK != 0); }
+
+/* Bytes of one row of dim values stored as type. */
+static size_t mlk__attn_row_bytes(mlk_kv_type type, int dim)
+{
+    size_t nb = (size_t)mlk__attn_qblocks(dim), n = (size_t)dim;
+    switch (type) {
+    case MLK_KV_F32: return 4 * n;
+    case MLK_KV_F16: return 2 * n;
+    case MLK_KV_Q8: return 4 * nb + (n + 3) / 4 * 4;
+    case MLK_KV_Q4: return 4 * nb + ((n + 1) / 2 + 3) / 4 * 4;
+    }
+    return 0;
+}
 
 static float mlk__attn_f32_from_f16(uint16_t h)
 {
@@ -356,6 +370,15 @@ static inline __m256 mlk__attn_row_load8(mlk_kv_type type, const unsigned char *
 }
 #endif
 
+#if defined(MLK__AVX2)
+/* Asks for a row's cache lines ahead of use: cache rows are short runs
+   (one block's positions), too short for the hardware prefetcher to ramp up. */
+static inline void mlk__attn_prefetch_row(const unsigned char *row, size_t bytes)
+{
+    for (size_t at = 0; at < bytes; at += 64) _mm_prefetch((const char *)row + at, _MM_HINT_T0);
+}
+#endif
+
 /* x[e] = element e of a typed row, e < dim. */
 static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char *row, float *x)
 {
@@ -372,11 +395,14 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
    Keys go in pairs so 8 independent FMA chains hide the FMA latency, and
    the 8 dot products are reduced together by two rounds of hadd. */
 static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *k_row,
-                                       const float *const *q, float *const *s)
+                                       const unsigned char *const *v_row, const float *const *q, float *const *s)
 {
     int nb = mlk__attn_qblocks(dim), vec_end = 0;
 #if defined(MLK__AVX2)
+    size_t row_bytes = mlk__attn_row_bytes(type, dim);
     vec_end = dim / 8 * 8;
+#else
+    (void)v_row;
 #endif
     (void)nb;
     for (int j = 0; j < nk; j += 2) {
@@ -386,6 +412,10 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         const unsigned char *da = ka + 4 * (size_t)nb, *db = kb + 4 * (size_t)nb;
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, qe;
         __m256 h0, h1, h2, h3;
+        for (int i = j; i < j + 2 && i < nk; i++) { /* keys ahead, and the values the P V pass reads next */
+            if (i + MLK__ATTN_PREFETCH < nk) mlk__attn_prefetch_row(k_row[i + MLK__ATTN_PREFETCH], row_bytes);
+            mlk__attn_prefetch_row(v_row[i], row_bytes);
+        }
         for (int e = 0; e < vec_end; e += 8) {
             __m256 x = mlk__attn_row_load8(type, ka, da, e), y = mlk__attn_row_load8(type, kb, db, e);
             qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, x, a0), b0 = _mm256_fmadd_ps(qe, y, b0);
@@ -619,7 +649,7 @@ static void mlk__attn_typed_phase(mlk_kv_type type, int pv, const mlk__attn_rows
     if (pv)
         mlk__attn_pv_group(type, st->head_dim, nk, st->v_row, n, p, acc);
     else
-        mlk__attn_dot_group(type, st->head_dim, nk, st->k_row, q, s);
+        mlk__attn_dot_group(type, st->head_dim, nk, st->k_row, st->v_row, q, s);
 }
 
 static void mlk__attn_typed_pass(mlk_kv_type type, int pv, const mlk__attn_rows *st, int nk)

@@ -26,18 +26,6 @@ struct mlk_kv_cache {
    The attention section reads this layout ("typed rows"), so decoding
    lives there (mlk__attn_row_decode); encoding lives here. */
 
-static size_t mlk__kv_row_bytes(mlk_kv_type type, int d)
-{
-    size_t nb = (size_t)mlk__attn_qblocks(d), n = (size_t)d;
-    switch (type) {
-    case MLK_KV_F32: return 4 * n;
-    case MLK_KV_F16: return 2 * n;
-    case MLK_KV_Q8: return 4 * nb + (n + 3) / 4 * 4;
-    case MLK_KV_Q4: return 4 * nb + ((n + 1) / 2 + 3) / 4 * 4;
-    }
-    return 0;
-}
-
 /* f32 -> f16, round to nearest even, clamped to +-65504 (NaN stays NaN). */
 static uint16_t mlk__kv_f16_from_f32(float f)
 {
@@ -130,7 +118,7 @@ MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
     if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
         cfg->type != MLK_KV_Q4)
         return 0;
-    row = mlk__kv_row_bytes(cfg->type, cfg->head_dim);
+    row = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
     if (!mlk__count4(2, cfg->kv_heads, 1, 1, row, &n)) return 0;
     return n * row;
 }
@@ -155,7 +143,7 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     if (!c) return MLK_ERR_NOMEM;
     memset(c, 0, sizeof *c);
     c->cfg = *cfg;
-    c->row_bytes = mlk__kv_row_bytes(cfg->type, cfg->head_dim);
+    c->row_bytes = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
     c->block_bytes = positions * tok;
     c->pool = (unsigned char *)mlk__alloc(pool_bytes);
     c->refcount = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));

@@ -1,38 +1,43 @@
 /* bench_gemm: mlk_sgemm at 512^3, 1024^3, 2048^3, NN and NT (C = A B^T, B
    stored n x k as a Linear layer's weight), GFLOP/s and fraction of the
-   roofline. bench/peer_gemm.py times torch.mm on the same shapes. */
+   roofline; then m = 1 (a decode step, y = x W^T and y = x B), GB/s of B
+   read and fraction of copy bandwidth. bench/peer_gemm.py times torch.mm on
+   the same shapes. */
 #include "bench.h"
 
-typedef struct gemm_case { int trans_b, n; const float *a, *b; float *c; } gemm_case;
+typedef struct gemm_case { int trans_b, m, n, k; const float *a, *b; float *c; } gemm_case;
 
 static void gemm_run(void *p)
 {
     gemm_case *g = (gemm_case *)p;
-    mlk_sgemm(0, g->trans_b, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
+    mlk_sgemm(0, g->trans_b, g->m, g->n, g->k, 1.0f, g->a, g->k, g->b, g->trans_b ? g->k : g->n,
+              0.0f, g->c, g->n);
+}
+
+static float *bench_matrix(size_t count, unsigned mult)
+{
+    float *x = (float *)malloc(count * sizeof(float));
+    if (!x) { fprintf(stderr, "bench_gemm: out of memory\n"); exit(1); }
+    for (size_t i = 0; i < count; i++) x[i] = (float)((i * mult) % 1000) * 1e-3f - 0.5f;
+    return x;
 }
 
 int main(void)
 {
     static const int sizes[3] = {512, 1024, 2048};
+    static const int gemv_shapes[3][3] = {{0, 4096, 4096}, {1, 4096, 4096}, {1, 11008, 4096}};
     bench_roof roof = bench_roofline();
     for (int s = 0; s < 3; s++) {
         const int n = sizes[s];
         const size_t nn = (size_t)n * n;
-        float *a = (float *)malloc(nn * sizeof(float));
-        float *b = (float *)malloc(nn * sizeof(float));
-        float *c = (float *)malloc(nn * sizeof(float));
+        float *a = bench_matrix(nn, 7919u), *b = bench_matrix(nn, 104729u), *c = bench_matrix(nn, 1u);
         char shape[64];
-        if (!a || !b || !c) { fprintf(stderr, "bench_gemm: out of memory\n"); return 1; }
-        for (size_t i = 0; i < nn; i++) {
-            a[i] = (float)((i * 7919u) % 1000) * 1e-3f - 0.5f;
-            b[i] = (float)((i * 104729u) % 1000) * 1e-3f - 0.5f;
-        }
         snprintf(shape, sizeof shape, "%dx%dx%d", n, n, n);
         for (int trans_b = 0; trans_b < 2; trans_b++) {
             gemm_case g;
             bench_result r;
             double gflops;
-            g.trans_b = trans_b; g.n = n; g.a = a; g.b = b; g.c = c;
+            g.trans_b = trans_b; g.m = n; g.n = n; g.k = n; g.a = a; g.b = b; g.c = c;
             bench_progress(shape);
             r = bench_time(gemm_run, &g, n <= 512 ? 30 : n <= 1024 ? 15 : 7);
             bench_progress_done();
@@ -41,6 +46,23 @@ int main(void)
                          gflops / roof.sgemm_gflops);
         }
         free(a); free(b); free(c);
+    }
+    for (int s = 0; s < 3; s++) {
+        gemm_case g;
+        bench_result r;
+        double gbs;
+        char shape[64];
+        g.trans_b = gemv_shapes[s][0]; g.m = 1; g.n = gemv_shapes[s][1]; g.k = gemv_shapes[s][2];
+        g.a = bench_matrix((size_t)g.k, 7919u);
+        g.b = bench_matrix((size_t)g.n * g.k, 104729u);
+        g.c = bench_matrix((size_t)g.n, 1u);
+        snprintf(shape, sizeof shape, "1x%dx%d", g.n, g.k);
+        bench_progress(shape);
+        r = bench_time(gemm_run, &g, 40);
+        bench_progress_done();
+        gbs = (double)g.n * g.k * sizeof(float) / r.median_s * 1e-9;
+        bench_report(g.trans_b ? "sgemm_nt" : "sgemm_nn", shape, r, gbs, "GB/s", gbs / roof.copy_gbs);
+        free((void *)g.a); free((void *)g.b); free(g.c);
     }
     return 0;
 }

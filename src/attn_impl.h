@@ -329,53 +329,58 @@ static float mlk__attn_row_get(mlk_kv_type type, int dim, const unsigned char *r
 }
 
 #if defined(MLK__AVX2)
-/* Elements e .. e+7 of a row (e a multiple of 8, e + 8 <= dim) in a
-   register; data points past the nb scales of a quantised row. Inlined with
-   a constant type, the switch folds away. */
-static inline __m256 mlk__attn_row_load8(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e)
+/* Elements e .. e+15 of a row (e a multiple of 16, e + 16 <= dim) in two
+   registers; data points past the nb scales of a quantised row (16
+   elements never straddle two 32-blocks). Inlined with a constant type, the
+   switch folds away. */
+static inline void mlk__attn_row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
+                                        __m256 *lo8, __m256 *hi8)
 {
     __m256 scale;
     __m128i bytes, lo, hi;
-    uint32_t packed;
     switch (type) {
     case MLK_KV_F16:
 #if defined(__F16C__)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
+        *lo8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
+        *hi8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e + 16)));
 #else
     {
-        float x[8];
-        for (int i = 0; i < 8; i++) {
+        float x[16];
+        for (int i = 0; i < 16; i++) {
             uint16_t h;
             memcpy(&h, row + 2 * (size_t)(e + i), 2);
             x[i] = mlk__attn_f32_from_f16(h);
         }
-        return _mm256_loadu_ps(x);
+        *lo8 = _mm256_loadu_ps(x);
+        *hi8 = _mm256_loadu_ps(x + 8);
     }
 #endif
+        return;
     case MLK_KV_Q8:
         scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
-        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
-    case MLK_KV_Q4: /* 4 bytes -> 8 nibbles in element order */
+        bytes = _mm_loadu_si128((const __m128i *)(const void *)(data + e));
+        break;
+    case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
         scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
-        memcpy(&packed, data + e / 2, 4);
-        bytes = _mm_cvtsi32_si128((int)packed);
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
         lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
         hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
         bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+        break;
     default:
-        return _mm256_loadu_ps((const float *)(const void *)row + e);
+        *lo8 = _mm256_loadu_ps((const float *)(const void *)row + e);
+        *hi8 = _mm256_loadu_ps((const float *)(const void *)row + e + 8);
+        return;
     }
+    *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+    *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
 }
-#endif
 
-#if defined(MLK__AVX2)
-/* Asks for a row's cache lines ahead of use: cache rows are short runs
+/* Asks for a row's cache lines ahead of use: cache rows come in short runs
    (one block's positions), too short for the hardware prefetcher to ramp up. */
-static inline void mlk__attn_prefetch_row(const unsigned char *row, size_t bytes)
+static inline void mlk__attn_prefetch_row(const unsigned char *row, int lines)
 {
-    for (size_t at = 0; at < bytes; at += 64) _mm_prefetch((const char *)row + at, _MM_HINT_T0);
+    for (int i = 0; i < lines; i++) _mm_prefetch((const char *)row + 64 * i, _MM_HINT_T0);
 }
 #endif
 
@@ -385,7 +390,12 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
     int e = 0;
 #if defined(MLK__AVX2)
     const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
-    for (; e + 8 <= dim; e += 8) _mm256_storeu_ps(x + e, mlk__attn_row_load8(type, row, data, e));
+    for (; e + 16 <= dim; e += 16) {
+        __m256 lo8, hi8;
+        mlk__attn_row_load16(type, row, data, e, &lo8, &hi8);
+        _mm256_storeu_ps(x + e, lo8);
+        _mm256_storeu_ps(x + e + 8, hi8);
+    }
 #endif
     for (; e < dim; e++) x[e] = mlk__attn_row_get(type, dim, row, e);
 }
@@ -393,35 +403,45 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
 /* s[r][j] = q[r] . k_row[j] for the 4 rows q[0..3] (the caller repeats its
    last row to fill 4; repeated rows compute and store identical values).
    Keys go in pairs so 8 independent FMA chains hide the FMA latency, and
-   the 8 dot products are reduced together by two rounds of hadd. */
+   the 8 dot products are reduced together by two rounds of hadd. Meanwhile
+   the keys MLK__ATTN_PREFETCH ahead and the values of the P V pass that
+   follows are prefetched. */
 static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *k_row,
                                        const unsigned char *const *v_row, const float *const *q, float *const *s)
 {
     int nb = mlk__attn_qblocks(dim), vec_end = 0;
 #if defined(MLK__AVX2)
-    size_t row_bytes = mlk__attn_row_bytes(type, dim);
-    vec_end = dim / 8 * 8;
+    int lines = (int)((mlk__attn_row_bytes(type, dim) + 63) / 64);
+    vec_end = dim / 16 * 16;
 #else
     (void)v_row;
 #endif
     (void)nb;
     for (int j = 0; j < nk; j += 2) {
-        const unsigned char *ka = k_row[j], *kb = k_row[j + 1 < nk ? j + 1 : j];
+        int j1 = j + 1 < nk ? j + 1 : j;
+        const unsigned char *ka = k_row[j], *kb = k_row[j1];
         float dot[8]; /* dot[2 r] = q[r] . ka, dot[2 r + 1] = q[r] . kb */
 #if defined(MLK__AVX2)
         const unsigned char *da = ka + 4 * (size_t)nb, *db = kb + 4 * (size_t)nb;
-        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, qe;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         __m256 h0, h1, h2, h3;
-        for (int i = j; i < j + 2 && i < nk; i++) { /* keys ahead, and the values the P V pass reads next */
-            if (i + MLK__ATTN_PREFETCH < nk) mlk__attn_prefetch_row(k_row[i + MLK__ATTN_PREFETCH], row_bytes);
-            mlk__attn_prefetch_row(v_row[i], row_bytes);
-        }
-        for (int e = 0; e < vec_end; e += 8) {
-            __m256 x = mlk__attn_row_load8(type, ka, da, e), y = mlk__attn_row_load8(type, kb, db, e);
-            qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, x, a0), b0 = _mm256_fmadd_ps(qe, y, b0);
-            qe = _mm256_loadu_ps(q[1] + e), a1 = _mm256_fmadd_ps(qe, x, a1), b1 = _mm256_fmadd_ps(qe, y, b1);
-            qe = _mm256_loadu_ps(q[2] + e), a2 = _mm256_fmadd_ps(qe, x, a2), b2 = _mm256_fmadd_ps(qe, y, b2);
-            qe = _mm256_loadu_ps(q[3] + e), a3 = _mm256_fmadd_ps(qe, x, a3), b3 = _mm256_fmadd_ps(qe, y, b3);
+        int ahead = j + MLK__ATTN_PREFETCH < nk ? j + MLK__ATTN_PREFETCH : nk - 1;
+        mlk__attn_prefetch_row(k_row[ahead], lines);
+        mlk__attn_prefetch_row(k_row[ahead + 1 < nk ? ahead + 1 : ahead], lines);
+        mlk__attn_prefetch_row(v_row[j], lines);
+        mlk__attn_prefetch_row(v_row[j1], lines);
+        for (int e = 0; e < vec_end; e += 16) {
+            __m256 xa, xb, ya, yb, qe;
+            mlk__attn_row_load16(type, ka, da, e, &xa, &xb);
+            mlk__attn_row_load16(type, kb, db, e, &ya, &yb);
+            qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, xa, a0), b0 = _mm256_fmadd_ps(qe, ya, b0);
+            qe = _mm256_loadu_ps(q[1] + e), a1 = _mm256_fmadd_ps(qe, xa, a1), b1 = _mm256_fmadd_ps(qe, ya, b1);
+            qe = _mm256_loadu_ps(q[2] + e), a2 = _mm256_fmadd_ps(qe, xa, a2), b2 = _mm256_fmadd_ps(qe, ya, b2);
+            qe = _mm256_loadu_ps(q[3] + e), a3 = _mm256_fmadd_ps(qe, xa, a3), b3 = _mm256_fmadd_ps(qe, ya, b3);
+            qe = _mm256_loadu_ps(q[0] + e + 8), a0 = _mm256_fmadd_ps(qe, xb, a0), b0 = _mm256_fmadd_ps(qe, yb, b0);
+            qe = _mm256_loadu_ps(q[1] + e + 8), a1 = _mm256_fmadd_ps(qe, xb, a1), b1 = _mm256_fmadd_ps(qe, yb, b1);
+            qe = _mm256_loadu_ps(q[2] + e + 8), a2 = _mm256_fmadd_ps(qe, xb, a2), b2 = _mm256_fmadd_ps(qe, yb, b2);
+            qe = _mm256_loadu_ps(q[3] + e + 8), a3 = _mm256_fmadd_ps(qe, xb, a3), b3 = _mm256_fmadd_ps(qe, yb, b3);
         }
         h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, b0), _mm256_hadd_ps(a1, b1)); /* rows 0, 1 by 128-bit half */
         h1 = _mm256_hadd_ps(_mm256_hadd_ps(a2, b2), _mm256_hadd_ps(a3, b3));
@@ -460,8 +480,9 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         __m256 a2 = _mm256_loadu_ps(acc[2] + e0), b2 = _mm256_loadu_ps(acc[2] + e0 + 8);
         __m256 a3 = _mm256_loadu_ps(acc[3] + e0), b3 = _mm256_loadu_ps(acc[3] + e0 + 8);
         for (int j = 0; j < nk; j++) {
-            const unsigned char *vj = v_row[j], *dj = vj + 4 * (size_t)nb;
-            __m256 x = mlk__attn_row_load8(type, vj, dj, e0), y = mlk__attn_row_load8(type, vj, dj, e0 + 8), pr;
+            const unsigned char *vj = v_row[j];
+            __m256 x, y, pr;
+            mlk__attn_row_load16(type, vj, vj + 4 * (size_t)nb, e0, &x, &y);
             pr = _mm256_broadcast_ss(p[0] + j), a0 = _mm256_fmadd_ps(pr, x, a0), b0 = _mm256_fmadd_ps(pr, y, b0);
             pr = _mm256_broadcast_ss(p[1] + j), a1 = _mm256_fmadd_ps(pr, x, a1), b1 = _mm256_fmadd_ps(pr, y, b1);
             pr = _mm256_broadcast_ss(p[2] + j), a2 = _mm256_fmadd_ps(pr, x, a2), b2 = _mm256_fmadd_ps(pr, y, b2);
@@ -819,6 +840,10 @@ MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d)
     return (g.fwd_cap > g.bwd_cap ? g.fwd_cap : g.bwd_cap) + MLK__ALIGN;
 }
 
+/* 1 when a call of about `macs` multiply-adds is worth waking the OpenMP
+   team: below ~1M (a short decode step) the wake-up costs more than it saves. */
+MLK__MAYBE_UNUSED static int mlk__attn_fan_out(double macs) { return macs >= 1048576.0; }
+
 /* One forward task: tile_q queries of the `group` heads sharing kv head kvh. */
 static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, const int *depth, int task,
                                const float *q, const float *k, const float *v, float *o, float *lse, void *scratch)
@@ -869,7 +894,8 @@ MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q, const
     n_tasks = g.batch * g.kv_heads * g.n_q_tiles;
     /* tasks are independent (no reduction), so dynamic scheduling balances
        causal work without touching determinism */
-    MLK__OMP(omp parallel for schedule(dynamic, 1))
+    MLK__OMP(omp parallel for schedule(dynamic, 1)
+             if(mlk__attn_fan_out((double)g.batch * g.heads * g.len_q * (double)g.len_kv * g.head_dim)))
     for (int t = 0; t < n_tasks; t++)
         mlk__attn_fwd_task(d, &g, depth, t, q, k, v, o, lse, slabs + slab * (size_t)mlk__thread_id());
     mlk__arena_done(&ar);

@@ -214,6 +214,204 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
     }
 }
 
+/* The small-m path (decode: m = 1..MLK__GEMV_MAX_M rows of op(A)). Packing
+   B costs as much as the whole product here, so op(B) is read once, straight
+   from the caller's array, and each thread takes a contiguous run of C's
+   columns. trans_b = 1 (B is a Linear weight [n, k]): each C element is a dot
+   product of an A row with a B row, 8 B rows at a time in 8 accumulators,
+   each summing 8 lanes over k (lane l takes p = l mod 8) then the lanes.
+   trans_b = 0: C rows accumulate x[p] * B[p, :] for p = 0..k-1 in order in
+   an L1-resident row buffer. Either order depends on k only, never on the
+   thread split; it differs from the packed path's (256-deep k slices). */
+enum {
+    MLK__GEMV_MAX_M = 8,  /* m up to this takes the small path (measured crossover) */
+    MLK__GEMV_ROWS = 8,   /* B rows per dot block; columns per thread share */
+    MLK__GEMV_ACC = 4096, /* floats of the L1 accumulator (trans_b = 0): m rows of C chunks */
+    MLK__GEMV_PARALLEL = 1 << 15 /* n * k from which threads share the columns */
+};
+
+#if defined(MLK__AVX2)
+/* Lanes 0..count-1 set: loads of a row's last (k mod 8) values, which read
+   nothing past the row. */
+static __m256i mlk__gemv_tail_mask(int count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* dots[r] = sum_p x[p] * w[r * ldw + p] for r < rows (1..8); rows past the
+   last repeat it so that every B row gets the same arithmetic. */
+static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, int rows, float *dots)
+{
+    const float *w0 = w, *w1 = w + (size_t)mlk__gemm_min(1, rows - 1) * ldw;
+    const float *w2 = w + (size_t)mlk__gemm_min(2, rows - 1) * ldw, *w3 = w + (size_t)mlk__gemm_min(3, rows - 1) * ldw;
+    const float *w4 = w + (size_t)mlk__gemm_min(4, rows - 1) * ldw, *w5 = w + (size_t)mlk__gemm_min(5, rows - 1) * ldw;
+    const float *w6 = w + (size_t)mlk__gemm_min(6, rows - 1) * ldw, *w7 = w + (size_t)mlk__gemm_min(7, rows - 1) * ldw;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps(), s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
+    __m256 h01, h23, h45, h67, h0123, h4567;
+    int p = 0;
+    for (; p + 8 <= k; p += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + p);
+        s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + p), s0);
+        s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + p), s1);
+        s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + p), s2);
+        s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + p), s3);
+        s4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w4 + p), s4);
+        s5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w5 + p), s5);
+        s6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w6 + p), s6);
+        s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w7 + p), s7);
+    }
+    if (p < k) { /* masked lanes load 0 from x and B: no NaN * 0 from the gap */
+        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256 xv = _mm256_maskload_ps(x + p, mask);
+        s0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w0 + p, mask), s0);
+        s1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w1 + p, mask), s1);
+        s2 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w2 + p, mask), s2);
+        s3 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w3 + p, mask), s3);
+        s4 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w4 + p, mask), s4);
+        s5 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w5 + p, mask), s5);
+        s6 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w6 + p, mask), s6);
+        s7 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w7 + p, mask), s7);
+    }
+    /* transpose-and-add: lane r of the result is the lane sum of s_r */
+    h01 = _mm256_hadd_ps(s0, s1);
+    h23 = _mm256_hadd_ps(s2, s3);
+    h45 = _mm256_hadd_ps(s4, s5);
+    h67 = _mm256_hadd_ps(s6, s7);
+    h0123 = _mm256_hadd_ps(h01, h23);
+    h4567 = _mm256_hadd_ps(h45, h67);
+    _mm256_storeu_ps(dots, _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                         _mm256_permute2f128_ps(h0123, h4567, 0x31)));
+}
+
+/* acc[j] += x_p * b[j] for j < cols; acc holds cols rounded up to 8. */
+static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
+{
+    const __m256 xv = _mm256_set1_ps(x_p);
+    int j = 0;
+    for (; j + 8 <= cols; j += 8)
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_loadu_ps(b + j), _mm256_loadu_ps(acc + j)));
+    if (j < cols)
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_maskload_ps(b + j, mlk__gemv_tail_mask(cols - j)),
+                                                  _mm256_loadu_ps(acc + j)));
+}
+
+/* Four B rows (b, b + ldb, ...) at once, one acc load and store for four
+   FMAs, summed in row order: exactly four mlk__gemv_axpy calls. */
+static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ldb, float *acc)
+{
+    const __m256 x0 = _mm256_set1_ps(x4[0]), x1 = _mm256_set1_ps(x4[1]);
+    const __m256 x2 = _mm256_set1_ps(x4[2]), x3 = _mm256_set1_ps(x4[3]);
+    const float *b1 = b + ldb, *b2 = b + 2 * ldb, *b3 = b + 3 * ldb;
+    int j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m256 a = _mm256_loadu_ps(acc + j);
+        a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b + j), a);
+        a = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b1 + j), a);
+        a = _mm256_fmadd_ps(x2, _mm256_loadu_ps(b2 + j), a);
+        a = _mm256_fmadd_ps(x3, _mm256_loadu_ps(b3 + j), a);
+        _mm256_storeu_ps(acc + j, a);
+    }
+    if (j < cols) {
+        const __m256i mask = mlk__gemv_tail_mask(cols - j);
+        __m256 a = _mm256_loadu_ps(acc + j);
+        a = _mm256_fmadd_ps(x0, _mm256_maskload_ps(b + j, mask), a);
+        a = _mm256_fmadd_ps(x1, _mm256_maskload_ps(b1 + j, mask), a);
+        a = _mm256_fmadd_ps(x2, _mm256_maskload_ps(b2 + j, mask), a);
+        a = _mm256_fmadd_ps(x3, _mm256_maskload_ps(b3 + j, mask), a);
+        _mm256_storeu_ps(acc + j, a);
+    }
+}
+#else
+static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, int rows, float *dots)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *wr = w + (size_t)r * ldw;
+        float dot = 0.0f;
+        for (int p = 0; p < k; p++) dot += x[p] * wr[p];
+        dots[r] = dot;
+    }
+}
+
+static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
+{
+    for (int j = 0; j < cols; j++) acc[j] += x_p * b[j];
+}
+
+static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ldb, float *acc)
+{
+    for (int r = 0; r < 4; r++) mlk__gemv_axpy(cols, x4[r], b + (size_t)r * ldb, acc);
+}
+#endif
+
+/* C[i, j] = alpha * sum[j] + beta * C[i, j] for one row run (beta == 0:
+   C is not read). */
+static void mlk__gemv_store(int cols, const float *sum, float alpha, float beta, float *c)
+{
+    for (int j = 0; j < cols; j++) c[j] = beta != 0.0f ? alpha * sum[j] + beta * c[j] : alpha * sum[j];
+}
+
+/* Columns [j0, j0 + cols) of C on the small path. trans_b = 1 needs op(A)'s
+   rows contiguous (a_cs == 1); trans_b = 0 reads A through its strides. */
+static void mlk__gemv_part(const mlk__gemm_args *g, int j0, int cols)
+{
+    if (g->b_rs == 1) { /* op(B) = B^T: row j of B is column j of op(B) */
+        float dots[MLK__GEMV_ROWS];
+        for (int jb = 0; jb < cols; jb += MLK__GEMV_ROWS) {
+            const int rows = mlk__gemm_min(MLK__GEMV_ROWS, cols - jb);
+            const float *w = g->b + (size_t)(j0 + jb) * g->b_cs;
+            for (int i = 0; i < g->m; i++) { /* the 8 B rows stay in L2 for the next A row */
+                mlk__gemv_dot8(g->k, g->a + (size_t)i * g->a_rs, w, g->b_cs, rows, dots);
+                mlk__gemv_store(rows, dots, g->alpha, g->beta, g->c + (size_t)i * g->ldc + (size_t)(j0 + jb));
+            }
+        }
+    } else {
+        /* chunks as wide as the accumulator allows: long runs of each B row
+           keep the hardware prefetcher streaming */
+        float acc[MLK__GEMV_ACC];
+        const int chunk = MLK__GEMV_ACC / g->m / 8 * 8;
+        for (int jc = 0; jc < cols; jc += chunk) {
+            const int nb = mlk__gemm_min(chunk, cols - jc);
+            memset(acc, 0, sizeof acc);
+            int p = 0;
+            for (; p + 4 <= g->k; p += 4) { /* B rows p..p+3, read once for all A rows */
+                const float *b_rows = g->b + (size_t)p * g->b_rs + (size_t)(j0 + jc);
+                for (int i = 0; i < g->m; i++) {
+                    const float *a_i = g->a + (size_t)i * g->a_rs + (size_t)p * g->a_cs;
+                    float x4[4];
+                    for (int r = 0; r < 4; r++) x4[r] = a_i[(size_t)r * g->a_cs];
+                    mlk__gemv_axpy4(nb, x4, b_rows, g->b_rs, acc + i * chunk);
+                }
+            }
+            for (; p < g->k; p++) {
+                const float *b_row = g->b + (size_t)p * g->b_rs + (size_t)(j0 + jc);
+                for (int i = 0; i < g->m; i++)
+                    mlk__gemv_axpy(nb, g->a[(size_t)i * g->a_rs + (size_t)p * g->a_cs], b_row, acc + i * chunk);
+            }
+            for (int i = 0; i < g->m; i++)
+                mlk__gemv_store(nb, acc + i * chunk, g->alpha, g->beta, g->c + (size_t)i * g->ldc + (size_t)(j0 + jc));
+        }
+    }
+}
+
+/* Whether the dot products need op(A) copied into contiguous rows first
+   (trans_a with a stride): the floats of that copy, else 0. */
+static size_t mlk__gemv_a_floats(const mlk__gemm_args *g)
+{
+    return g->b_rs == 1 && g->a_cs != 1 ? (size_t)g->m * (size_t)g->k : 0;
+}
+
+/* Copies op(A) into a_rows (m x k, contiguous) and points g at it. */
+static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
+{
+    for (int i = 0; i < g->m; i++)
+        for (int p = 0; p < g->k; p++)
+            a_rows[(size_t)i * g->k + p] = g->a[(size_t)i * g->a_rs + (size_t)p * g->a_cs];
+    g->a = a_rows;
+    g->a_rs = (size_t)g->k;
+    g->a_cs = 1;
+}
+
 /* Floats of the packed B panel and of one packed A block. */
 static size_t mlk__gemm_b_floats(int n, int k)
 {
@@ -230,6 +428,7 @@ static size_t mlk__gemm_a_floats(int m, int k)
 MLK__MAYBE_UNUSED static size_t mlk__sgemm_scratch_size(int m, int n, int k)
 {
     if (m <= 0 || n <= 0 || k <= 0) return 0;
+    if (m <= MLK__GEMV_MAX_M) return (size_t)m * (size_t)k * sizeof(float); /* op(A) copy, at most */
     return (mlk__gemm_b_floats(n, k) + mlk__gemm_a_floats(m, k)) * sizeof(float);
 }
 
@@ -245,6 +444,11 @@ MLK__MAYBE_UNUSED static void mlk__sgemm_serial(int trans_a, int trans_b, int m,
         return;
     }
     g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (m <= MLK__GEMV_MAX_M) {
+        if (mlk__gemv_a_floats(&g) > 0) mlk__gemv_copy_a(&g, scratch);
+        mlk__gemv_part(&g, 0, n);
+        return;
+    }
     mlk__gemm_blocked(&g, scratch, scratch + mlk__gemm_b_floats(n, k));
 }
 
@@ -292,6 +496,28 @@ static int mlk__gemm_team_size(void)
 #endif
 }
 
+/* The small-m path, threaded: fixed contiguous column runs, whole 8-column
+   blocks each; one thread until B is big enough (MLK__GEMV_PARALLEL floats)
+   to pay for waking the team. Allocates only for a strided op(A) copy. */
+static mlk_status mlk__gemv(mlk__gemm_args g)
+{
+    const size_t a_floats = mlk__gemv_a_floats(&g);
+    float *a_rows = NULL;
+    if (a_floats > 0) {
+        a_rows = (float *)mlk__alloc(a_floats * sizeof(float));
+        if (!a_rows) return MLK_ERR_NOMEM;
+        mlk__gemv_copy_a(&g, a_rows);
+    }
+    MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__GEMV_PARALLEL))
+    {
+        int j0, cols;
+        mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
+        if (cols > 0) mlk__gemv_part(&g, j0, cols);
+    }
+    mlk__free(a_rows);
+    return MLK_OK;
+}
+
 MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
                                 float alpha, const float *a, int lda,
                                 const float *b, int ldb, float beta, float *c, int ldc)
@@ -317,6 +543,8 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
         mlk__gemm_scale_c(m, n, beta, c, (size_t)ldc);
         return MLK_OK;
     }
+    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (m <= MLK__GEMV_MAX_M) return mlk__gemv(g);
     /* one thread for small products: the team costs more than it saves */
     nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
     tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
@@ -325,7 +553,6 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     a_floats = mlk__gemm_a_floats(m, k);
     pack = (float *)mlk__alloc((size_t)nth * (b_floats + a_floats) * sizeof(float));
     if (!pack) return MLK_ERR_NOMEM;
-    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     MLK__OMP(omp parallel num_threads(nth) if(nth > 1))
     {
         const int tid = mlk__thread_id();

@@ -448,6 +448,7 @@ typedef struct mlk__kv_attn_job {
     const int *task_base; /* [n_seqs + 1]: first task of each sequence */
     int n_seqs;
     size_t slab_bytes, rows_bytes;
+    double macs; /* multiply-adds of the call, for the OpenMP threshold */
 } mlk__kv_attn_job;
 
 /* Keys [kv0, kv0 + nk) of one head as float rows of stride head_dim: F32
@@ -564,12 +565,14 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     job.tree_parent = tree_parent;
     job.seqs = seqs;
     job.n_q = n_q;
+    job.macs = 0;
     if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
     for (int s = 0; s < n_seqs; s++) {
         size_t part;
         if (!mlk__mul_ok((size_t)n_q[s], row, &part) || q_floats > SIZE_MAX / sizeof(float) - part)
             return MLK_ERR_OVERFLOW;
         q_floats += part;
+        job.macs += (double)n_q[s] * c->seq_len[seqs[s]] * heads * c->cfg.head_dim;
         tasks += (long long)((n_q[s] + job.q_chunk - 1) / job.q_chunk) * c->cfg.kv_heads;
         if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
     }
@@ -600,7 +603,7 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     job.q_off = q_off;
     job.task_base = task_base;
     /* tasks write disjoint rows of o: any schedule gives the same bits */
-    MLK__OMP(omp parallel for schedule(dynamic, 1))
+    MLK__OMP(omp parallel for schedule(dynamic, 1) if(mlk__attn_fan_out(job.macs)))
     for (int t = 0; t < (int)tasks; t++)
         mlk__kv_attn_task(&job, t, q, o, slab0 + job.slab_bytes * (size_t)mlk__thread_id());
     mlk__arena_done(&ar);

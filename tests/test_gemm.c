@@ -214,6 +214,30 @@ static void test_large(void)
     }
 }
 
+/* The small-m path (m <= MLK__GEMV_MAX_M) and the packed path just past it:
+   every transpose, n and k off the vector width (tails of 1..7, B row
+   blocks of 1..7), padded leading dimensions whose gaps hold NaN, alpha and
+   beta (beta == 0 over a NaN C). n * k spans the one-thread and the
+   threaded split; each (n, k) pair meets every m across the sweep. */
+static void test_small_m(void)
+{
+    static const int sizes[] = {1, 7, 33, 1000, 4099};
+    static const float alphas[] = {1.0f, -0.5f, 2.5f};
+    static const float betas[] = {0.0f, 1.0f, 0.75f, -2.0f};
+    for (int m = 1; m <= MLK__GEMV_MAX_M + 2; m++)
+        for (int tr = 0; tr < 4; tr++)
+            for (int ni = 0; ni < 5; ni++) {
+                const int ki = (ni + m + tr) % 5;
+                gemm_problem p;
+                /* the sanitizer build keeps the 4099 x 4099 cases only for m = 1 */
+                if (mlkt_quick() && m > 1 && sizes[ni] * (double)sizes[ki] > 5e6) continue;
+                p = make_problem(tr & 1, tr >> 1, m, sizes[ni], sizes[ki], mlkt_int(2) * (1 + mlkt_int(9)),
+                                 alphas[mlkt_int(3)], betas[mlkt_int(4)]);
+                check_problem(&p);
+                free_problem(&p);
+            }
+}
+
 /* BLAS conventions: m or n == 0 is a no-op (C may be NULL), k == 0 gives
    C = beta C, alpha == 0 gives C = beta C without reading A or B. */
 static void test_degenerate(void)
@@ -244,9 +268,9 @@ static void test_degenerate(void)
    zero padding of edge tiles must not leak into real outputs. */
 static void test_nonfinite(void)
 {
-    for (int tr = 0; tr < 4; tr++) {
-        gemm_problem p = make_problem(tr & 1, tr >> 1, 23, 37, 29, 1, 1.0f, 0.0f);
-        const int i0 = 21, l0 = 4, l1 = 28, j1 = 34;
+    for (int tr = 0; tr < 8; tr++) { /* tr >= 4: the small-m path (3 rows) */
+        gemm_problem p = make_problem(tr & 1, (tr >> 1) & 1, tr < 4 ? 23 : 3, 37, 29, 1, 1.0f, 0.0f);
+        const int i0 = tr < 4 ? 21 : 1, l0 = 4, l1 = 28, j1 = 34;
         float *c = copy_c(&p);
         int ok = 1;
         p.a[p.ta ? (size_t)l0 * p.lda + i0 : (size_t)i0 * p.lda + l0] = NAN;
@@ -306,8 +330,8 @@ static void expect_error(const char *what, mlk_status got, mlk_status want, cons
 
 static void test_bad_inputs(void)
 {
-    gemm_problem p = make_problem(0, 0, 8, 9, 10, 0, 1.0f, 1.0f);
-    gemm_problem pt = make_problem(1, 1, 8, 9, 10, 0, 1.0f, 1.0f);
+    gemm_problem p = make_problem(0, 0, MLK__GEMV_MAX_M + 1, 9, 10, 0, 1.0f, 1.0f);
+    gemm_problem pt = make_problem(1, 1, MLK__GEMV_MAX_M + 1, 9, 10, 0, 1.0f, 1.0f);
     gemm_problem big = make_problem(1, 0, 300, 200, 300, 0, 1.0f, 1.0f);
     float *c = copy_c(&p), *c_big = copy_c(&big);
     const float *a = p.a, *b = p.b, *c0 = p.c0;
@@ -331,7 +355,20 @@ static void test_bad_inputs(void)
         expect_error("overflow", mlk_sgemm(0, 0, 65536, 9, 65536, 1.0f, a, 65536, b, 9, 1.0f, c, 9),
                      MLK_ERR_OVERFLOW, c, c0, bytes);
     gemm_fail_allocs = 1;
-    expect_error("no memory", mlk_sgemm(0, 0, 8, 9, 10, 1.0f, a, 10, b, 9, 1.0f, c, 9), MLK_ERR_NOMEM, c, c0, bytes);
+    /* the small path copies op(A) only for A^T B^T; else it never allocates */
+    expect_error("no memory, small m, A^T B^T",
+                 mlk_sgemm(1, 1, 2, 9, 10, 1.0f, pt.a, 8, pt.b, 10, 1.0f, c, 9), MLK_ERR_NOMEM, c, c0, bytes);
+    {
+        gemm_problem small = make_problem(0, 1, 2, 9, 10, 0, 1.0f, 1.0f);
+        float *c_small = copy_c(&small);
+        gemm_ref r = reference(&small);
+        CHECK_INT(run_sgemm(&small, c_small), MLK_OK);
+        check_result(&small, &r, c_small, "small m, no allocation");
+        free(r.ref);
+        mlkt_free(c_small);
+        free_problem(&small);
+    }
+    expect_error("no memory, packed", run_sgemm(&p, c), MLK_ERR_NOMEM, c, c0, bytes);
     expect_error("no memory, threaded size", run_sgemm(&big, c_big), MLK_ERR_NOMEM, c_big, big.c0,
                  size_c(&big) * sizeof(float));
     gemm_fail_allocs = 0;
@@ -347,6 +384,7 @@ int main(void)
     mlkt_file = "test_gemm";
     MLKT_RUN(test_shapes, 1);
     MLKT_RUN(test_large, 2);
+    MLKT_RUN(test_small_m, 7);
     MLKT_RUN(test_degenerate, 3);
     MLKT_RUN(test_nonfinite, 4);
     MLKT_RUN(test_serial_in_parallel, 5);

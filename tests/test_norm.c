@@ -12,10 +12,6 @@ static void *test_malloc(size_t n) { return fail_alloc ? NULL : malloc(n); }
 #include <float.h>
 #include <limits.h>
 
-/* mlkt_floats with the size bounded, so gcc -O3 sees no wrap-around in the
-   harness's size arithmetic (its -Wstringop-overflow fires otherwise) */
-static float *floats(size_t n) { return mlkt_floats(n < ((size_t)1 << 36) ? n : 0); }
-
 /* ---- double references ---- */
 
 /* One row of either norm in double: y, and the row's mean and rstd. */
@@ -112,9 +108,9 @@ static void check_fwd(int rows, int dim, int center, int with_gamma, int with_be
                       double spread, float eps)
 {
     size_t count = (size_t)(size_t)rows * (size_t)dim, r;
-    float *x = floats(count), *y = floats(count), *naive = floats(count);
-    float *gamma = floats((size_t)dim), *beta = floats((size_t)dim);
-    float *mean = floats((size_t)rows), *rstd = floats((size_t)rows);
+    float *x = mlkt_floats(count), *y = mlkt_floats(count), *naive = mlkt_floats(count);
+    float *gamma = mlkt_floats((size_t)dim), *beta = mlkt_floats((size_t)dim);
+    float *mean = mlkt_floats((size_t)rows), *rstd = mlkt_floats((size_t)rows);
     double *ref = (double *)malloc((size_t)count * sizeof(double)), *ref_mean = (double *)malloc((size_t)rows * sizeof(double));
     double *ref_rstd = (double *)malloc((size_t)rows * sizeof(double)), e, e_naive;
     const float *g = with_gamma ? gamma : NULL, *b = with_beta && center ? beta : NULL;
@@ -188,9 +184,9 @@ static void test_fwd_constant_rows(void)
     int d, i, r;
     for (d = 0; d < 3; d++) {
         int dim = dims[d], rows = 5;
-        float *x = floats((size_t)rows * dim), *y = floats((size_t)rows * dim);
-        float *beta = floats((size_t)dim), *gamma = floats((size_t)dim);
-        float *mean = floats((size_t)rows), *rstd = floats((size_t)rows);
+        float *x = mlkt_floats((size_t)rows * dim), *y = mlkt_floats((size_t)rows * dim);
+        float *beta = mlkt_floats((size_t)dim), *gamma = mlkt_floats((size_t)dim);
+        float *mean = mlkt_floats((size_t)rows), *rstd = mlkt_floats((size_t)rows);
         mlkt_fill_uniform(beta, (size_t)dim, -1, 1);
         mlkt_fill_uniform(gamma, (size_t)dim, 0.5, 2);
         for (r = 0; r < rows; r++)
@@ -238,9 +234,9 @@ static void test_bwd_finite_diff(void)
     for (center = 0; center < 2; center++)
         for (d = 0; d < 4; d++) {
             int n = dims[d];
-            float *x = floats((size_t)n), *gamma = floats((size_t)n), *dy = floats((size_t)n);
-            float *y = floats((size_t)n), *dx = floats((size_t)n), *dgamma = floats((size_t)n);
-            float *dbeta = floats((size_t)n), mean, rstd;
+            float *x = mlkt_floats((size_t)n), *gamma = mlkt_floats((size_t)n), *dy = mlkt_floats((size_t)n);
+            float *y = mlkt_floats((size_t)n), *dx = mlkt_floats((size_t)n), *dgamma = mlkt_floats((size_t)n);
+            float *dbeta = mlkt_floats((size_t)n), mean, rstd;
             double params[3 * 19], w[19]; /* 19: the largest dim above */
             double scale = 0;
             fd_ctx ctx;
@@ -296,9 +292,9 @@ static void check_bwd(int rows, int dim, int center, int with_gamma, int want_dg
                       double mean_shift, double spread)
 {
     size_t count = (size_t)(size_t)rows * (size_t)dim, r, i;
-    float *x = floats(count), *dy = floats(count), *dx = floats(count), *y = floats(count);
-    float *naive = floats(count), *gamma = floats((size_t)dim), *dgamma = floats((size_t)dim);
-    float *dbeta = floats((size_t)dim), *mean = floats((size_t)rows), *rstd = floats((size_t)rows);
+    float *x = mlkt_floats(count), *dy = mlkt_floats(count), *dx = mlkt_floats(count), *y = mlkt_floats(count);
+    float *naive = mlkt_floats(count), *gamma = mlkt_floats((size_t)dim), *dgamma = mlkt_floats((size_t)dim);
+    float *dbeta = mlkt_floats((size_t)dim), *mean = mlkt_floats((size_t)rows), *rstd = mlkt_floats((size_t)rows);
     double *ref = (double *)malloc((size_t)count * sizeof(double)), *ref_dg = (double *)calloc((size_t)dim, sizeof(double));
     double *ref_db = (double *)calloc((size_t)dim, sizeof(double)), e, e_naive;
     const float *g = with_gamma ? gamma : NULL;
@@ -391,9 +387,9 @@ static void test_alignment(void)
 {
     const int rows = 4100, dim = 1030; /* past the 4M-float streaming threshold */
     size_t count = (size_t)rows * dim;
-    float *x = floats(count), *dy = floats(count), *mean = floats((size_t)rows), *rstd = floats((size_t)rows);
-    float *y = floats(count + 8), *dx = floats(count + 8), *dg = floats((size_t)dim + 8), *db = floats((size_t)dim + 8);
-    float *y0 = floats(count), *dx0 = floats(count), *dg0 = floats((size_t)dim), *db0 = floats((size_t)dim);
+    float *x = mlkt_floats(count), *dy = mlkt_floats(count), *mean = mlkt_floats((size_t)rows), *rstd = mlkt_floats((size_t)rows);
+    float *y = mlkt_floats(count + 8), *dx = mlkt_floats(count + 8), *dg = mlkt_floats((size_t)dim + 8), *db = mlkt_floats((size_t)dim + 8);
+    float *y0 = mlkt_floats(count), *dx0 = mlkt_floats(count), *dg0 = mlkt_floats((size_t)dim), *db0 = mlkt_floats((size_t)dim);
     int shift;
     mlkt_fill_normal(x, count, 2.0);
     mlkt_fill_normal(dy, count, 1.0);
@@ -441,9 +437,9 @@ static int outputs_untouched(void)
 static void test_bad_inputs(void)
 {
     int i;
-    bad_x = floats(NB); bad_g = floats(NB); bad_y = floats(NB); bad_m = floats(NB);
-    bad_r = floats(NB); bad_dy = floats(NB); bad_dx = floats(NB); bad_dg = floats(NB);
-    bad_db = floats(NB); snap = floats(6 * NB);
+    bad_x = mlkt_floats(NB); bad_g = mlkt_floats(NB); bad_y = mlkt_floats(NB); bad_m = mlkt_floats(NB);
+    bad_r = mlkt_floats(NB); bad_dy = mlkt_floats(NB); bad_dx = mlkt_floats(NB); bad_dg = mlkt_floats(NB);
+    bad_db = mlkt_floats(NB); snap = mlkt_floats(6 * NB);
     mlkt_fill_normal(bad_x, NB, 1.0);
     mlkt_fill_normal(bad_dy, NB, 1.0);
     for (i = 0; i < NB; i++) { bad_g[i] = 1.0f; bad_m[i] = 0.0f; bad_r[i] = 1.0f; bad_y[i] = bad_dx[i] = bad_dg[i] = bad_db[i] = 12345.0f; }

@@ -12,10 +12,6 @@ static void *test_malloc(size_t n) { return fail_alloc ? NULL : malloc(n); }
 #include <float.h>
 #include <limits.h>
 
-/* mlkt_floats with the size bounded, so gcc -O3 sees no wrap-around in the
-   harness's size arithmetic (its -Wstringop-overflow fires otherwise) */
-static float *floats(size_t n) { return mlkt_floats(n < ((size_t)1 << 36) ? n : 0); }
-
 /* ---- double references ---- */
 
 /* softmax(x / t) of one row in double; returns 0 for a bad row */
@@ -97,8 +93,8 @@ static void fill_row(float *x, int n, int kind)
 static void check_full(int rows, int n, int kind)
 {
     size_t count = (size_t)(size_t)rows * (size_t)n, r;
-    float *x = floats(count), *y = floats(count), *ly = floats(count);
-    float *naive = floats((size_t)n), *lnaive = floats((size_t)n);
+    float *x = mlkt_floats(count), *y = mlkt_floats(count), *ly = mlkt_floats(count);
+    float *naive = mlkt_floats((size_t)n), *lnaive = mlkt_floats((size_t)n);
     double *p = (double *)malloc((size_t)n * sizeof(double)), *lp = (double *)malloc((size_t)n * sizeof(double));
     for (r = 0; r < (size_t)rows; r++) fill_row(x + r * n, n, kind);
     CHECK_INT(mlk_softmax(rows, n, x, y), MLK_OK);
@@ -145,7 +141,7 @@ static void test_softmax(void)
 static void check_topk(int rows, int n, int k, float t, int kind, int log_out)
 {
     size_t out = (size_t)(size_t)rows * (size_t)k, r;
-    float *x = floats((size_t)(size_t)rows * (size_t)n), *probs = floats(out), *naive = floats((size_t)n);
+    float *x = mlkt_floats((size_t)(size_t)rows * (size_t)n), *probs = mlkt_floats(out), *naive = mlkt_floats((size_t)n);
     int32_t *idx = (int32_t *)mlkt_alloc((size_t)out * sizeof(int32_t));
     int *order = (int *)malloc((size_t)n * sizeof(int));
     double *p = (double *)malloc((size_t)n * sizeof(double)), *want = (double *)malloc((size_t)k * sizeof(double));
@@ -206,7 +202,7 @@ static void test_topk(void)
 static void test_topk_increasing(void)
 {
     int n = 3000, k = 37, i;
-    float *x = floats((size_t)n), *probs = floats((size_t)k);
+    float *x = mlkt_floats((size_t)n), *probs = mlkt_floats((size_t)k);
     int32_t *idx = (int32_t *)mlkt_alloc((size_t)k * sizeof(int32_t));
     for (i = 0; i < n; i++) x[i] = (float)i * 0.01f;
     CHECK_INT(mlk_topk_softmax(1, n, x, 1.0f, k, probs, idx), MLK_OK);
@@ -269,7 +265,7 @@ static void test_sample_frequencies(void)
 {
     mlk_sampler cases[6];
     int n = 24, rows = 2000, calls = mlkt_quick() ? 10 : 50, c, i, r, call; /* rows * n: OpenMP splits */
-    float *x = floats((size_t)rows * n);
+    float *x = mlkt_floats((size_t)rows * n);
     int32_t *out = (int32_t *)mlkt_alloc((size_t)rows * sizeof(int32_t));
     long *counts = (long *)malloc((size_t)n * sizeof(long));
     double *q = (double *)malloc((size_t)n * sizeof(double));
@@ -313,7 +309,7 @@ static void test_sample_frequencies(void)
 static void test_sample_greedy(void)
 {
     int rows = 50, n = 300, kind, r;
-    float *x = floats((size_t)rows * n);
+    float *x = mlkt_floats((size_t)rows * n);
     int32_t *out = (int32_t *)mlkt_alloc((size_t)rows * sizeof(int32_t));
     int *order = (int *)malloc((size_t)n * sizeof(int));
     for (kind = 0; kind < ROW_KINDS; kind++) {
@@ -344,7 +340,7 @@ static void test_sample_greedy(void)
 static void test_sample_rng(void)
 {
     int rows = 40, n = 50, r;
-    float *x = floats((size_t)rows * n), pair[2] = {0.0f, 0.0f};
+    float *x = mlkt_floats((size_t)rows * n), pair[2] = {0.0f, 0.0f};
     int32_t *all = (int32_t *)mlkt_alloc((size_t)rows * sizeof(int32_t)), one = -1;
     mlk_sampler s = sampler(0.9f, 20, 0.95f, 0.01f), plain = sampler(1.0f, 0, 1.0f, 0.0f);
     uint64_t rng_all = 123456789, rng_one = 123456789, rng_doc;
@@ -370,7 +366,7 @@ static void test_sample_rng(void)
 static void test_sample_exclusion(void)
 {
     int rows = 200, n = 80, r, i, trial;
-    float *x = floats((size_t)rows * n);
+    float *x = mlkt_floats((size_t)rows * n);
     int32_t *out = (int32_t *)mlkt_alloc((size_t)rows * sizeof(int32_t));
     double *q = (double *)malloc((size_t)n * sizeof(double));
     uint64_t rng = 99;
@@ -394,7 +390,7 @@ static void test_sample_exclusion(void)
 static void test_bad_inputs(void)
 {
     const int n = 16, rows = 2;
-    float *x = floats(rows * n), *y = floats(rows * n), *snap = floats(rows * n);
+    float *x = mlkt_floats(rows * n), *y = mlkt_floats(rows * n), *snap = mlkt_floats(rows * n);
     int32_t *idx = (int32_t *)mlkt_alloc((size_t)rows * n * sizeof(int32_t)), *isnap = (int32_t *)mlkt_alloc((size_t)rows * n * sizeof(int32_t));
     mlk_sampler ok_s = sampler(1.0f, 0, 1.0f, 0.0f), bad_s[9];
     uint64_t rng = 5;

@@ -356,10 +356,13 @@ static inline void mlk__attn_row_load16(mlk_kv_type type, const unsigned char *r
     }
 #endif
         return;
-    case MLK_KV_Q8:
+    case MLK_KV_Q8: /* two 8-byte loads fold into the sign extensions */
         scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
-        bytes = _mm_loadu_si128((const __m128i *)(const void *)(data + e));
-        break;
+        *lo8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e))));
+        *hi8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e + 8))));
+        *lo8 = _mm256_mul_ps(*lo8, scale);
+        *hi8 = _mm256_mul_ps(*hi8, scale);
+        return;
     case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
         scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
         bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));

@@ -10,7 +10,9 @@
    no-op; k == 0 or alpha == 0 gives C = beta * C without reading A or B, as
    BLAS. Negative sizes or a leading dimension too small: MLK_ERR_SHAPE;
    NULL a, b (when k > 0) or c: MLK_ERR_NULL; pack buffers: MLK_ERR_NOMEM.
-   Bitwise identical results for any OpenMP thread count. */
+   m <= 8 (decode) skips packing and reads B once, in place; it allocates
+   only when both are transposed (a copy of op(A)). Bitwise identical
+   results for any OpenMP thread count. */
 MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
                                 float alpha, const float *a, int lda,
                                 const float *b, int ldb, float beta, float *c, int ldc);

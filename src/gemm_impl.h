@@ -19,8 +19,9 @@
        size_t mlk__sgemm_scratch_size(int m, int n, int k);      bytes
        void   mlk__sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda,
                                 b, ldb, beta, c, ldc, float *scratch);
-   Same math as mlk_sgemm and bitwise the same result; scratch holds
-   mlk__sgemm_scratch_size(m, n, k) bytes, any float alignment (64 is best). */
+   Same math as mlk_sgemm (the small-m path included) and bitwise the same
+   result; scratch holds mlk__sgemm_scratch_size(m, n, k) bytes, any float
+   alignment (64 is best). */
 
 enum {
     MLK__GEMM_MR = 6,    /* micro-tile rows: 6 x 2 ymm accumulators */
@@ -219,12 +220,14 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
    from the caller's array, and each thread takes a contiguous run of C's
    columns. trans_b = 1 (B is a Linear weight [n, k]): each C element is a dot
    product of an A row with a B row, 8 B rows at a time in 8 accumulators,
-   each summing 8 lanes over k (lane l takes p = l mod 8) then the lanes.
-   trans_b = 0: C rows accumulate x[p] * B[p, :] for p = 0..k-1 in order in
-   an L1-resident row buffer. Either order depends on k only, never on the
-   thread split; it differs from the packed path's (256-deep k slices). */
+   each summing 8 lanes over k (lane l takes p = l mod 8) then the lanes
+   (the scalar build: in k order). trans_b = 0: C rows accumulate
+   x[p] * B[p, :] for p = 0..k-1 in order in an L1-resident row buffer.
+   Either order depends on k only, never on m or the thread split; it
+   differs from the packed path's (256-deep k slices). */
 enum {
-    MLK__GEMV_MAX_M = 8,  /* m up to this takes the small path (measured crossover) */
+    MLK__GEMV_MAX_M = 8,  /* m up to this takes the small path: 1.4-2x the packed
+                             path at m = 8, even with it at m = 16-18 (1 thread) */
     MLK__GEMV_ROWS = 8,   /* B rows per dot block; columns per thread share */
     MLK__GEMV_ACC = 4096, /* floats of the L1 accumulator (trans_b = 0): m rows of C chunks */
     MLK__GEMV_PARALLEL = 1 << 15 /* n * k from which threads share the columns */
@@ -284,6 +287,41 @@ static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, in
                                          _mm256_permute2f128_ps(h0123, h4567, 0x31)));
 }
 
+/* Two A rows against four B rows (rows 1..4, clamped as in dot8), each B
+   load used twice: dots[r] for x0, dots[4 + r] for x1. Lanes and the final
+   add tree as in dot8, so every output gets dot8's bits. */
+static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const float *w, size_t ldw,
+                             int rows, float *dots)
+{
+    const float *w0 = w, *w1 = w + (size_t)mlk__gemm_min(1, rows - 1) * ldw;
+    const float *w2 = w + (size_t)mlk__gemm_min(2, rows - 1) * ldw, *w3 = w + (size_t)mlk__gemm_min(3, rows - 1) * ldw;
+    __m256 s00 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps(), s02 = _mm256_setzero_ps(), s03 = _mm256_setzero_ps();
+    __m256 s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps(), s12 = _mm256_setzero_ps(), s13 = _mm256_setzero_ps();
+    __m256 h0, h1;
+    int p = 0;
+    for (; p + 8 <= k; p += 8) {
+        const __m256 xv0 = _mm256_loadu_ps(x0 + p), xv1 = _mm256_loadu_ps(x1 + p);
+        __m256 wv;
+        wv = _mm256_loadu_ps(w0 + p); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
+        wv = _mm256_loadu_ps(w1 + p); s01 = _mm256_fmadd_ps(xv0, wv, s01); s11 = _mm256_fmadd_ps(xv1, wv, s11);
+        wv = _mm256_loadu_ps(w2 + p); s02 = _mm256_fmadd_ps(xv0, wv, s02); s12 = _mm256_fmadd_ps(xv1, wv, s12);
+        wv = _mm256_loadu_ps(w3 + p); s03 = _mm256_fmadd_ps(xv0, wv, s03); s13 = _mm256_fmadd_ps(xv1, wv, s13);
+    }
+    if (p < k) {
+        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256 xv0 = _mm256_maskload_ps(x0 + p, mask), xv1 = _mm256_maskload_ps(x1 + p, mask);
+        __m256 wv;
+        wv = _mm256_maskload_ps(w0 + p, mask); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
+        wv = _mm256_maskload_ps(w1 + p, mask); s01 = _mm256_fmadd_ps(xv0, wv, s01); s11 = _mm256_fmadd_ps(xv1, wv, s11);
+        wv = _mm256_maskload_ps(w2 + p, mask); s02 = _mm256_fmadd_ps(xv0, wv, s02); s12 = _mm256_fmadd_ps(xv1, wv, s12);
+        wv = _mm256_maskload_ps(w3 + p, mask); s03 = _mm256_fmadd_ps(xv0, wv, s03); s13 = _mm256_fmadd_ps(xv1, wv, s13);
+    }
+    h0 = _mm256_hadd_ps(_mm256_hadd_ps(s00, s01), _mm256_hadd_ps(s02, s03));
+    h1 = _mm256_hadd_ps(_mm256_hadd_ps(s10, s11), _mm256_hadd_ps(s12, s13));
+    _mm256_storeu_ps(dots, _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20),
+                                         _mm256_permute2f128_ps(h0, h1, 0x31)));
+}
+
 /* acc[j] += x_p * b[j] for j < cols; acc holds cols rounded up to 8. */
 static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
 {
@@ -333,6 +371,13 @@ static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, in
     }
 }
 
+static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const float *w, size_t ldw,
+                             int rows, float *dots)
+{
+    mlk__gemv_dot8(k, x0, w, ldw, rows, dots);
+    mlk__gemv_dot8(k, x1, w, ldw, rows, dots + 4);
+}
+
 static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
 {
     for (int j = 0; j < cols; j++) acc[j] += x_p * b[j];
@@ -355,14 +400,24 @@ static void mlk__gemv_store(int cols, const float *sum, float alpha, float beta,
    rows contiguous (a_cs == 1); trans_b = 0 reads A through its strides. */
 static void mlk__gemv_part(const mlk__gemm_args *g, int j0, int cols)
 {
-    if (g->b_rs == 1) { /* op(B) = B^T: row j of B is column j of op(B) */
-        float dots[MLK__GEMV_ROWS];
+    if (g->b_rs == 1) { /* op(B)'s columns are contiguous: B^T (or one column) */
+        float dots[8];
         for (int jb = 0; jb < cols; jb += MLK__GEMV_ROWS) {
             const int rows = mlk__gemm_min(MLK__GEMV_ROWS, cols - jb);
             const float *w = g->b + (size_t)(j0 + jb) * g->b_cs;
-            for (int i = 0; i < g->m; i++) { /* the 8 B rows stay in L2 for the next A row */
+            float *c_jb = g->c + (size_t)(j0 + jb);
+            int i = 0;
+            for (; i + 2 <= g->m; i += 2) /* A rows in pairs; the B rows stay in L1/L2 */
+                for (int half = 0; half < rows; half += 4) {
+                    const int rows4 = mlk__gemm_min(4, rows - half);
+                    mlk__gemv_dot4x2(g->k, g->a + (size_t)i * g->a_rs, g->a + (size_t)(i + 1) * g->a_rs,
+                                     w + (size_t)half * g->b_cs, g->b_cs, rows4, dots);
+                    mlk__gemv_store(rows4, dots, g->alpha, g->beta, c_jb + (size_t)i * g->ldc + half);
+                    mlk__gemv_store(rows4, dots + 4, g->alpha, g->beta, c_jb + (size_t)(i + 1) * g->ldc + half);
+                }
+            if (i < g->m) {
                 mlk__gemv_dot8(g->k, g->a + (size_t)i * g->a_rs, w, g->b_cs, rows, dots);
-                mlk__gemv_store(rows, dots, g->alpha, g->beta, g->c + (size_t)i * g->ldc + (size_t)(j0 + jb));
+                mlk__gemv_store(rows, dots, g->alpha, g->beta, c_jb + (size_t)i * g->ldc);
             }
         }
     } else {

@@ -432,10 +432,12 @@ MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
 /* ---- attention over the cache ----
    One task = one sequence x one kv head x a chunk of its query positions,
    with every query head of the GQA group as rows of the task. The cache is
-   walked in key tiles of MLK__KV_TILE positions, dequantised into
-   per-thread scratch (F32 rows inside one block are read in place), and fed
-   to the attention section's streaming kernel (mlk__attn_rows_*), so the
-   masking rules and the online softmax exist once. */
+   walked in key tiles of MLK__KV_TILE positions and fed to the attention
+   section's streaming kernel (mlk__attn_rows_*), so the masking rules and
+   the online softmax exist once. Decode-sized tasks hand it the rows in
+   place, in their stored format (mlk__attn_rows_update_typed); larger ones
+   get each tile dequantised into per-thread scratch (F32 rows inside one
+   block are read in place) for the packed micro-kernel. */
 
 #define MLK__KV_TILE 128
 

@@ -238,6 +238,30 @@ static void test_small_m(void)
             }
 }
 
+/* On the small path a row of C does not depend on the other rows of A:
+   rows computed in pairs (trans_b = 1) or together (trans_b = 0) have the
+   bits of the same row computed alone. */
+static void test_small_m_rows(void)
+{
+    for (int tb = 0; tb < 2; tb++) {
+        const int m = MLK__GEMV_MAX_M - 1;
+        gemm_problem p = make_problem(0, tb, m, 37, 1003, 3, 1.0f, 0.0f);
+        float *c = copy_c(&p), *c_row = copy_c(&p);
+        int same = 1;
+        CHECK_INT(run_sgemm(&p, c), MLK_OK);
+        for (int i = 0; i < m; i++) {
+            CHECK_INT(mlk_sgemm(0, tb, 1, p.n, p.k, 1.0f, p.a + (size_t)i * p.lda, p.lda, p.b, p.ldb, 0.0f,
+                                c_row + (size_t)i * p.ldc, p.ldc), MLK_OK);
+            same &= mlkt_same(c + (size_t)i * p.ldc, c_row + (size_t)i * p.ldc, (size_t)p.n * sizeof(float));
+        }
+        CHECKF(same, "tb=%d: rows of an m=%d product differ from m=1 products", tb, m);
+        mlkt_digest(c, size_c(&p) * sizeof(float));
+        mlkt_free(c);
+        mlkt_free(c_row);
+        free_problem(&p);
+    }
+}
+
 /* BLAS conventions: m or n == 0 is a no-op (C may be NULL), k == 0 gives
    C = beta C, alpha == 0 gives C = beta C without reading A or B. */
 static void test_degenerate(void)
@@ -385,6 +409,7 @@ int main(void)
     MLKT_RUN(test_shapes, 1);
     MLKT_RUN(test_large, 2);
     MLKT_RUN(test_small_m, 7);
+    MLKT_RUN(test_small_m_rows, 8);
     MLKT_RUN(test_degenerate, 3);
     MLKT_RUN(test_nonfinite, 4);
     MLKT_RUN(test_serial_in_parallel, 5);

@@ -939,6 +939,45 @@ static void test_attn_decode(void)
             }
 }
 
+/* The decode path reads cache rows in place, 16 columns at a time, in
+   groups of 4 query rows: head dims with a tail of 8 or of single columns,
+   and GQA groups of 1, 3 and 5 rows (short groups repeat a row), for every
+   storage type; odd lengths leave a key pair half full. */
+static void test_attn_decode_shapes(void)
+{
+    static const int dims[4] = {8, 24, 40, 137};
+    static const int groups[3] = {1, 3, 5};
+    for (int t = 0; t < 4; t++)
+        for (int di = 0; di < 4; di++)
+            for (int gi = 0; gi < 3; gi++) {
+                int hkv = 2, heads = hkv * groups[gi], d = dims[di], bs = 3 + 13 * (gi % 2), seqs[3], nq[3] = {1, 1, 1};
+                int lens[3], nblocks = 0;
+                size_t total = (size_t)3 * heads * d;
+                float *q = mlkt_floats(total), *o = mlkt_floats(total);
+                attn_err err = {0, 0};
+                mlk_kv_cache *c;
+                char what[64];
+                lens[0] = 1;
+                lens[1] = 2 + 2 * mlkt_int(100);
+                lens[2] = 129 + 2 * mlkt_int(150);
+                for (int s = 0; s < 3; s++) nblocks += (lens[s] + bs - 1) / bs;
+                c = make_cache((mlk_kv_type)t, 1, hkv, d, bs, nblocks, 3);
+                for (int s = 0; s < 3; s++) seqs[s] = fill_seq(c, 1, hkv, d, lens[s]);
+                mlkt_fill_normal(q, total, 1.0);
+                CHECK_INT(mlk_kv_attn(c, 0, 3, seqs, nq, q, heads, 0.0f, NULL, o), MLK_OK);
+                for (int s = 0; s < 3; s++)
+                    attn_vs_ref(c, 0, seqs[s], 1, heads, hkv, d, 0.0f, NULL, q + (size_t)s * heads * d,
+                                o + (size_t)s * heads * d, &err);
+                snprintf(what, sizeof what, "decode %s d %d group %d", type_name[t], d, groups[gi]);
+                check_err(&err, what);
+                CHECK_GUARD(o);
+                mlkt_digest(o, total * sizeof(float));
+                mlkt_free(q);
+                mlkt_free(o);
+                mlk_kv_destroy(c);
+            }
+}
+
 /* Chunked prefill (chunks of 1, 7, 64) against the reference and against
    one full prefill; two sequences advance together in each call. */
 static void test_attn_chunked(void)
@@ -1177,6 +1216,7 @@ int main(void)
     MLKT_RUN(test_compact_tree, 10);
     MLKT_RUN(test_model_random, 11);
     MLKT_RUN(test_attn_decode, 12);
+    MLKT_RUN(test_attn_decode_shapes, 18);
     MLKT_RUN(test_attn_chunked, 13);
     MLKT_RUN(test_attn_gqa, 14);
     MLKT_RUN(test_attn_tree, 15);

@@ -379,6 +379,12 @@ static inline void mlk__attn_row_load16(mlk_kv_type type, const unsigned char *r
     *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
 }
 
+/* Clears the upper register halves before a scalar tail: gcc omits the
+   vzeroupper before calls to local functions (mlk__attn_row_get), and the
+   dirty state then slows every legacy-SSE instruction after the return
+   (libm's exp: 6x on this machine). */
+static inline void mlk__attn_avx_done(void) { _mm256_zeroupper(); }
+
 /* Asks for a row's cache lines ahead of use: cache rows come in short runs
    (one block's positions), too short for the hardware prefetcher to ramp up. */
 static inline void mlk__attn_prefetch_row(const unsigned char *row, int lines)
@@ -399,6 +405,7 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
         _mm256_storeu_ps(x + e, lo8);
         _mm256_storeu_ps(x + e + 8, hi8);
     }
+    if (e < dim) mlk__attn_avx_done();
 #endif
     for (; e < dim; e++) x[e] = mlk__attn_row_get(type, dim, row, e);
 }
@@ -451,6 +458,7 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         h2 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1)));
         h3 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1)));
         _mm256_storeu_ps(dot, _mm256_insertf128_ps(h2, _mm256_castps256_ps128(h3), 1));
+        if (vec_end < dim) mlk__attn_avx_done();
 #else
         for (int i = 0; i < 8; i++) dot[i] = 0.0f;
 #endif
@@ -496,6 +504,7 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         _mm256_storeu_ps(acc[2] + e0, a2), _mm256_storeu_ps(acc[2] + e0 + 8, b2);
         _mm256_storeu_ps(acc[3] + e0, a3), _mm256_storeu_ps(acc[3] + e0 + 8, b3);
     }
+    if (e0 < dim) mlk__attn_avx_done();
 #endif
     for (int j = 0; j < nk; j++)
         for (int e = e0; e < dim; e++) {

@@ -5,7 +5,7 @@ CXX     ?= g++
 CLANG   ?= clang
 NATIVE  ?= -march=native
 WARN     = -Wall -Wextra -Wpedantic -Werror
-HDRS     = mlkern.h $(wildcard src/*.h) tests/mlkt.h
+HDRS     = mlkern.h $(wildcard src/*.h) $(wildcard examples/*.h) tests/mlkt.h
 TESTS    = $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 EXAMPLES = $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 BENCHES  = $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))
@@ -16,7 +16,7 @@ CFG_asan   = $(CLANG) -std=c99 -O1 -g $(NATIVE) -fsanitize=address,undefined -fn
 CFG_omp    = $(CC) -std=c99 -O3 $(NATIVE) -fopenmp $(WARN)
 CFG_nosimd = $(CC) -std=c99 -O2 -DMLKERN_NO_SIMD $(WARN)
 CFG_cxx    = $(CXX) -x c++ -std=c++11 -O2 $(NATIVE) -Wall -Wextra -Werror
-CFG_static = $(CC) -std=c99 -O2 $(NATIVE) -DMLKERN_STATIC -DMLKT_TWO_TU $(WARN) -Wno-unused-function
+CFG_static = $(CC) -std=c99 -O2 $(NATIVE) -DMLKERN_STATIC -DMLKT_TWO_TU $(WARN)
 CONFIGS  = c99 asan omp nosimd cxx static
 
 .PHONY: all examples check tests bench bench-peers fuzz clean install uninstall plots

@@ -103,7 +103,7 @@ int main(int argc, char **argv)
         n_spec = -1;
     t_spec = now_s() - t0;
     print_tokens("speculate:", spec, n_spec);
-    printf("speculative: draft = first layer of %d, chain of 4 + runner-up leaves (8 nodes per tree)\n", cfg.layers);
+    printf("speculative: draft = first layer of %d, chain of 4 + runner-up leaves on the first 3 levels (7 nodes per tree)\n", cfg.layers);
     printf("  %d target calls for %d tokens (greedy: %d), mean accepted length %.2f (+1 bonus per call)\n",
            stats.target_calls, n_spec, n_greedy, (double)stats.mean_accepted);
     printf("  %.1f ms vs greedy %.1f ms: %.2fx\n", t_spec * 1e3, t_greedy * 1e3, t_greedy / t_spec);

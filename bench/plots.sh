@@ -51,7 +51,7 @@ if [ -s "$bench_csv" ]; then
         if (k ~ /^(layernorm|rmsnorm|norm)/) return "norm"
         if (k ~ /^(softmax|log_softmax|topk|sample)/) return "softmax"
         if (k ~ /^(tree|decode)/) return "tree"
-        if (k ~ /^(ternary|bitlinear|act_quant|adamw)/) return "ternary"
+        if (k ~ /^(ternary|fp32_linear|bitlinear|act_quant|adamw)/) return "ternary"
         sub(/_.*/, "", k)
         return k
     }

@@ -195,10 +195,12 @@ static void test_topk(void)
             }
     check_topk(mlkt_quick() ? 8 : 64, 32000, 50, 1.0f, ROW_NORMAL, 0); /* the benchmark shape */
     check_topk(4, 40000, 50, 1.0f, ROW_TIES, 0);
+    for (kind = 0; kind < ROW_KINDS; kind++) /* k above the 448 candidates appended between selections */
+        check_topk(2, mlkt_quick() ? 6000 : 20000, 700, 1.0f, kind, 0);
 }
 
-/* A row whose logits increase: every block raises the heap's minimum, so the
-   insert path runs all the time, and the max grows at every block. */
+/* A row whose logits increase: every logit is above the floor, so candidates
+   are appended and selected all the time, and the max grows at every block. */
 static void test_topk_increasing(void)
 {
     int n = 3000, k = 37, i;
@@ -208,6 +210,22 @@ static void test_topk_increasing(void)
     CHECK_INT(mlk_topk_softmax(1, n, x, 1.0f, k, probs, idx), MLK_OK);
     for (i = 0; i < k; i++) CHECK_INT(idx[i], n - 1 - i);
     mlkt_digest(probs, k * sizeof(float));
+    mlkt_free(x); mlkt_free(probs); mlkt_free(idx);
+}
+
+/* -0 and +0 are equal logits, so they tie and go by index, across both the
+   logits taken up front and those appended later. */
+static void test_topk_signed_zero(void)
+{
+    int n = 1000, k = 300, i, j = 0;
+    float *x = mlkt_floats((size_t)n), *probs = mlkt_floats((size_t)k);
+    int32_t *idx = (int32_t *)mlkt_alloc((size_t)k * sizeof(int32_t));
+    for (i = 0; i < n; i++) x[i] = i % 3 == 2 ? -1.0f : i % 3 ? 0.0f : -0.0f;
+    CHECK_INT(mlk_topk_softmax(1, n, x, 1.0f, k, probs, idx), MLK_OK);
+    for (i = 0; i < n && j < k; i++)
+        if (i % 3 != 2) CHECK_INT(idx[j++], i);
+    mlkt_digest(probs, k * sizeof(float));
+    mlkt_digest(idx, k * sizeof(int32_t));
     mlkt_free(x); mlkt_free(probs); mlkt_free(idx);
 }
 
@@ -475,6 +493,7 @@ int main(void)
     MLKT_RUN(test_softmax, 1);
     MLKT_RUN(test_topk, 2);
     MLKT_RUN(test_topk_increasing, 3);
+    MLKT_RUN(test_topk_signed_zero, 9);
     MLKT_RUN(test_sample_frequencies, 4);
     MLKT_RUN(test_sample_greedy, 5);
     MLKT_RUN(test_sample_rng, 6);

@@ -5,7 +5,7 @@ CXX     ?= g++
 CLANG   ?= clang
 NATIVE  ?= -march=native
 WARN     = -Wall -Wextra -Wpedantic -Werror
-HDRS     = mlkern.h $(wildcard src/*.h) $(wildcard examples/*.h) tests/mlkt.h
+HDRS     = mlkern.h $(wildcard examples/*.h) tests/mlkt.h
 TESTS    = $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 EXAMPLES = $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 BENCHES  = $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))
@@ -63,8 +63,8 @@ build/fuzz/%: tests/%.c $(HDRS)
 
 fuzz: $(addprefix build/fuzz/,$(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c)))
 
-# make install PREFIX=/usr/local DESTDIR=: the header (and src/ while the
-# sections are separate files), pkg-config and CMake package files, filled
+# make install PREFIX=/usr/local DESTDIR=: the header, pkg-config and CMake
+# package files, filled
 # from the same templates CMakeLists.txt uses so both installs agree.
 PREFIX     ?= /usr/local
 MLK_VER    := $(shell awk '/define MLKERN_VERSION_(MAJOR|MINOR|PATCH) /{v = v s $$3; s = "."} END {print v}' mlkern.h)
@@ -78,7 +78,6 @@ install:
 	install -d $(MLK_INCDIR) $(MLK_PCDIR) $(MLK_CMDIR)
 	install -m 644 mlkern.h $(MLK_INCDIR)/
 	if [ -f mlkern_cuda.cuh ]; then install -m 644 mlkern_cuda.cuh $(MLK_INCDIR)/; fi
-	if [ -d src ]; then install -d $(MLK_INCDIR)/src && install -m 644 src/*.h $(MLK_INCDIR)/src/; fi
 	$(MLK_FILL) mlkern.pc.in > $(MLK_PCDIR)/mlkern.pc
 	$(MLK_FILL) cmake/mlkernConfig.cmake.in > $(MLK_CMDIR)/mlkernConfig.cmake
 	$(MLK_FILL) cmake/mlkernConfigVersion.cmake.in > $(MLK_CMDIR)/mlkernConfigVersion.cmake
@@ -86,8 +85,7 @@ install:
 uninstall:
 	rm -f $(MLK_INCDIR)/mlkern.h $(MLK_INCDIR)/mlkern_cuda.cuh $(MLK_PCDIR)/mlkern.pc \
 	      $(MLK_CMDIR)/mlkernConfig.cmake $(MLK_CMDIR)/mlkernConfigVersion.cmake
-	rm -f $(addprefix $(MLK_INCDIR)/,$(wildcard src/*.h))
-	rmdir $(MLK_CMDIR) $(MLK_INCDIR)/src 2>/dev/null || true
+	rmdir $(MLK_CMDIR) 2>/dev/null || true
 
 # SVG charts under docs/plots/ from build/bench.csv and build/ternary_loss.csv.
 plots:

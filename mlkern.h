@@ -106,14 +106,368 @@ typedef enum mlk_status {
 
 MLKERN_DEF const char *mlk_status_str(mlk_status s);
 
-#include "src/gemm_api.h"
-#include "src/norm_api.h"
-#include "src/softmax_api.h"
-#include "src/attn_api.h"
-#include "src/kv_api.h"
-#include "src/beam_api.h"
-#include "src/tree_api.h"
-#include "src/ternary_api.h"
+/* ======================================================================
+   gemm
+   ====================================================================== */
+
+/* Row-major C = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T
+   (trans_a / trans_b non-zero). op(A) is m x k, op(B) k x n, C m x n; lda,
+   ldb, ldc are the row strides of A, B, C as stored (lda >= k, or >= m when
+   transposed; ldb >= n, or >= k when transposed; ldc >= n; all >= 1).
+   beta == 0: C is not read (NaNs in C do not propagate). m or n == 0 is a
+   no-op; k == 0 or alpha == 0 gives C = beta * C without reading A or B, as
+   BLAS. Negative sizes or a leading dimension too small: MLK_ERR_SHAPE;
+   NULL a, b (when k > 0) or c: MLK_ERR_NULL; pack buffers: MLK_ERR_NOMEM.
+   m <= 8 (decode) skips packing and reads B once, in place; it allocates
+   only when both are transposed (a copy of op(A)). Bitwise identical
+   results for any OpenMP thread count. */
+MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
+                                float alpha, const float *a, int lda,
+                                const float *b, int ldb, float beta, float *c, int ldc);
+/* ======================================================================
+   norms
+   ====================================================================== */
+
+/* Layer norm over the last dimension of x [rows, dim]:
+   y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps), biased
+   variance as PyTorch, computed stably (a mean of 1e4 with a spread of 1e-2
+   normalises to full precision). gamma NULL means ones, beta NULL zeros;
+   mean / rstd [rows] are the cache for the backward pass, NULL to skip. */
+MLKERN_DEF mlk_status mlk_layernorm_fwd(int rows, int dim, const float *x,
+    const float *gamma, const float *beta, float eps,
+    float *y, float *mean, float *rstd);
+/* Gradients of layer norm from x, the forward's mean/rstd cache and dy:
+   dx [rows, dim], dgamma / dbeta [dim] (NULL when frozen). dgamma/dbeta are
+   summed over fixed chunks of rows: bitwise the same for any thread count. */
+MLKERN_DEF mlk_status mlk_layernorm_bwd(int rows, int dim, const float *x,
+    const float *gamma, const float *mean, const float *rstd,
+    const float *dy, float *dx, float *dgamma, float *dbeta);
+/* RMS norm: y = x * rstd * gamma, rstd = 1 / sqrt(mean(x^2) + eps).
+   gamma NULL means ones; rstd [rows] or NULL. */
+MLKERN_DEF mlk_status mlk_rmsnorm_fwd(int rows, int dim, const float *x,
+    const float *gamma, float eps, float *y, float *rstd);
+/* Gradients of RMS norm from x, the forward's rstd and dy; dgamma may be NULL. */
+MLKERN_DEF mlk_status mlk_rmsnorm_bwd(int rows, int dim, const float *x,
+    const float *gamma, const float *rstd, const float *dy,
+    float *dx, float *dgamma);
+/* ======================================================================
+   softmax, top-k, sampling
+   ====================================================================== */
+
+/* Row-wise softmax / log-softmax of x [rows, n] into y. -inf entries give 0
+   (log: -inf); a row with a NaN or +inf, or all -inf, is MLK_ERR_VALUE and
+   then y is untouched. */
+MLKERN_DEF mlk_status mlk_softmax(int rows, int n, const float *x, float *y);
+MLKERN_DEF mlk_status mlk_log_softmax(int rows, int n, const float *x, float *y);
+/* The k (1..n) most probable tokens of softmax(logits / temperature) over the
+   full row, in one pass over the logits: probs / idx [rows, k], sorted by
+   descending probability, ties to the lower index. temperature > 0. */
+MLKERN_DEF mlk_status mlk_topk_softmax(int rows, int n, const float *logits,
+    float temperature, int k, float *probs, int32_t *idx);
+/* The same with log-probabilities (temperature 1). */
+MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
+    int k, float *logprobs, int32_t *idx);
+
+/* Sampler settings, applied in this order, each on what the previous left. */
+typedef struct mlk_sampler {
+    float temperature; /* 0 = greedy (argmax, ties to the lower index) */
+    int top_k;         /* keep the k most probable; 0 (or >= n) = off */
+    float top_p;       /* keep the fewest most probable tokens reaching top_p of the mass; >= 1 = off */
+    float min_p;       /* keep tokens with p >= min_p * p_max; 0 = off */
+} mlk_sampler;
+/* Draws one token per row of logits [rows, n] into out [rows]. The PRNG is
+   splitmix64: row r uses z = mix(*rng_state + (r + 1) * 0x9E3779B97F4A7C15),
+   mix(z) = z ^= z >> 30, z *= 0xBF58476D1CE4E5B9, z ^= z >> 27,
+   z *= 0x94D049BB133111EB, z ^= z >> 31, and u = (z >> 11) * 2^-53; on
+   success *rng_state advances by rows * 0x9E3779B97F4A7C15 (one draw per
+   row, greedy too). The token is the first whose running weight exceeds u
+   times the kept total, walking the kept tokens by descending probability
+   (ties: lower index) when top_k or top_p is on, else in index order. */
+MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
+    const mlk_sampler *s, uint64_t *rng_state, int32_t *out);
+/* ======================================================================
+   attention
+   ====================================================================== */
+
+/* Flash attention, forward and backward, float32, on plain arrays.
+
+   Visibility of key j to query i in batch item b (n_b = kv_len[b] or len_kv,
+   off = n_b - len_q: bottom-right alignment as FlashAttention >= 2.1, not
+   PyTorch's top-left is_causal):
+     - always j < n_b;
+     - causal: j <= i + off (decode, len_q = 1, sees every key);
+     - tree_parent (replaces causal): the first P = n_b - len_q keys are the
+       prefix, the last len_q are the queries' tree nodes; query i sees the
+       prefix and the key of each ancestor-or-self; node i sits at position
+       P + depth(i);
+     - window > 0: with causal or a tree, pos(j) > pos(i) - window;
+       without, |pos(j) - pos(i)| < window.
+   Score s = scale * q.k, then softcap, then the mask. A row that sees no
+   key gets o = 0, lse = -inf and zero gradients. */
+typedef enum mlk_layout { MLK_BHND = 0, MLK_BNHD = 1 } mlk_layout;
+
+typedef struct mlk_attn_desc {
+    int batch, heads, kv_heads;   /* kv_heads 0 => heads; heads % kv_heads == 0 */
+    int len_q, len_kv;            /* len_kv 0 => len_q */
+    int head_dim;
+    float scale;                  /* 0 => 1/sqrt(head_dim) */
+    int causal;                   /* bottom-right aligned */
+    int window;                   /* > 0: sliding window, in positions */
+    float softcap;                /* > 0: s = softcap * tanh(s / softcap) */
+    const int *kv_len;            /* NULL or [batch]: valid keys per item */
+    const int *tree_parent;       /* NULL or [len_q]: tree mask */
+    mlk_layout layout;            /* of q, k, v, o and their gradients */
+    int tile_q, tile_kv;          /* 0 => tuned defaults */
+    void *workspace;              /* NULL or mlk_attn_workspace_size(d) bytes */
+} mlk_attn_desc;
+
+/* Bytes of scratch mlk_attn_fwd and mlk_attn_bwd need for d at the current
+   OpenMP thread count (0 if d is invalid). Pass a buffer that large as
+   d->workspace to run without allocating. */
+MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d);
+/* o = softmax(mask(scale q k^T)) v, tiled with the online softmax; never
+   materialises len_q x len_kv. q, o: [B,Hq,Nq,D] or [B,Nq,Hq,D]; k, v: the
+   same with Hkv, Nkv. lse: NULL or [B,Hq,Nq] log-sum-exp of each row. */
+MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q,
+    const float *k, const float *v, float *o, float *lse);
+/* Gradients from the forward's o and lse: FlashAttention-2 with
+   D = rowsum(dout * o). dk, dv are summed over the query heads of a group.
+   Any of dq, dk, dv may be NULL. Deterministic for any thread count. */
+MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q,
+    const float *k, const float *v, const float *o, const float *dout,
+    const float *lse, float *dq, float *dk, float *dv);
+/* Reference: the same semantics with materialised scores, accumulated in
+   double. Slow; for tests and for checking an engine. */
+MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q,
+    const float *k, const float *v, float *o, float *lse);
+/* ======================================================================
+   KV cache
+   ====================================================================== */
+
+/* A pool of num_blocks blocks; a block holds block_size positions of every
+   layer and kv head, keys and values. Sequences own block tables into the
+   pool; forks share blocks and copy one on its first write (copy-on-write).
+   A contiguous cache is block_size = the longest context.
+
+   Storage and bytes per token per layer (both K and V, Hkv kv heads, head
+   dim D, nb = ceil(D / 32) quantisation blocks of one float scale each):
+       MLK_KV_F32  2 * Hkv * 4 * D                          (D=128: 1024 B/head)
+       MLK_KV_F16  2 * Hkv * 2 * D                          (D=128:  512 B/head)
+       MLK_KV_Q8   2 * Hkv * (4 * nb + D rounded up to 4)       (D=128: 288 B/head)
+       MLK_KV_Q4   2 * Hkv * (4 * nb + D/2 rounded up to 4)     (D=128: 160 B/head)
+   mlk_kv_bytes_per_token computes it. F16 rounds to nearest even and
+   saturates at +-65504; Q8/Q4 are symmetric (scale = max|x| / 127 or / 7)
+   with every element within half a step of its input. */
+typedef enum mlk_kv_type { MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8, MLK_KV_Q4 } mlk_kv_type;
+typedef struct mlk_kv_config {
+    int layers, kv_heads, head_dim;
+    int block_size, num_blocks, max_seqs;
+    mlk_kv_type type;
+} mlk_kv_config;
+typedef struct mlk_kv_cache mlk_kv_cache;
+
+/* Bytes one position takes in one layer (K and V, all kv heads); 0 if the
+   config is invalid or the size overflows. Pool bytes = this * layers *
+   block_size * num_blocks. */
+MLKERN_DEF size_t     mlk_kv_bytes_per_token(const mlk_kv_config *cfg);
+/* Allocates the pool and tables; every size >= 1, type one of mlk_kv_type
+   (else MLK_ERR_ARG). *out is written only on success. */
+MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out);
+/* Frees the cache and every sequence in it; NULL is a no-op. */
+MLKERN_DEF void       mlk_kv_destroy(mlk_kv_cache *c);
+/* A new empty sequence: the lowest free id in [0, max_seqs), or
+   MLK_ERR_CAPACITY when max_seqs sequences exist. */
+MLKERN_DEF mlk_status mlk_kv_seq_new(mlk_kv_cache *c, int *seq);
+/* Releases the sequence; blocks shared with a fork stay with the fork. */
+MLKERN_DEF mlk_status mlk_kv_seq_free(mlk_kv_cache *c, int seq);
+/* A new sequence sharing every block of src (no copy); the first write by
+   either side into a shared block copies exactly that block. */
+MLKERN_DEF mlk_status mlk_kv_seq_fork(mlk_kv_cache *c, int src, int *dst);
+/* Number of positions of the sequence; -1 for a NULL cache or a bad id. */
+MLKERN_DEF int        mlk_kv_seq_len(const mlk_kv_cache *c, int seq);
+/* Grows the sequence by n >= 1 positions (contents unspecified until
+   stored). MLK_ERR_CAPACITY, with nothing changed, if the pool lacks blocks. */
+MLKERN_DEF mlk_status mlk_kv_append(mlk_kv_cache *c, int seq, int n);
+/* Writes positions [pos, pos + n) of one layer; k, v: [n, kv_heads, head_dim].
+   The range must lie inside the sequence (MLK_ERR_SHAPE). Quantised types
+   need finite inputs (MLK_ERR_VALUE). Shared blocks are copied first; when
+   the pool cannot hold the copies: MLK_ERR_CAPACITY, nothing changed. */
+MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
+    int n, const float *k, const float *v);
+/* Dequantised copy of positions [pos, pos + n) of one layer into k, v. */
+MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int pos,
+    int n, float *k, float *v);
+/* Shortens the sequence to len (0 <= len <= current length); blocks past
+   the new end are released. */
+MLKERN_DEF mlk_status mlk_kv_truncate(mlk_kv_cache *c, int seq, int len);
+/* Keeps accepted speculative rows: position start + keep[i] moves to
+   start + i (every layer), then the length becomes start + n_keep. keep is
+   strictly increasing inside [0, len - start) (else MLK_ERR_ARG); n_keep may
+   be 0. Shared blocks it rewrites are copied (MLK_ERR_CAPACITY if it can't). */
+MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
+    int n_keep, const int *keep);
+/* Attention of each listed sequence's n_q[s] newest positions (already
+   stored) over its whole cache in one layer. q, o: for each sequence in
+   order, [n_q[s], heads, head_dim]; heads a multiple of kv_heads (GQA).
+   Causal, bottom-right aligned; with tree_parent (one sequence only) the
+   last n_q positions are a tree: a node sees the prefix, its ancestors and
+   itself (a bad parent array is MLK_ERR_TREE). scale 0 means
+   1/sqrt(head_dim). Scratch: one allocation per call, about 0.4 MiB per
+   thread at head_dim 128. Bitwise identical for any thread count. */
+MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
+    const int *seqs, const int *n_q, const float *q, int heads,
+    float scale, const int *tree_parent, float *o);
+typedef struct mlk_kv_stats {
+    size_t bytes_total, bytes_used;   /* pool bytes; bytes in used blocks */
+    int blocks_total, blocks_used, seqs;
+} mlk_kv_stats;
+/* Pool occupancy: a block shared by several sequences counts once. */
+MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st);
+/* ======================================================================
+   beam search
+   ====================================================================== */
+
+/* Model callback of mlk_beam_search: fill logits [n, vocab] for n live
+   sequences (seqs[i]: prompt + generated tokens, lens[i] long). parent[i] is
+   the index, in the previous call, of the sequence that seqs[i] extends (-1
+   at the first call), so a stateful model can fork its KV cache. Return 0,
+   or non-zero to abort the search. */
+typedef int (*mlk_logits_fn)(void *user, int n, const int *parent,
+    const int32_t *const *seqs, const int *lens, float *logits);
+/* eos_id: the end token in [0, vocab), or -1 for none. num_return <= beam_width.
+   score = logprob / len^length_penalty, len counting generated tokens with EOS. */
+typedef struct mlk_beam_config {
+    int beam_width, vocab, eos_id, max_new_tokens, num_return;
+    float length_penalty;
+} mlk_beam_config;
+/* Pool beam search: finished hypotheses keep competing on their frozen score;
+   each step keeps the beam_width best of finished + expansions. One callback
+   call per step covers the live beams of every item, grouped by item.
+   Outputs, ranked per item: out_tokens [batch, num_return, max_new_tokens]
+   (-1 past out_len), out_len [batch, num_return]; out_logprob, out_score
+   [batch, num_return] or NULL (-inf for missing hypotheses). */
+MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
+    const int32_t *const *prompts, const int *prompt_lens,
+    mlk_logits_fn fn, void *user, int32_t *out_tokens, int *out_len,
+    float *out_logprob, float *out_score);
+/* ======================================================================
+   tree speculative decoding
+   ====================================================================== */
+
+/* A draft tree of n nodes in topological order: parent[i] < i, -1 for a
+   root. mask [n, n]: mask[i*n + j] = 1 iff node j is an ancestor-or-self of i. */
+MLKERN_DEF mlk_status mlk_tree_mask(int n, const int *parent, uint8_t *mask);
+/* depth [n]: 0 for roots; node i sits at position prefix_len + depth[i]. */
+MLKERN_DEF mlk_status mlk_tree_depth(int n, const int *parent, int *depth);
+/* Verifies draft [n] against target [n + 1] (target[0]: greedy token after the
+   prefix, target[1 + i]: after node i). Node i is checked against
+   target[parent[i] + 1]; the walk takes the lowest-index matching child per
+   level. path [n] gets the accepted nodes (*n_path of them), *bonus the
+   target's token after the last one. */
+MLKERN_DEF mlk_status mlk_tree_accept(int n, const int *parent, const int32_t *draft,
+    const int32_t *target, int *path, int *n_path, int32_t *bonus);
+
+/* Callbacks of mlk_spec_generate; each returns 0, or non-zero to abort.
+   draft: propose at most max_nodes tokens after ctx [ctx_len] as a tree
+   (tokens, parent as above); *n_nodes may be 0. */
+typedef int (*mlk_draft_fn)(void *user, const int32_t *ctx, int ctx_len,
+    int max_nodes, int32_t *tokens, int *parent, int *n_nodes);
+/* verify: one target pass over ctx and the tree (tree attention, node i at
+   position ctx_len + depth[i]): greedy[0] = the target's argmax after ctx,
+   greedy[1 + i] after node i. */
+typedef int (*mlk_verify_fn)(void *user, const int32_t *ctx, int ctx_len,
+    int n_nodes, const int32_t *tokens, const int *parent, int32_t *greedy);
+/* accept (optional): the nodes of the last verified tree that were kept, so a
+   stateful target keeps their KV rows (mlk_kv_compact) and drops the rest. */
+typedef int (*mlk_accept_fn)(void *user, int n_path, const int *path);
+
+typedef struct mlk_spec_config {
+    int max_new_tokens, max_nodes; /* >= 1; max_nodes bounds each draft tree */
+    int eos_id;                    /* stop after emitting it; -1: none */
+    mlk_draft_fn draft;
+    mlk_verify_fn verify;
+    mlk_accept_fn accept;          /* NULL: not needed */
+    void *user;                    /* passed to the three callbacks */
+} mlk_spec_config;
+typedef struct mlk_spec_stats {
+    int target_calls;    /* verify calls */
+    int drafted;         /* draft tokens proposed */
+    int accepted;        /* draft tokens accepted and emitted */
+    float mean_accepted; /* accepted / target_calls (each call also emits a bonus token) */
+} mlk_spec_stats;
+/* Tree speculative decoding: draft, verify, accept path + bonus, until
+   max_new_tokens or EOS. out [max_new_tokens] (-1 past *out_len) equals the
+   target's greedy decoding for any draft. stats may be NULL. */
+MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len,
+    mlk_spec_stats *stats);
+/* ======================================================================
+   ternary (BitNet b1.58)
+   ====================================================================== */
+
+/* Packed ternary weights. A weight matrix is [rows, cols] (out x in, like
+   nn.Linear). Each row takes mlk_ternary_row_bytes(cols) = ceil(cols / 4)
+   bytes; weight (r, c) sits in byte r * row_bytes + c / 4 at bits
+   2 * (c % 4) .. 2 * (c % 4) + 1, as the code q + 1: 0 = -1, 1 = 0, 2 = +1.
+   Padding weights of the last byte are code 1 (zero); code 3 is invalid.
+   A weight's value is scale * q with one float scale per matrix. */
+#define MLK_TERNARY_EPS 1e-5f       /* smallest absmean scale */
+#define MLK_TERNARY_MAX_K (1 << 22) /* longest dot product: int32 sums stay exact */
+
+/* Bytes of one packed row: ceil(cols / 4); 0 when cols < 1. */
+MLKERN_DEF size_t mlk_ternary_row_bytes(int cols);
+
+/* Absmean quantisation: s = max(mean|w|, MLK_TERNARY_EPS) over the whole
+   matrix (summed in double), q = clamp(round(w / s), -1, 1) rounding half away from zero on the
+   exact quotient (q = sign(w) when |w| >= s / 2). torch.round would round
+   half to even; the two differ only for |w| == s / 2 exactly. packed:
+   rows * row_bytes; *scale = s. A NaN or infinite weight is MLK_ERR_VALUE. */
+MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
+    uint8_t *packed, float *scale);
+/* Unpacks: w[r, c] = scale * q. A code 3 anywhere is MLK_ERR_VALUE. */
+MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *packed,
+    float scale, float *w);
+
+/* Per-row absmax quantisation: xscale[r] = max|x[r, :]| / 127 and
+   xq = round(x * (127 / max|x|)) rounding half away from zero, so codes are
+   in [-127, 127]. A zero row gets xscale 0 and codes 0. NaN or infinite
+   inputs are MLK_ERR_VALUE. */
+MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
+    int8_t *xq, float *xscale);
+
+/* y[i, j] = (xscale[i] * wscale) * sum_c xq[i, c] * q[j, c] with the sum
+   exact in int32; xq [m, k], wpacked [n, row_bytes(k)], y [m, n]. Any
+   m, n >= 1 and 1 <= k <= MLK_TERNARY_MAX_K (else MLK_ERR_SHAPE /
+   MLK_ERR_OVERFLOW); xq may hold -128. The AVX2 path multiplies the 2-bit
+   codes as bytes (never as floats) and allocates about m * k bytes per
+   call for reordered activations; threads split the output columns. */
+MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
+    const float *xscale, const uint8_t *wpacked, float wscale, float *y);
+
+/* BitLinear for training, with fp32 latent weights w [n, k] and no bias:
+   y [m, n] = x^ * W^T with x^ = act_quant_i8(x) dequantised and W^ =
+   ternary_quant(w) dequantised. The forward runs the inference path
+   (mlk_act_quant_i8, mlk_ternary_quant, mlk_ternary_gemm), so a trained
+   model gives the same logits deployed. */
+MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
+    const float *w, float *y);
+/* Straight-through estimator: the quantisers count as the identity, so
+   dx [m, k] = dy * W^ and dw [n, k] = dy^T * x^ (x^, W^ recomputed from x
+   and w, float matmuls through mlk_sgemm). dx or dw may be NULL. */
+MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
+    const float *w, const float *dy, float *dx, float *dw);
+
+/* AdamW hyper-parameters (PyTorch's defaults: 1e-3, 0.9, 0.999, 1e-8, 1e-2). */
+typedef struct mlk_adamw_config {
+    float lr, beta1, beta2, eps, weight_decay;
+} mlk_adamw_config;
+/* One AdamW step on n parameters, as PyTorch's: p *= 1 - lr * wd
+   (decoupled decay), m = beta1 m + (1 - beta1) g, v = beta2 v +
+   (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m /
+   (sqrt(v) / sqrt(1 - beta2^t) + eps). step t >= 1 counts from 1; m and v
+   start at zero. lr, eps, wd >= 0 and betas in [0, 1) (else MLK_ERR_ARG). */
+MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
+    float *m, float *v, const mlk_adamw_config *cfg, int step);
 
 #ifdef __cplusplus
 }
@@ -360,14 +714,4162 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
 }
 #endif
 
-#include "src/gemm_impl.h"
-#include "src/norm_impl.h"
-#include "src/softmax_impl.h"
-#include "src/attn_impl.h"
-#include "src/kv_impl.h"
-#include "src/beam_impl.h"
-#include "src/tree_impl.h"
-#include "src/ternary_impl.h"
+/* ======================================================================
+   gemm
+   ====================================================================== */
+
+/* BLIS/GotoBLAS structure: for each NC-wide column panel and KC-deep slice
+   of k, op(B) is packed into NR-wide micro-panels, each MC-row block of op(A)
+   into MR-high micro-panels, and a register-tiled MR x NR micro-kernel
+   streams both from cache. Packing zero-pads the edges and absorbs
+   transposes and leading dimensions, so the micro-kernel sees one layout.
+   Threads each take a contiguous share of C's columns (or rows) and run the
+   whole loop nest on it with private pack buffers: no barriers, and no
+   packed panel bouncing between cores' caches. Every C element accumulates
+   over k in the same order whatever the blocking of m and n, and only KC (a
+   constant) splits k: results are bitwise identical for any thread count.
+
+   Internal entry for other sections (attention tiles, the ternary trainer),
+   callable inside their own parallel regions, single-threaded, no allocation,
+   no validation:
+       size_t mlk__sgemm_scratch_size(int m, int n, int k);      bytes
+       void   mlk__sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda,
+                                b, ldb, beta, c, ldc, float *scratch);
+   Same math as mlk_sgemm (the small-m path included) and bitwise the same
+   result; scratch holds mlk__sgemm_scratch_size(m, n, k) bytes, any float
+   alignment (64 is best). */
+
+enum {
+    MLK__GEMM_MR = 6,    /* micro-tile rows: 6 x 2 ymm accumulators */
+    MLK__GEMM_NR = 16,   /* micro-tile columns */
+    MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
+    MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
+    MLK__GEMM_NC = 4096  /* columns of B per packed panel (L3) */
+};
+
+/* op(A) element (i, p) is a[i * a_rs + p * a_cs]; op(B) element (p, j) is
+   b[p * b_rs + j * b_cs]. */
+typedef struct mlk__gemm_args {
+    int m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    size_t a_rs, a_cs, b_rs, b_cs;
+    float *c;
+    size_t ldc;
+} mlk__gemm_args;
+
+static mlk__gemm_args mlk__gemm_make_args(int trans_a, int trans_b, int m, int n, int k,
+                                          float alpha, const float *a, int lda,
+                                          const float *b, int ldb, float beta, float *c, int ldc)
+{
+    mlk__gemm_args g;
+    g.m = m; g.n = n; g.k = k;
+    g.alpha = alpha; g.beta = beta;
+    g.a = a; g.b = b; g.c = c;
+    g.a_rs = trans_a ? 1 : (size_t)lda;
+    g.a_cs = trans_a ? (size_t)lda : 1;
+    g.b_rs = trans_b ? 1 : (size_t)ldb;
+    g.b_cs = trans_b ? (size_t)ldb : 1;
+    g.ldc = (size_t)ldc;
+    return g;
+}
+
+static int mlk__gemm_min(int x, int y) { return x < y ? x : y; }
+static int mlk__gemm_ceil_div(int x, int y) { return x / y + (x % y != 0); }
+
+/* Packs `width` (<= pad) lines of kc values into dst[p * pad + w], zeros in
+   lines width..pad-1. Line w, step p reads src[w * w_stride + p * k_stride]:
+   an MR-row sliver of op(A) or an NR-column sliver of op(B). */
+static void mlk__gemm_pack_sliver(const float *src, size_t w_stride, size_t k_stride,
+                                  int width, int pad, int kc, float *dst)
+{
+    for (int p = 0; p < kc; p++) {
+        const float *s = src + (size_t)p * k_stride;
+        float *d = dst + (size_t)p * pad;
+        int w = 0;
+        if (w_stride == 1)
+            for (; w < width; w++) d[w] = s[w];
+        else
+            for (; w < width; w++) d[w] = s[(size_t)w * w_stride];
+        for (; w < pad; w++) d[w] = 0.0f;
+    }
+}
+
+/* C[MR x NR] = alpha * (A sliver . B sliver) + beta * C over kc steps;
+   beta == 0 never reads C. ap: kc x MR, bp: kc x NR (packed). */
+#if defined(MLK__AVX2)
+static void mlk__gemm_micro(int kc, const float *ap, const float *bp, float *c, size_t ldc,
+                            float alpha, float beta)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    __m256 acc[12];
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < MLK__GEMM_MR; r++) { /* the C tile arrives while k runs */
+        _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__GEMM_NR - 1), _MM_HINT_T0);
+    }
+    for (int p = 0; p < kc; p++) {
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        __m256 a;
+        a = _mm256_broadcast_ss(ap + 0);
+        c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(ap + 1);
+        c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(ap + 2);
+        c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(ap + 3);
+        c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+        a = _mm256_broadcast_ss(ap + 4);
+        c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+        a = _mm256_broadcast_ss(ap + 5);
+        c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+        ap += MLK__GEMM_MR;
+        bp += MLK__GEMM_NR;
+    }
+    acc[0] = c00; acc[1] = c01; acc[2] = c10; acc[3] = c11; acc[4] = c20; acc[5] = c21;
+    acc[6] = c30; acc[7] = c31; acc[8] = c40; acc[9] = c41; acc[10] = c50; acc[11] = c51;
+    for (int r = 0; r < MLK__GEMM_MR; r++) {
+        float *cr = c + (size_t)r * ldc;
+        __m256 lo = _mm256_mul_ps(va, acc[2 * r]), hi = _mm256_mul_ps(va, acc[2 * r + 1]);
+        if (beta != 0.0f) {
+            lo = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), lo);
+            hi = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), hi);
+        }
+        _mm256_storeu_ps(cr, lo);
+        _mm256_storeu_ps(cr + 8, hi);
+    }
+}
+#else
+static void mlk__gemm_micro(int kc, const float *ap, const float *bp, float *c, size_t ldc,
+                            float alpha, float beta)
+{
+    float acc[MLK__GEMM_MR * MLK__GEMM_NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < kc; p++) {
+        for (int r = 0; r < MLK__GEMM_MR; r++) {
+            const float a_rp = ap[r];
+            for (int j = 0; j < MLK__GEMM_NR; j++) acc[r * MLK__GEMM_NR + j] += a_rp * bp[j];
+        }
+        ap += MLK__GEMM_MR;
+        bp += MLK__GEMM_NR;
+    }
+    for (int r = 0; r < MLK__GEMM_MR; r++) {
+        float *cr = c + (size_t)r * ldc;
+        for (int j = 0; j < MLK__GEMM_NR; j++) {
+            const float ab = alpha * acc[r * MLK__GEMM_NR + j];
+            cr[j] = beta != 0.0f ? ab + beta * cr[j] : ab;
+        }
+    }
+}
+#endif
+
+/* One rows x cols (<= MR x NR) tile of C; edge tiles go through a full-size
+   staging tile so they get exactly the arithmetic of interior ones. */
+static void mlk__gemm_tile(int kc, const float *ap, const float *bp, float *c, size_t ldc,
+                           int rows, int cols, float alpha, float beta)
+{
+    float stage[MLK__GEMM_MR * MLK__GEMM_NR];
+    if (rows == MLK__GEMM_MR && cols == MLK__GEMM_NR) {
+        mlk__gemm_micro(kc, ap, bp, c, ldc, alpha, beta);
+        return;
+    }
+    if (beta != 0.0f) {
+        memset(stage, 0, sizeof stage);
+        for (int r = 0; r < rows; r++)
+            memcpy(stage + r * MLK__GEMM_NR, c + (size_t)r * ldc, (size_t)cols * sizeof(float));
+    }
+    mlk__gemm_micro(kc, ap, bp, stage, MLK__GEMM_NR, alpha, beta);
+    for (int r = 0; r < rows; r++)
+        memcpy(c + (size_t)r * ldc, stage + r * MLK__GEMM_NR, (size_t)cols * sizeof(float));
+}
+
+/* C = beta * C (k == 0 or alpha == 0: A and B are not read, as BLAS). */
+static void mlk__gemm_scale_c(int m, int n, float beta, float *c, size_t ldc)
+{
+    for (int i = 0; i < m; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (beta == 0.0f)
+            memset(ci, 0, (size_t)n * sizeof(float));
+        else
+            for (int j = 0; j < n; j++) ci[j] *= beta;
+    }
+}
+
+/* The five loops, one thread: C = alpha op(A) op(B) + beta C with m, n, k > 0.
+   b_pack holds a KC x NC panel, a_pack an MC x KC block. */
+static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_pack)
+{
+    int nc, kc, mc; /* loops step by these: jc += NC could overflow near INT_MAX */
+    for (int jc = 0; jc < g->n; jc += nc) {
+        nc = mlk__gemm_min(MLK__GEMM_NC, g->n - jc);
+        for (int pc = 0; pc < g->k; pc += kc) {
+            const float beta = pc == 0 ? g->beta : 1.0f;
+            kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
+            for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR)
+                mlk__gemm_pack_sliver(g->b + (size_t)pc * g->b_rs + (size_t)(jc + j0) * g->b_cs,
+                                      g->b_cs, g->b_rs, mlk__gemm_min(MLK__GEMM_NR, nc - j0),
+                                      MLK__GEMM_NR, kc, b_pack + (size_t)j0 * kc);
+            for (int ic = 0; ic < g->m; ic += mc) {
+                mc = mlk__gemm_min(MLK__GEMM_MC, g->m - ic);
+                for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
+                    mlk__gemm_pack_sliver(g->a + (size_t)(ic + ir) * g->a_rs + (size_t)pc * g->a_cs,
+                                          g->a_rs, g->a_cs, mlk__gemm_min(MLK__GEMM_MR, mc - ir),
+                                          MLK__GEMM_MR, kc, a_pack + (size_t)ir * kc);
+                for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR) /* B sliver stays in L1 */
+                    for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
+                        mlk__gemm_tile(kc, a_pack + (size_t)ir * kc, b_pack + (size_t)j0 * kc,
+                                       g->c + (size_t)(ic + ir) * g->ldc + (size_t)(jc + j0), g->ldc,
+                                       mlk__gemm_min(MLK__GEMM_MR, mc - ir),
+                                       mlk__gemm_min(MLK__GEMM_NR, nc - j0), g->alpha, beta);
+            }
+        }
+    }
+}
+
+/* The small-m path (decode: m = 1..MLK__GEMV_MAX_M rows of op(A)). Packing
+   B costs as much as the whole product here, so op(B) is read once, straight
+   from the caller's array, and each thread takes a contiguous run of C's
+   columns. trans_b = 1 (B is a Linear weight [n, k]): each C element is a dot
+   product of an A row with a B row, 8 B rows at a time in 8 accumulators,
+   each summing 8 lanes over k (lane l takes p = l mod 8) then the lanes
+   (the scalar build: in k order). trans_b = 0: C rows accumulate
+   x[p] * B[p, :] for p = 0..k-1 in order in an L1-resident row buffer.
+   Either order depends on k only, never on m or the thread split; it
+   differs from the packed path's (256-deep k slices). */
+enum {
+    MLK__GEMV_MAX_M = 8,  /* m up to this takes the small path: 1.4-2x the packed
+                             path at m = 8, even with it at m = 16-18 (1 thread) */
+    MLK__GEMV_ROWS = 8,   /* B rows per dot block; columns per thread share */
+    MLK__GEMV_ACC = 4096, /* floats of the L1 accumulator (trans_b = 0): m rows of C chunks */
+    MLK__GEMV_PARALLEL = 1 << 15 /* n * k from which threads share the columns */
+};
+
+#if defined(MLK__AVX2)
+/* Lanes 0..count-1 set: loads of a row's last (k mod 8) values, which read
+   nothing past the row. */
+static __m256i mlk__gemv_tail_mask(int count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* dots[r] = sum_p x[p] * w[r * ldw + p] for r < rows (1..8); rows past the
+   last repeat it so that every B row gets the same arithmetic. */
+static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, int rows, float *dots)
+{
+    const float *w0 = w, *w1 = w + (size_t)mlk__gemm_min(1, rows - 1) * ldw;
+    const float *w2 = w + (size_t)mlk__gemm_min(2, rows - 1) * ldw, *w3 = w + (size_t)mlk__gemm_min(3, rows - 1) * ldw;
+    const float *w4 = w + (size_t)mlk__gemm_min(4, rows - 1) * ldw, *w5 = w + (size_t)mlk__gemm_min(5, rows - 1) * ldw;
+    const float *w6 = w + (size_t)mlk__gemm_min(6, rows - 1) * ldw, *w7 = w + (size_t)mlk__gemm_min(7, rows - 1) * ldw;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps(), s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
+    __m256 h01, h23, h45, h67, h0123, h4567;
+    int p = 0;
+    for (; p + 8 <= k; p += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + p);
+        s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + p), s0);
+        s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + p), s1);
+        s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + p), s2);
+        s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + p), s3);
+        s4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w4 + p), s4);
+        s5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w5 + p), s5);
+        s6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w6 + p), s6);
+        s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w7 + p), s7);
+    }
+    if (p < k) { /* masked lanes load 0 from x and B: no NaN * 0 from the gap */
+        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256 xv = _mm256_maskload_ps(x + p, mask);
+        s0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w0 + p, mask), s0);
+        s1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w1 + p, mask), s1);
+        s2 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w2 + p, mask), s2);
+        s3 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w3 + p, mask), s3);
+        s4 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w4 + p, mask), s4);
+        s5 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w5 + p, mask), s5);
+        s6 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w6 + p, mask), s6);
+        s7 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w7 + p, mask), s7);
+    }
+    /* transpose-and-add: lane r of the result is the lane sum of s_r */
+    h01 = _mm256_hadd_ps(s0, s1);
+    h23 = _mm256_hadd_ps(s2, s3);
+    h45 = _mm256_hadd_ps(s4, s5);
+    h67 = _mm256_hadd_ps(s6, s7);
+    h0123 = _mm256_hadd_ps(h01, h23);
+    h4567 = _mm256_hadd_ps(h45, h67);
+    _mm256_storeu_ps(dots, _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                         _mm256_permute2f128_ps(h0123, h4567, 0x31)));
+}
+
+/* Two A rows against four B rows (rows 1..4, clamped as in dot8), each B
+   load used twice: dots[r] for x0, dots[4 + r] for x1. Lanes and the final
+   add tree as in dot8, so every output gets dot8's bits. */
+static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const float *w, size_t ldw,
+                             int rows, float *dots)
+{
+    const float *w0 = w, *w1 = w + (size_t)mlk__gemm_min(1, rows - 1) * ldw;
+    const float *w2 = w + (size_t)mlk__gemm_min(2, rows - 1) * ldw, *w3 = w + (size_t)mlk__gemm_min(3, rows - 1) * ldw;
+    __m256 s00 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps(), s02 = _mm256_setzero_ps(), s03 = _mm256_setzero_ps();
+    __m256 s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps(), s12 = _mm256_setzero_ps(), s13 = _mm256_setzero_ps();
+    __m256 h0, h1;
+    int p = 0;
+    for (; p + 8 <= k; p += 8) {
+        const __m256 xv0 = _mm256_loadu_ps(x0 + p), xv1 = _mm256_loadu_ps(x1 + p);
+        __m256 wv;
+        wv = _mm256_loadu_ps(w0 + p); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
+        wv = _mm256_loadu_ps(w1 + p); s01 = _mm256_fmadd_ps(xv0, wv, s01); s11 = _mm256_fmadd_ps(xv1, wv, s11);
+        wv = _mm256_loadu_ps(w2 + p); s02 = _mm256_fmadd_ps(xv0, wv, s02); s12 = _mm256_fmadd_ps(xv1, wv, s12);
+        wv = _mm256_loadu_ps(w3 + p); s03 = _mm256_fmadd_ps(xv0, wv, s03); s13 = _mm256_fmadd_ps(xv1, wv, s13);
+    }
+    if (p < k) {
+        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256 xv0 = _mm256_maskload_ps(x0 + p, mask), xv1 = _mm256_maskload_ps(x1 + p, mask);
+        __m256 wv;
+        wv = _mm256_maskload_ps(w0 + p, mask); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
+        wv = _mm256_maskload_ps(w1 + p, mask); s01 = _mm256_fmadd_ps(xv0, wv, s01); s11 = _mm256_fmadd_ps(xv1, wv, s11);
+        wv = _mm256_maskload_ps(w2 + p, mask); s02 = _mm256_fmadd_ps(xv0, wv, s02); s12 = _mm256_fmadd_ps(xv1, wv, s12);
+        wv = _mm256_maskload_ps(w3 + p, mask); s03 = _mm256_fmadd_ps(xv0, wv, s03); s13 = _mm256_fmadd_ps(xv1, wv, s13);
+    }
+    h0 = _mm256_hadd_ps(_mm256_hadd_ps(s00, s01), _mm256_hadd_ps(s02, s03));
+    h1 = _mm256_hadd_ps(_mm256_hadd_ps(s10, s11), _mm256_hadd_ps(s12, s13));
+    _mm256_storeu_ps(dots, _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20),
+                                         _mm256_permute2f128_ps(h0, h1, 0x31)));
+}
+
+/* acc[j] += x_p * b[j] for j < cols; acc holds cols rounded up to 8. */
+static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
+{
+    const __m256 xv = _mm256_set1_ps(x_p);
+    int j = 0;
+    for (; j + 8 <= cols; j += 8)
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_loadu_ps(b + j), _mm256_loadu_ps(acc + j)));
+    if (j < cols)
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_maskload_ps(b + j, mlk__gemv_tail_mask(cols - j)),
+                                                  _mm256_loadu_ps(acc + j)));
+}
+
+/* Four B rows (b, b + ldb, ...) at once, one acc load and store for four
+   FMAs, summed in row order: exactly four mlk__gemv_axpy calls. */
+static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ldb, float *acc)
+{
+    const __m256 x0 = _mm256_set1_ps(x4[0]), x1 = _mm256_set1_ps(x4[1]);
+    const __m256 x2 = _mm256_set1_ps(x4[2]), x3 = _mm256_set1_ps(x4[3]);
+    const float *b1 = b + ldb, *b2 = b + 2 * ldb, *b3 = b + 3 * ldb;
+    int j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m256 a = _mm256_loadu_ps(acc + j);
+        a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b + j), a);
+        a = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b1 + j), a);
+        a = _mm256_fmadd_ps(x2, _mm256_loadu_ps(b2 + j), a);
+        a = _mm256_fmadd_ps(x3, _mm256_loadu_ps(b3 + j), a);
+        _mm256_storeu_ps(acc + j, a);
+    }
+    if (j < cols) {
+        const __m256i mask = mlk__gemv_tail_mask(cols - j);
+        __m256 a = _mm256_loadu_ps(acc + j);
+        a = _mm256_fmadd_ps(x0, _mm256_maskload_ps(b + j, mask), a);
+        a = _mm256_fmadd_ps(x1, _mm256_maskload_ps(b1 + j, mask), a);
+        a = _mm256_fmadd_ps(x2, _mm256_maskload_ps(b2 + j, mask), a);
+        a = _mm256_fmadd_ps(x3, _mm256_maskload_ps(b3 + j, mask), a);
+        _mm256_storeu_ps(acc + j, a);
+    }
+}
+#else
+static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, int rows, float *dots)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *wr = w + (size_t)r * ldw;
+        float dot = 0.0f;
+        for (int p = 0; p < k; p++) dot += x[p] * wr[p];
+        dots[r] = dot;
+    }
+}
+
+static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const float *w, size_t ldw,
+                             int rows, float *dots)
+{
+    mlk__gemv_dot8(k, x0, w, ldw, rows, dots);
+    mlk__gemv_dot8(k, x1, w, ldw, rows, dots + 4);
+}
+
+static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
+{
+    for (int j = 0; j < cols; j++) acc[j] += x_p * b[j];
+}
+
+static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ldb, float *acc)
+{
+    for (int r = 0; r < 4; r++) mlk__gemv_axpy(cols, x4[r], b + (size_t)r * ldb, acc);
+}
+#endif
+
+/* C[i, j] = alpha * sum[j] + beta * C[i, j] for one row run (beta == 0:
+   C is not read). */
+static void mlk__gemv_store(int cols, const float *sum, float alpha, float beta, float *c)
+{
+    for (int j = 0; j < cols; j++) c[j] = beta != 0.0f ? alpha * sum[j] + beta * c[j] : alpha * sum[j];
+}
+
+/* Columns [j0, j0 + cols) of C on the small path. trans_b = 1 needs op(A)'s
+   rows contiguous (a_cs == 1); trans_b = 0 reads A through its strides. */
+static void mlk__gemv_part(const mlk__gemm_args *g, int j0, int cols)
+{
+    if (g->b_rs == 1) { /* op(B)'s columns are contiguous: B^T (or one column) */
+        float dots[8];
+        for (int jb = 0; jb < cols; jb += MLK__GEMV_ROWS) {
+            const int rows = mlk__gemm_min(MLK__GEMV_ROWS, cols - jb);
+            const float *w = g->b + (size_t)(j0 + jb) * g->b_cs;
+            float *c_jb = g->c + (size_t)(j0 + jb);
+            int i = 0;
+            for (; i + 2 <= g->m; i += 2) /* A rows in pairs; the B rows stay in L1/L2 */
+                for (int half = 0; half < rows; half += 4) {
+                    const int rows4 = mlk__gemm_min(4, rows - half);
+                    mlk__gemv_dot4x2(g->k, g->a + (size_t)i * g->a_rs, g->a + (size_t)(i + 1) * g->a_rs,
+                                     w + (size_t)half * g->b_cs, g->b_cs, rows4, dots);
+                    mlk__gemv_store(rows4, dots, g->alpha, g->beta, c_jb + (size_t)i * g->ldc + half);
+                    mlk__gemv_store(rows4, dots + 4, g->alpha, g->beta, c_jb + (size_t)(i + 1) * g->ldc + half);
+                }
+            if (i < g->m) {
+                mlk__gemv_dot8(g->k, g->a + (size_t)i * g->a_rs, w, g->b_cs, rows, dots);
+                mlk__gemv_store(rows, dots, g->alpha, g->beta, c_jb + (size_t)i * g->ldc);
+            }
+        }
+    } else {
+        /* chunks as wide as the accumulator allows: long runs of each B row
+           keep the hardware prefetcher streaming */
+        float acc[MLK__GEMV_ACC];
+        const int chunk = MLK__GEMV_ACC / g->m / 8 * 8;
+        for (int jc = 0; jc < cols; jc += chunk) {
+            const int nb = mlk__gemm_min(chunk, cols - jc);
+            memset(acc, 0, sizeof acc);
+            int p = 0;
+            for (; p + 4 <= g->k; p += 4) { /* B rows p..p+3, read once for all A rows */
+                const float *b_rows = g->b + (size_t)p * g->b_rs + (size_t)(j0 + jc);
+                for (int i = 0; i < g->m; i++) {
+                    const float *a_i = g->a + (size_t)i * g->a_rs + (size_t)p * g->a_cs;
+                    float x4[4];
+                    for (int r = 0; r < 4; r++) x4[r] = a_i[(size_t)r * g->a_cs];
+                    mlk__gemv_axpy4(nb, x4, b_rows, g->b_rs, acc + i * chunk);
+                }
+            }
+            for (; p < g->k; p++) {
+                const float *b_row = g->b + (size_t)p * g->b_rs + (size_t)(j0 + jc);
+                for (int i = 0; i < g->m; i++)
+                    mlk__gemv_axpy(nb, g->a[(size_t)i * g->a_rs + (size_t)p * g->a_cs], b_row, acc + i * chunk);
+            }
+            for (int i = 0; i < g->m; i++)
+                mlk__gemv_store(nb, acc + i * chunk, g->alpha, g->beta, g->c + (size_t)i * g->ldc + (size_t)(j0 + jc));
+        }
+    }
+}
+
+/* Whether the dot products need op(A) copied into contiguous rows first
+   (trans_a with a stride): the floats of that copy, else 0. */
+static size_t mlk__gemv_a_floats(const mlk__gemm_args *g)
+{
+    return g->b_rs == 1 && g->a_cs != 1 ? (size_t)g->m * (size_t)g->k : 0;
+}
+
+/* Copies op(A) into a_rows (m x k, contiguous) and points g at it. */
+static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
+{
+    for (int i = 0; i < g->m; i++)
+        for (int p = 0; p < g->k; p++)
+            a_rows[(size_t)i * g->k + p] = g->a[(size_t)i * g->a_rs + (size_t)p * g->a_cs];
+    g->a = a_rows;
+    g->a_rs = (size_t)g->k;
+    g->a_cs = 1;
+}
+
+/* Floats of the packed B panel and of one packed A block. */
+static size_t mlk__gemm_b_floats(int n, int k)
+{
+    const int nc = mlk__gemm_min(n, MLK__GEMM_NC);
+    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(nc, MLK__GEMM_NR) * MLK__GEMM_NR);
+}
+
+static size_t mlk__gemm_a_floats(int m, int k)
+{
+    const int mc = mlk__gemm_min(m, MLK__GEMM_MC);
+    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(mc, MLK__GEMM_MR) * MLK__GEMM_MR);
+}
+
+MLK__MAYBE_UNUSED static size_t mlk__sgemm_scratch_size(int m, int n, int k)
+{
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
+    if (m <= MLK__GEMV_MAX_M) return (size_t)m * (size_t)k * sizeof(float); /* op(A) copy, at most */
+    return (mlk__gemm_b_floats(n, k) + mlk__gemm_a_floats(m, k)) * sizeof(float);
+}
+
+MLK__MAYBE_UNUSED static void mlk__sgemm_serial(int trans_a, int trans_b, int m, int n, int k,
+                                                float alpha, const float *a, int lda,
+                                                const float *b, int ldb, float beta,
+                                                float *c, int ldc, float *scratch)
+{
+    mlk__gemm_args g;
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0f) {
+        mlk__gemm_scale_c(m, n, beta, c, (size_t)ldc);
+        return;
+    }
+    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (m <= MLK__GEMV_MAX_M) {
+        if (mlk__gemv_a_floats(&g) > 0) mlk__gemv_copy_a(&g, scratch);
+        mlk__gemv_part(&g, 0, n);
+        return;
+    }
+    mlk__gemm_blocked(&g, scratch, scratch + mlk__gemm_b_floats(n, k));
+}
+
+/* Part i of `parts` of `size` elements cut at multiples of `tile`:
+   [*start, *start + *len), parts balanced to within one tile. */
+static void mlk__gemm_split(int size, int tile, int parts, int i, int *start, int *len)
+{
+    const long long tiles = mlk__gemm_ceil_div(size, tile);
+    const long long t0 = tiles * i / parts, t1 = tiles * (i + 1) / parts;
+    const long long end = t1 * tile < size ? t1 * tile : size;
+    *start = (int)(t0 * tile);
+    *len = (int)(end - t0 * tile);
+}
+
+/* Thread tid's share of C: contiguous micro-tile columns (rows when C is
+   taller than wide, or when there are too few columns), balanced to one
+   tile. Splitting along n keeps each thread's B panel half as big. */
+static mlk__gemm_args mlk__gemm_thread_part(const mlk__gemm_args *g, int tid, int team)
+{
+    mlk__gemm_args part = *g;
+    const int mt = mlk__gemm_ceil_div(g->m, MLK__GEMM_MR), nt = mlk__gemm_ceil_div(g->n, MLK__GEMM_NR);
+    int by_cols = g->n >= g->m;
+    if (by_cols && nt < team && mt > nt) by_cols = 0;
+    if (!by_cols && mt < team && nt > mt) by_cols = 1;
+    if (by_cols) {
+        int j0;
+        mlk__gemm_split(g->n, MLK__GEMM_NR, team, tid, &j0, &part.n);
+        part.b = g->b + (size_t)j0 * g->b_cs;
+        part.c = g->c + j0;
+    } else {
+        int i0;
+        mlk__gemm_split(g->m, MLK__GEMM_MR, team, tid, &i0, &part.m);
+        part.a = g->a + (size_t)i0 * g->a_rs;
+        part.c = g->c + (size_t)i0 * g->ldc;
+    }
+    return part;
+}
+
+static int mlk__gemm_team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* The small-m path, threaded: fixed contiguous column runs, whole 8-column
+   blocks each; one thread until B is big enough (MLK__GEMV_PARALLEL floats)
+   to pay for waking the team. Allocates only for a strided op(A) copy. */
+static mlk_status mlk__gemv(mlk__gemm_args g)
+{
+    const size_t a_floats = mlk__gemv_a_floats(&g);
+    float *a_rows = NULL;
+    if (a_floats > 0) {
+        a_rows = (float *)mlk__alloc(a_floats * sizeof(float));
+        if (!a_rows) return MLK_ERR_NOMEM;
+        mlk__gemv_copy_a(&g, a_rows);
+    }
+    MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__GEMV_PARALLEL))
+    {
+        int j0, cols;
+        mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
+        if (cols > 0) mlk__gemv_part(&g, j0, cols);
+    }
+    mlk__free(a_rows);
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
+                                float alpha, const float *a, int lda,
+                                const float *b, int ldb, float beta, float *c, int ldc)
+{
+    const int a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
+    const int a_rows = trans_a ? k : m, b_rows = trans_b ? n : k;
+    size_t span, b_floats, a_floats;
+    long long tiles;
+    int nth;
+    float *pack;
+    mlk__gemm_args g;
+    if (m < 0 || n < 0 || k < 0) return MLK_ERR_SHAPE;
+    if (lda < (a_cols > 1 ? a_cols : 1) || ldb < (b_cols > 1 ? b_cols : 1) || ldc < (n > 1 ? n : 1))
+        return MLK_ERR_SHAPE;
+    if (m == 0 || n == 0) return MLK_OK;
+    if (!c || (k > 0 && (!a || !b))) return MLK_ERR_NULL;
+    /* every element offset (rows - 1) * ld + cols must fit size_t */
+    if (!mlk__mul_ok((size_t)m, (size_t)ldc, &span) || !mlk__mul_ok(span, sizeof(float), &span) ||
+        !mlk__mul_ok((size_t)a_rows, (size_t)lda, &span) || !mlk__mul_ok(span, sizeof(float), &span) ||
+        !mlk__mul_ok((size_t)b_rows, (size_t)ldb, &span) || !mlk__mul_ok(span, sizeof(float), &span))
+        return MLK_ERR_OVERFLOW;
+    if (k == 0 || alpha == 0.0f) {
+        mlk__gemm_scale_c(m, n, beta, c, (size_t)ldc);
+        return MLK_OK;
+    }
+    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (m <= MLK__GEMV_MAX_M) return mlk__gemv(g);
+    /* one thread for small products: the team costs more than it saves */
+    nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
+    tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
+    if (tiles < nth) nth = (int)tiles;
+    b_floats = mlk__gemm_b_floats(n, k);
+    a_floats = mlk__gemm_a_floats(m, k);
+    pack = (float *)mlk__alloc((size_t)nth * (b_floats + a_floats) * sizeof(float));
+    if (!pack) return MLK_ERR_NOMEM;
+    MLK__OMP(omp parallel num_threads(nth) if(nth > 1))
+    {
+        const int tid = mlk__thread_id();
+        mlk__gemm_args part = mlk__gemm_thread_part(&g, tid, mlk__gemm_team_size());
+        float *thread_pack = pack + (size_t)tid * (b_floats + a_floats);
+        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, thread_pack, thread_pack + b_floats);
+    }
+    mlk__free(pack);
+    return MLK_OK;
+}
+/* ---- norms: implementation ----
+   Forward, per row (the row stays in L1 after the first read), the
+   corrected two-pass algorithm (Chan, Golub and LeVeque 1983):
+     m1    = sum(x) / dim
+     delta = sum(x - m1) / dim,  var = sum((x - m1)^2) / dim - delta^2
+     y     = (x - m1 - delta) * rstd * gamma + beta,  mean = m1 + delta
+   delta repairs the rounding of m1, so a row with mean 1e4 and spread 1e-2
+   normalises to full precision. RMSNorm is one pass: var = sum(x^2) / dim.
+   x and y cross memory once. The cached mean is rounded to float (by up to
+   half an ulp of 1e4 in that example); the backward pass uses it as m1 and
+   re-derives delta from x, so it keeps full precision too. */
+
+#if defined(MLK__AVX2)
+static float mlk__norm_hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* *s1 = sum(x - c), *s2 = sum((x - c)^2) */
+static void mlk__norm_moments(const float *x, int n, float c, float *s1, float *s2)
+{
+    float sum = 0.0f, sum_sq = 0.0f;
+    int i = 0;
+#if defined(MLK__AVX2)
+    const __m256 cv = _mm256_set1_ps(c);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 sq0 = _mm256_setzero_ps(), sq1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), cv);
+        __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), cv);
+        acc0 = _mm256_add_ps(acc0, d0);
+        acc1 = _mm256_add_ps(acc1, d1);
+        sq0 = _mm256_fmadd_ps(d0, d0, sq0);
+        sq1 = _mm256_fmadd_ps(d1, d1, sq1);
+    }
+    sum = mlk__norm_hsum8(_mm256_add_ps(acc0, acc1));
+    sum_sq = mlk__norm_hsum8(_mm256_add_ps(sq0, sq1));
+#endif
+    for (; i < n; i++) {
+        float d = x[i] - c;
+        sum += d;
+        sum_sq += d * d;
+    }
+    *s1 = sum;
+    *s2 = sum_sq;
+}
+
+#if defined(MLK__AVX2)
+/* The second pass over a row goes in groups of 8 with the same vector
+   arithmetic for every element (partial groups through masks), so results
+   do not depend on where the group boundaries fall. The first group is cut
+   short when that makes the output 32-byte aligned for streaming. */
+static int mlk__norm_first_group(const float *out, int n, int stream)
+{
+    int head = (int)((32 - (uintptr_t)out % 32) % 32 / sizeof(float));
+    if (!stream || head == 0 || (uintptr_t)out % sizeof(float)) return n < 8 ? n : 8;
+    return head < n ? head : n;
+}
+
+static __m256i mlk__norm_mask(int len)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static __m256 mlk__norm_load(const float *p, int len)
+{
+    return len == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mlk__norm_mask(len));
+}
+
+/* stream: non-temporal store, for a full group at a 32-byte aligned address */
+static void mlk__norm_store(float *p, __m256 v, int len, int stream)
+{
+    if (len < 8) _mm256_maskstore_ps(p, mlk__norm_mask(len), v);
+    else if (stream && (uintptr_t)p % 32 == 0) _mm256_stream_ps(p, v);
+    else _mm256_storeu_ps(p, v);
+}
+#endif
+
+/* y = (x - c - delta) * rstd * gamma + beta; gamma / beta NULL: ones / zeros.
+   stream: y is large and will not be read soon, so AVX2 writes it with
+   non-temporal stores (no read-for-ownership: a third less memory traffic). */
+static void mlk__norm_apply(const float *x, int n, float c, float delta, float rstd,
+                            const float *gamma, const float *beta, float *y, int stream)
+{
+#if defined(MLK__AVX2)
+    const __m256 cv = _mm256_set1_ps(c), dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
+    for (int i = 0, len = mlk__norm_first_group(y, n, stream); i < n; i += len, len = n - i < 8 ? n - i : 8) {
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(mlk__norm_load(x + i, len), cv), dv), rv);
+        if (gamma) v = _mm256_mul_ps(v, mlk__norm_load(gamma + i, len));
+        if (beta) v = _mm256_add_ps(v, mlk__norm_load(beta + i, len));
+        mlk__norm_store(y + i, v, len, stream);
+    }
+    if (stream) _mm_sfence();
+#else
+    (void)stream;
+    for (int i = 0; i < n; i++) {
+        float v = ((x[i] - c) - delta) * rstd;
+        if (gamma) v *= gamma[i];
+        if (beta) v += beta[i];
+        y[i] = v;
+    }
+#endif
+}
+
+/* Starts loading a row into L1 while the current one is processed from L1:
+   the first pass over a row then finds it (partly) there. */
+static void mlk__norm_prefetch(const float *row, int n)
+{
+#if defined(MLK__AVX2)
+    for (int i = 0; i < n; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
+#else
+    (void)row;
+    (void)n;
+#endif
+}
+
+/* Outputs of at least this many floats (16 MiB) bypass the caches. */
+static int mlk__norm_stream(size_t count) { return count >= ((size_t)4 << 20); }
+
+/* Shared by both forward passes: center = 0 is RMSNorm. */
+static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *gamma,
+                                const float *beta, float eps, int center,
+                                float *y, float *mean, float *rstd)
+{
+    size_t count;
+    if (!x || !y) return MLK_ERR_NULL;
+    if (rows < 1 || dim < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, dim, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    if (!(eps >= 0.0f) || eps == INFINITY) return MLK_ERR_ARG;
+    MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+    for (int r = 0; r < rows; r++) {
+        const float *x_row = x + (size_t)r * (size_t)dim;
+        float m1 = 0.0f, delta = 0.0f, s1, s2, var, row_rstd;
+        if (r + 1 < rows) mlk__norm_prefetch(x_row + dim, dim);
+        mlk__norm_moments(x_row, dim, 0.0f, &s1, &s2);
+        var = s2 / (float)dim;
+        if (center) {
+            m1 = s1 / (float)dim;
+            mlk__norm_moments(x_row, dim, m1, &s1, &s2);
+            delta = s1 / (float)dim;
+            var = s2 / (float)dim - delta * delta;
+            if (var < 0.0f) var = 0.0f;
+        }
+        row_rstd = 1.0f / sqrtf(var + eps);
+        mlk__norm_apply(x_row, dim, m1, delta, row_rstd, gamma, beta, y + (size_t)r * (size_t)dim,
+                        mlk__norm_stream(count));
+        if (mean) mean[r] = m1 + delta;
+        if (rstd) rstd[r] = row_rstd;
+    }
+    return MLK_OK;
+}
+
+/* One row of the backward pass, g = gamma * dy, x-hat = (x - mean - delta) * rstd:
+     dx = rstd * (g - mean(g) - x-hat * mean(g * x-hat))   (RMSNorm: no mean(g) term)
+   and dgamma_acc += dy * x-hat, dbeta_acc += dy (either may be NULL).
+   Two passes: the first reads x and dy from memory for the sums, using
+   mean(g * x-hat) = rstd * (mean(g * (x - mean)) - delta * mean(g)), where
+   delta = mean(x - mean) repairs the float rounding of the cached mean (0
+   for RMSNorm); the second runs from L1. stream as in mlk__norm_apply. */
+static void mlk__norm_bwd_row(const float *x, const float *dy, const float *gamma, int n,
+                              float mean, float rstd, int center, float *dx,
+                              float *dgamma_acc, float *dbeta_acc, int stream)
+{
+    float sum_d = 0.0f, sum_g = 0.0f, sum_gd = 0.0f, delta, mean_g, mean_gx;
+    int i = 0;
+#if defined(MLK__AVX2)
+    const __m256 mv = _mm256_set1_ps(mean);
+    __m256 acc_d = _mm256_setzero_ps(), acc_g = _mm256_setzero_ps(), acc_gd = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv), g = _mm256_loadu_ps(dy + i);
+        if (gamma) g = _mm256_mul_ps(g, _mm256_loadu_ps(gamma + i));
+        acc_d = _mm256_add_ps(acc_d, d);
+        acc_g = _mm256_add_ps(acc_g, g);
+        acc_gd = _mm256_fmadd_ps(g, d, acc_gd);
+    }
+    sum_d = mlk__norm_hsum8(acc_d);
+    sum_g = mlk__norm_hsum8(acc_g);
+    sum_gd = mlk__norm_hsum8(acc_gd);
+#endif
+    for (; i < n; i++) {
+        float d = x[i] - mean, g = gamma ? gamma[i] * dy[i] : dy[i];
+        sum_d += d;
+        sum_g += g;
+        sum_gd += g * d;
+    }
+    delta = center ? sum_d / (float)n : 0.0f;
+    mean_g = center ? sum_g / (float)n : 0.0f;
+    mean_gx = rstd * (sum_gd - delta * sum_g) / (float)n;
+#if defined(MLK__AVX2)
+    {
+        const __m256 dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
+        const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
+        for (int j = 0, len = mlk__norm_first_group(dx, n, stream); j < n; j += len, len = n - j < 8 ? n - j : 8) {
+            __m256 d = mlk__norm_load(dy + j, len);
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(mlk__norm_load(x + j, len), mv), dv), rv);
+            __m256 g = gamma ? _mm256_mul_ps(d, mlk__norm_load(gamma + j, len)) : d;
+            if (dgamma_acc) mlk__norm_store(dgamma_acc + j, _mm256_fmadd_ps(d, xh, mlk__norm_load(dgamma_acc + j, len)), len, 0);
+            if (dbeta_acc) mlk__norm_store(dbeta_acc + j, _mm256_add_ps(d, mlk__norm_load(dbeta_acc + j, len)), len, 0);
+            mlk__norm_store(dx + j, _mm256_mul_ps(_mm256_fnmadd_ps(xh, mgx, _mm256_sub_ps(g, mg)), rv), len, stream);
+        }
+        if (stream) _mm_sfence();
+    }
+#else
+    (void)stream;
+    for (int j = 0; j < n; j++) {
+        float xh = ((x[j] - mean) - delta) * rstd, g = gamma ? gamma[j] * dy[j] : dy[j];
+        if (dgamma_acc) dgamma_acc[j] += dy[j] * xh;
+        if (dbeta_acc) dbeta_acc[j] += dy[j];
+        dx[j] = (g - mean_g - xh * mean_gx) * rstd;
+    }
+#endif
+}
+
+/* dgamma/dbeta are summed over fixed chunks of rows, each into its own
+   partial, then the partials in chunk order: the chunking depends on rows
+   only, so the result is the same for any thread count. */
+static int mlk__norm_chunk_rows(int rows)
+{
+    int per_chunk = rows / 256 + 1;
+    return per_chunk < 16 ? 16 : per_chunk;
+}
+
+/* Shared by both backward passes: mean NULL is RMSNorm. */
+static mlk_status mlk__norm_bwd(int rows, int dim, const float *x, const float *gamma,
+                                const float *mean, const float *rstd, const float *dy,
+                                float *dx, float *dgamma, float *dbeta)
+{
+    size_t count, part_count;
+    int chunk_rows, n_chunks, n_parts = (dgamma != NULL) + (dbeta != NULL);
+    float *parts = NULL;
+    if (!x || !rstd || !dy || !dx) return MLK_ERR_NULL;
+    if (rows < 1 || dim < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, dim, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    chunk_rows = mlk__norm_chunk_rows(rows);
+    n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    if (n_parts) {
+        if (!mlk__count4(n_chunks, n_parts, dim, 1, sizeof(float), &part_count)) return MLK_ERR_OVERFLOW;
+        parts = (float *)mlk__alloc(part_count * sizeof(float));
+        if (!parts) return MLK_ERR_NOMEM;
+    }
+    MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+    for (int c = 0; c < n_chunks; c++) {
+        float *dgamma_acc = NULL, *dbeta_acc = NULL;
+        int r_end = (c + 1) * chunk_rows < rows ? (c + 1) * chunk_rows : rows;
+        if (dgamma) dgamma_acc = parts + (size_t)c * n_parts * dim;
+        if (dbeta) dbeta_acc = parts + ((size_t)c * n_parts + (dgamma != NULL)) * dim;
+        if (parts) memset(parts + (size_t)c * n_parts * dim, 0, (size_t)n_parts * dim * sizeof(float));
+        for (int r = c * chunk_rows; r < r_end; r++) {
+            size_t off = (size_t)r * (size_t)dim;
+            if (r + 1 < rows) {
+                mlk__norm_prefetch(x + off + dim, dim);
+                mlk__norm_prefetch(dy + off + dim, dim);
+            }
+            mlk__norm_bwd_row(x + off, dy + off, gamma, dim, mean ? mean[r] : 0.0f, rstd[r],
+                              mean != NULL, dx + off, dgamma_acc, dbeta_acc, mlk__norm_stream(count));
+        }
+    }
+    if (parts) { /* column blocks in parallel, chunks in order within each */
+        int n_cols = n_parts * dim, n_blocks = (n_cols + 63) / 64;
+        MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+        for (int blk = 0; blk < n_blocks; blk++) {
+            double col_sum[64];
+            int j0 = blk * 64, width = n_cols - j0 < 64 ? n_cols - j0 : 64;
+            for (int j = 0; j < width; j++) col_sum[j] = 0.0;
+            for (int c = 0; c < n_chunks; c++) {
+                const float *part = parts + (size_t)c * n_cols + j0;
+                for (int j = 0; j < width; j++) col_sum[j] += part[j];
+            }
+            for (int j = 0; j < width; j++) {
+                int col = (j0 + j) % dim;
+                if (j0 + j < dim && dgamma) dgamma[col] = (float)col_sum[j];
+                else dbeta[col] = (float)col_sum[j];
+            }
+        }
+        mlk__free(parts);
+    }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_layernorm_fwd(int rows, int dim, const float *x,
+    const float *gamma, const float *beta, float eps,
+    float *y, float *mean, float *rstd)
+{
+    return mlk__norm_fwd(rows, dim, x, gamma, beta, eps, 1, y, mean, rstd);
+}
+
+MLKERN_DEF mlk_status mlk_layernorm_bwd(int rows, int dim, const float *x,
+    const float *gamma, const float *mean, const float *rstd,
+    const float *dy, float *dx, float *dgamma, float *dbeta)
+{
+    if (!mean) return MLK_ERR_NULL;
+    return mlk__norm_bwd(rows, dim, x, gamma, mean, rstd, dy, dx, dgamma, dbeta);
+}
+
+MLKERN_DEF mlk_status mlk_rmsnorm_fwd(int rows, int dim, const float *x,
+    const float *gamma, float eps, float *y, float *rstd)
+{
+    return mlk__norm_fwd(rows, dim, x, gamma, NULL, eps, 0, y, NULL, rstd);
+}
+
+MLKERN_DEF mlk_status mlk_rmsnorm_bwd(int rows, int dim, const float *x,
+    const float *gamma, const float *rstd, const float *dy,
+    float *dx, float *dgamma)
+{
+    return mlk__norm_bwd(rows, dim, x, gamma, NULL, rstd, dy, dx, dgamma, NULL);
+}
+/* ---- softmax, top-k, sampling: implementation ----
+   mlk__sm_scan reads a row once: a running max m and a running sum l of
+   exp((x - m) / T), rescaled by exp((m_old - m_new) / T) when the max grows,
+   while a candidate buffer keeps the k largest logits. The scan goes in
+   blocks of 64 logits; after warm-up almost no block holds a logit above the
+   buffer's floor, so the buffer is touched rarely. Top-k is that one pass;
+   softmax and sampling without top_k/top_p add a pass that writes or draws. */
+
+/* (logit, index) pairs packed in one 64-bit key that orders them as the
+   output does: the float's bits mapped to an unsigned order (-0 taken as +0)
+   above the complemented index, so a larger key is a larger logit or, for
+   equal logits, the lower index. Keys are unique, as indices are. */
+static uint64_t mlk__sm_key(float v, int32_t idx)
+{
+    uint32_t u, negative;
+    v += 0.0f; /* -0 becomes +0 */
+    memcpy(&u, &v, sizeof u);
+    negative = (uint32_t)0 - (u >> 31); /* branch-free: keys are made for lanes not kept too */
+    u ^= negative | 0x80000000u;
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)idx;
+}
+
+static float mlk__sm_key_val(uint64_t key)
+{
+    uint32_t u = (uint32_t)(key >> 32);
+    float v;
+    u = (u & 0x80000000u) ? u & 0x7FFFFFFFu : ~u;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* The cap best keys seen so far plus unsorted candidates, room in all.
+   Candidates above floor_val (the cap-th best logit at the last flush) are
+   appended without comparisons among themselves; when the buffer fills, a
+   selection keeps the cap best and raises the floor. A later logit equal to
+   floor_val has a higher index, so it loses to the floor's key: '>' is exact.
+   A heap would pay a branchy sift-down for each of the ~k(1 + ln(n/k)) logits
+   above its minimum, the larger part of the time on 32000-logit rows. */
+typedef struct mlk__sm_best { uint64_t *key; int size, cap, room; float floor_val; } mlk__sm_best;
+
+/* Buffer length for cap kept keys of a row of n: room to append a few
+   hundred candidates, and a whole block (MLK__SM_BLOCK) more, between two
+   selections; never more than n, as only the n - cap later logits are appended. */
+static int mlk__sm_room(int cap, int n)
+{
+    int more = cap > 448 ? cap : 448;
+    return n - cap - 64 > more ? cap + more + 64 : n;
+}
+
+/* Quickselect: reorders key[0..size) so key[0..k) are the k largest and
+   key[k - 1] is the k-th largest. Median-of-3 pivots; keys are distinct.
+   The partition swaps unconditionally and moves its boundary by the
+   comparison, so random keys cost no mispredicted branches. */
+static void mlk__sm_select(uint64_t *key, int size, int k)
+{
+    int lo = 0, hi = size - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, pos;
+        uint64_t a = key[lo], b = key[mid], c = key[hi], pivot;
+        int at = a < b ? (b < c ? mid : a < c ? hi : lo) : (a < c ? lo : b < c ? hi : mid);
+        pivot = key[at];
+        key[at] = key[hi];
+        key[hi] = pivot;
+        pos = lo;
+        for (int i = lo; i < hi; i++) { /* descending: [lo, pos) > pivot */
+            uint64_t moving = key[i];
+            key[i] = key[pos];
+            key[pos] = moving;
+            pos += moving > pivot;
+        }
+        key[hi] = key[pos];
+        key[pos] = pivot;
+        if (pos == k - 1) break;
+        if (pos > k - 1) hi = pos - 1;
+        else lo = pos + 1;
+    }
+}
+
+/* Keeps the cap best keys and raises the floor to the worst of them. */
+static void mlk__sm_best_flush(mlk__sm_best *b)
+{
+    mlk__sm_select(b->key, b->size, b->cap);
+    b->size = b->cap;
+    b->floor_val = mlk__sm_key_val(b->key[b->cap - 1]);
+}
+
+/* Starts the buffer with the first cap logits, all kept whatever their value. */
+static void mlk__sm_best_start(mlk__sm_best *b, const float *x)
+{
+    uint64_t worst = ~(uint64_t)0;
+    for (int i = 0; i < b->cap; i++) {
+        b->key[i] = mlk__sm_key(x[i], i);
+        worst = b->key[i] < worst ? b->key[i] : worst;
+    }
+    b->size = b->cap;
+    b->floor_val = mlk__sm_key_val(worst);
+}
+
+static void mlk__sm_sift_down(uint64_t *key, int pos, int size)
+{
+    uint64_t moving = key[pos];
+    for (;;) {
+        int child = 2 * pos + 1;
+        if (child >= size) break;
+        child += (child + 1 < size) & (key[child + 1 < size ? child + 1 : child] < key[child]); /* no branch */
+        if (key[child] >= moving) break;
+        key[pos] = key[child];
+        pos = child;
+    }
+    key[pos] = moving;
+}
+
+/* Selects the cap best, heapsorts them (a min-heap, so the worst ends last)
+   and unpacks the keys into val/idx from best to worst. */
+static void mlk__sm_best_sort(mlk__sm_best *b, float *val, int32_t *idx)
+{
+    if (b->size > b->cap) mlk__sm_best_flush(b);
+    for (int pos = b->size / 2 - 1; pos >= 0; pos--) mlk__sm_sift_down(b->key, pos, b->size);
+    for (int end = b->size - 1; end > 0; end--) {
+        uint64_t worst = b->key[0];
+        b->key[0] = b->key[end];
+        b->key[end] = worst;
+        mlk__sm_sift_down(b->key, 0, end);
+    }
+    for (int j = 0; j < b->size; j++) {
+        val[j] = mlk__sm_key_val(b->key[j]);
+        idx[j] = (int32_t)~(uint32_t)b->key[j];
+    }
+}
+
+#define MLK__SM_BLOCK 64
+
+#if defined(MLK__AVX2)
+/* Position of the lowest set bit of a nonzero word (de Bruijn multiply). */
+static int mlk__sm_lowest_bit(uint64_t word)
+{
+    static const unsigned char pos[64] = {
+        0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24,
+        18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25,
+        14, 19, 9, 13, 8, 7, 6};
+    return pos[((word & (0 - word)) * 0x03F79D71B4CB0A89ull) >> 58];
+}
+#endif
+
+/* One pass over a row: *row_max = max x, *l_sum = sum exp((x - max) * inv_t);
+   best (NULL: none) ends up holding the cap largest logits among its keys.
+   Returns 0 for a NaN or +inf logit or a row that is all -inf. */
+static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
+                        float *row_max, float *l_sum)
+{
+    float m = -INFINITY, l = 0.0f;
+    int bad = 0;
+    if (best) mlk__sm_best_start(best, x);
+#if defined(MLK__AVX2)
+    {
+        const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
+        __m256 m8 = _mm256_set1_ps(-INFINITY), l8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+        float lane_m[8], lane_l[8], tail[MLK__SM_BLOCK];
+        for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+            const float *block = x + i;
+            __m256 v[8], block_max;
+            int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+            if (len < MLK__SM_BLOCK) {
+                for (int j = 0; j < MLK__SM_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+                block = tail;
+            }
+            for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(block + 8 * j);
+            block_max = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
+                                      _mm256_max_ps(_mm256_max_ps(v[4], v[5]), _mm256_max_ps(v[6], v[7])));
+            /* NaN anywhere (max_ps may drop it, so pairwise), or +inf in the max */
+            bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(block_max, pinf, _CMP_EQ_OQ));
+            for (int j = 0; j < 8; j += 2) bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], v[j + 1], _CMP_UNORD_Q));
+            if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, m8, _CMP_GT_OQ))) {
+                __m256 new_m = _mm256_max_ps(m8, block_max); /* -inf - -inf is NaN: exp8 gives 0 */
+                l8 = _mm256_mul_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv)));
+                m8 = new_m;
+            }
+            { /* the block's sum as a tree: shorter add chains, smaller rounding error */
+                __m256 e[4];
+                for (int j = 0; j < 4; j++)
+                    e[j] = _mm256_add_ps(mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j], m8), inv)),
+                                         mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j + 1], m8), inv)));
+                l8 = _mm256_add_ps(l8, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
+            }
+            if (best && i + len > best->cap &&
+                _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(best->floor_val), _CMP_GT_OQ))) {
+                __m256 floor8;
+                uint64_t above = 0; /* bit b: logit i + b is above the floor (tail lanes are -inf) */
+                if (best->size > best->room - MLK__SM_BLOCK) mlk__sm_best_flush(best);
+                floor8 = _mm256_set1_ps(best->floor_val);
+                for (int j = 0; j < 8; j++)
+                    above |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v[j], floor8, _CMP_GT_OQ)) << 8 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) { /* one branch per block, not per lane */
+                    int b = mlk__sm_lowest_bit(above);
+                    best->key[best->size++] = mlk__sm_key(block[b], i + b);
+                }
+            }
+        }
+        bad = _mm256_movemask_ps(bad8) != 0;
+        _mm256_storeu_ps(lane_m, m8);
+        _mm256_storeu_ps(lane_l, l8);
+        for (int j = 0; j < 8; j++) m = lane_m[j] > m ? lane_m[j] : m;
+        if (m > -INFINITY)
+            for (int j = 0; j < 8; j++)
+                if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
+    }
+#else
+    for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+        const float *block = x + i;
+        float block_max = -INFINITY;
+        int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+        for (int j = 0; j < len; j++) {
+            if (!(block[j] < INFINITY)) bad = 1;
+            if (block[j] > block_max) block_max = block[j];
+        }
+        if (bad) break;
+        if (block_max > m) {
+            if (m > -INFINITY) l *= mlk__expf((m - block_max) * inv_t);
+            m = block_max;
+        }
+        if (m > -INFINITY) {
+            float block_l = 0.0f; /* a sum per block keeps the rounding error of l small */
+            for (int j = 0; j < len; j++) block_l += mlk__expf((block[j] - m) * inv_t);
+            l += block_l;
+        }
+        if (best && i + len > best->cap && block_max > best->floor_val)
+            for (int j = 0; j < len; j++) /* the first cap indices were taken up front */
+                if (i + j >= best->cap && block[j] > best->floor_val) {
+                    if (best->size == best->room) mlk__sm_best_flush(best);
+                    best->key[best->size++] = mlk__sm_key(block[j], i + j);
+                }
+    }
+#endif
+    *row_max = m;
+    *l_sum = l;
+    return !bad && m > -INFINITY;
+}
+
+/* splitmix64 draw number `draw` (0, 1, ...) after *state, as a double in [0, 1) */
+static double mlk__sm_uniform(uint64_t state, uint64_t draw)
+{
+    uint64_t z = state + (draw + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
+static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, float *l_sum)
+{
+    int n_bad = 0;
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > 32768) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++)
+        n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+
+/* Softmax needs every row's max and sum before it writes (a NaN row must
+   leave y untouched), so it reads x twice: once to scan, once to write. */
+static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int log_out)
+{
+    size_t count;
+    float *stats;
+    mlk_status st;
+    if (!x || !y) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    stats = (float *)mlk__alloc(2 * (size_t)rows * sizeof(float));
+    if (!stats) return MLK_ERR_NOMEM;
+    st = mlk__sm_scan_rows(rows, n, x, stats, stats + rows);
+    if (st == MLK_OK) {
+        MLK__OMP(omp parallel for schedule(static) if (count > 32768))
+        for (int r = 0; r < rows; r++) {
+            const float *x_row = x + (size_t)r * (size_t)n;
+            float *y_row = y + (size_t)r * (size_t)n;
+            float row_max = stats[r], l_sum = stats[rows + r], log_l = logf(l_sum);
+            int i = 0;
+#if defined(MLK__AVX2)
+            const __m256 mv = _mm256_set1_ps(row_max), lv = _mm256_set1_ps(log_out ? log_l : l_sum);
+            for (; i + 8 <= n; i += 8) {
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x_row + i), mv);
+                _mm256_storeu_ps(y_row + i, log_out ? _mm256_sub_ps(d, lv) : _mm256_div_ps(mlk__exp8(d), lv));
+            }
+#endif
+            for (; i < n; i++) {
+                float d = x_row[i] - row_max;
+                y_row[i] = log_out ? d - log_l : mlk__expf(d) / l_sum;
+            }
+        }
+    }
+    mlk__free(stats);
+    return st;
+}
+
+MLKERN_DEF mlk_status mlk_softmax(int rows, int n, const float *x, float *y)
+{
+    return mlk__sm_full(rows, n, x, y, 0);
+}
+
+MLKERN_DEF mlk_status mlk_log_softmax(int rows, int n, const float *x, float *y)
+{
+    return mlk__sm_full(rows, n, x, y, 1);
+}
+
+/* Both top-k kernels: results go to scratch first and are copied out only
+   when every row was valid (outputs untouched on MLK_ERR_VALUE). */
+static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float temperature,
+                               int k, float *out, int32_t *idx, int log_out)
+{
+    size_t count, out_count, need;
+    mlk__arena arena;
+    int threads = mlk__max_threads(), room;
+    uint64_t *keys;
+    float *top_val;
+    int32_t *top_idx;
+    int n_bad = 0;
+    mlk_status st;
+    if (!logits || !out || !idx) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1 || k < 1 || k > n) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count) ||
+        !mlk__count4(rows, k, 1, 1, sizeof(float), &out_count)) return MLK_ERR_OVERFLOW;
+    if (!(temperature > 0.0f && 1.0f / temperature < INFINITY) || temperature == INFINITY) return MLK_ERR_ARG;
+    room = mlk__sm_room(k, n);
+    if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
+    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(uint64_t)),
+                                           out_count * sizeof(float)), out_count * sizeof(int32_t));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    keys = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * room * sizeof(uint64_t));
+    top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
+    top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++) {
+        mlk__sm_best best;
+        float row_max, l_sum, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
+        best.key = keys + (size_t)mlk__thread_id() * room;
+        best.cap = k;
+        best.room = room;
+        if (!mlk__sm_scan(logits + (size_t)r * (size_t)n, n, inv_t, &best, &row_max, &l_sum)) {
+            n_bad++;
+            continue;
+        }
+        mlk__sm_best_sort(&best, val, top_idx + (size_t)r * k);
+        log_l = logf(l_sum);
+        for (int j = 0; j < k; j++) {
+            float d = (val[j] - row_max) * inv_t;
+            val[j] = log_out ? d - log_l : expf(d) / l_sum;
+        }
+    }
+    if (n_bad == 0) {
+        memcpy(out, top_val, out_count * sizeof(float));
+        memcpy(idx, top_idx, out_count * sizeof(int32_t));
+    }
+    mlk__arena_done(&arena);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_topk_softmax(int rows, int n, const float *logits,
+    float temperature, int k, float *probs, int32_t *idx)
+{
+    return mlk__sm_topk(rows, n, logits, temperature, k, probs, idx, 0);
+}
+
+MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
+    int k, float *logprobs, int32_t *idx)
+{
+    return mlk__sm_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
+}
+
+/* One row of mlk_sample with uniform draw u; best has best->room keys, val
+   and idx room for best->cap candidates. Weights are w = exp((x - max) / T),
+   so the most probable token has w = 1 and min_p keeps w >= min_p. Returns
+   -1 for a bad row. */
+static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, double u,
+                                  mlk__sm_best *best, float *val, int32_t *idx)
+{
+    float row_max, l_sum, inv_t;
+    int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : 0;
+    if (s->temperature == 0.0f) { /* greedy: the best one is the argmax, ties to the lower index */
+        best->cap = 1;
+        if (!mlk__sm_scan(x, n, 1.0f, best, &row_max, &l_sum)) return -1;
+        mlk__sm_best_sort(best, val, idx);
+        return idx[0];
+    }
+    inv_t = 1.0f / s->temperature;
+    if (top_k || s->top_p < 1.0f) {
+        /* candidates sorted by probability; top_p keeps the shortest prefix
+           reaching top_p of the mass, min_p a further prefix */
+        double total = 0.0, kept = 0.0, target;
+        int n_keep = 0;
+        best->cap = top_k ? top_k : n;
+        if (!mlk__sm_scan(x, n, inv_t, best, &row_max, &l_sum)) return -1;
+        mlk__sm_best_sort(best, val, idx);
+        for (int j = 0; j < best->size; j++) {
+            val[j] = mlk__expf((val[j] - row_max) * inv_t);
+            total += val[j];
+        }
+        while (n_keep < best->size && (n_keep == 0 || (kept < (double)s->top_p * total &&
+               val[n_keep] >= s->min_p && val[n_keep] > 0.0f)))
+            kept += val[n_keep++];
+        target = u * kept;
+        for (int j = 0; j < n_keep - 1; j++) {
+            target -= val[j];
+            if (target < 0.0) return idx[j];
+        }
+        return idx[n_keep - 1];
+    } else {
+        /* no sorting needed: draw over the tokens with w >= min_p in index order */
+        double kept = 0.0, target;
+        int32_t last = -1;
+        if (!mlk__sm_scan(x, n, inv_t, NULL, &row_max, &l_sum)) return -1;
+        for (int i = 0; i < n; i++) {
+            float w = mlk__expf((x[i] - row_max) * inv_t);
+            if (w >= s->min_p && w > 0.0f) kept += w;
+        }
+        target = u * kept;
+        for (int i = 0; i < n; i++) {
+            float w = mlk__expf((x[i] - row_max) * inv_t);
+            if (w >= s->min_p && w > 0.0f) {
+                last = i;
+                target -= w;
+                if (target < 0.0) return i;
+            }
+        }
+        return last;
+    }
+}
+
+MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
+    const mlk_sampler *s, uint64_t *rng_state, int32_t *out)
+{
+    size_t count, need;
+    mlk__arena arena;
+    int threads = mlk__max_threads(), cand_cap, room, n_bad = 0;
+    uint64_t *cand_key;
+    float *cand_val;
+    int32_t *cand_idx, *tokens;
+    mlk_status st;
+    if (!logits || !s || !rng_state || !out) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    if (!(s->temperature == 0.0f || 1.0f / s->temperature < INFINITY) || !(s->temperature >= 0.0f) ||
+        s->temperature == INFINITY || s->top_k < 0 ||
+        !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f)) return MLK_ERR_ARG;
+    /* candidates per thread: the top_k, or the whole row for top_p alone */
+    cand_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
+    room = mlk__sm_room(cand_cap, n);
+    if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
+    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(uint64_t)),
+                           (size_t)threads * cand_cap * sizeof(float)), (size_t)threads * cand_cap * sizeof(int32_t)),
+                           (size_t)rows * sizeof(int32_t));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    cand_key = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * room * sizeof(uint64_t));
+    cand_val = (float *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(float));
+    cand_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(int32_t));
+    tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++) {
+        mlk__sm_best best;
+        size_t slot = (size_t)mlk__thread_id() * cand_cap;
+        best.key = cand_key + (size_t)mlk__thread_id() * room;
+        best.room = room;
+        tokens[r] = mlk__sm_sample_row(logits + (size_t)r * (size_t)n, n, s,
+                                       mlk__sm_uniform(*rng_state, (uint64_t)r), &best,
+                                       cand_val + slot, cand_idx + slot);
+        n_bad += tokens[r] < 0;
+    }
+    if (n_bad == 0) {
+        memcpy(out, tokens, (size_t)rows * sizeof(int32_t));
+        *rng_state += (uint64_t)rows * 0x9E3779B97F4A7C15ull;
+    }
+    mlk__arena_done(&arena);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+/* ======================================================================
+   attention: implementation
+   ====================================================================== */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- streaming interface: the one attention kernel ------------------------
+
+   mlk_attn_fwd and the KV cache's mlk_kv_attn both drive these helpers, so
+   masking and the online softmax exist once. To attend nq queries times
+   `group` query heads (all sharing one kv head) over keys 0..n_keys-1:
+
+       mlk__attn_mask m;               (visibility of one batch item)
+       m.n_keys = n_keys;  m.n_q = n_q_total;  m.causal = 1;  m.window = 0;
+       m.tree_parent = parent or NULL; m.tree_depth = depth (filled by
+       mlk__attn_tree_depth(n_q_total, parent, depth), which also validates);
+
+       bytes = mlk__attn_rows_scratch(nq * group, head_dim, tile_kv);
+       mlk__attn_rows st;
+       mlk__attn_rows_init(&st, &m, q0, nq, group, head_dim, tile_kv, scale,
+                           softcap, q, q_head_stride, q_query_stride, scratch);
+       mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
+       for (kv0 = lo; kv0 < hi; kv0 += nk) {
+           nk = min(tile_kv, hi - kv0);
+           if (mlk__attn_rows_typed(&st)) {      (decode: few rows)
+               st.k_row[j] = key kv0 + j, st.v_row[j] likewise (j < nk);
+               mlk__attn_rows_update_typed(&st, kv0, nk, type);
+           } else {
+               mlk__attn_rows_update(&st, kv0, nk, k_rows, ldk, v_rows, ldv);
+           }
+       }
+       mlk__attn_rows_finish(&st, o, o_head_stride, o_query_stride,
+                             lse_or_NULL, lse_head_stride, lse_query_stride);
+
+   q points at query q0 of the group's first head; row r of the task is query
+   q0 + r / group of head r % group. k_rows / v_rows point at key kv0 (row j
+   of the tile at k_rows + j * ldk, any float memory: a dequantised cache
+   tile works). Strides are in floats. Typed rows are rows of any
+   mlk_kv_type layout (a cache block's rows, read in place). scale is
+   applied as given (resolve the 0 default before). scratch: pointer-aligned
+   memory of the returned size; nothing is allocated. Rows that see no key
+   get o = 0, lse = -inf. */
+
+/* Visibility of keys to the queries of one batch item (DESIGN.md): query i
+   sits at position i + off, off = n_keys - n_q (bottom-right alignment). */
+typedef struct mlk__attn_mask {
+    int n_keys;             /* valid keys: 0 .. n_keys-1 (kv_len of the item) */
+    int n_q;                /* queries of the item (all of them, not a tile) */
+    int causal;             /* key j visible to query i iff j <= i + off */
+    int window;             /* > 0: sliding window in positions */
+    const int *tree_parent; /* NULL or [n_q]: replaces causal; key off + t is node t */
+    const int *tree_depth;  /* [n_q] when tree_parent is set */
+} mlk__attn_mask;
+
+/* Validates parent (parent[i] in [-1, i)) and writes each node's depth
+   (roots 0). Returns MLK_ERR_TREE for a bad array. */
+static mlk_status mlk__attn_tree_depth(int n, const int *parent, int *depth)
+{
+    for (int i = 0; i < n; i++)
+        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
+    for (int i = 0; i < n; i++) depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+    return MLK_OK;
+}
+
+static int mlk__attn_key_pos(const mlk__attn_mask *m, int j)
+{
+    int off = m->n_keys - m->n_q;
+    return (m->tree_parent && j >= off) ? off + m->tree_depth[j - off] : j;
+}
+
+static int mlk__attn_query_pos(const mlk__attn_mask *m, int i)
+{
+    int off = m->n_keys - m->n_q;
+    return m->tree_parent ? off + m->tree_depth[i] : i + off;
+}
+
+/* 1 when query i sees key j: the rules of DESIGN.md, one pair at a time. */
+static int mlk__attn_visible(const mlk__attn_mask *m, int i, int j)
+{
+    int off = m->n_keys - m->n_q;
+    if (j < 0 || j >= m->n_keys) return 0;
+    if (m->tree_parent) {
+        if (j >= off) { /* a tree key: visible iff node j - off is an ancestor-or-self */
+            int node = i, t = j - off;
+            while (node > t) node = m->tree_parent[node];
+            if (node != t) return 0;
+        }
+    } else if (m->causal && j > i + off) {
+        return 0;
+    }
+    if (m->window > 0) {
+        int pq = mlk__attn_query_pos(m, i), pk = mlk__attn_key_pos(m, j);
+        if (m->causal || m->tree_parent) return pk > pq - m->window;
+        return pk - pq < m->window && pq - pk < m->window;
+    }
+    return 1;
+}
+
+/* Keys [*lo, *hi) that contain every key some query in [qa, qb) can see;
+   callers skip all tiles outside it (empty when *hi == *lo). */
+static void mlk__attn_key_range(const mlk__attn_mask *m, int qa, int qb, int *lo, int *hi)
+{
+    int off = m->n_keys - m->n_q, l = 0, h = m->n_keys;
+    if (m->tree_parent) {
+        h = off + qb < h ? off + qb : h;  /* node qb-1's own key is the last one */
+        if (m->window > 0) l = off - m->window + 1; /* depth >= 0: conservative */
+    } else {
+        if (m->causal && qb + off < h) h = qb + off;
+        if (m->window > 0) {
+            l = qa + off - m->window + 1;
+            if (!m->causal && qb - 1 + off + m->window < h) h = qb - 1 + off + m->window;
+        }
+    }
+    if (l < 0) l = 0;
+    if (h < l) h = l;
+    *lo = l;
+    *hi = h;
+}
+
+/* 1 when every query in [qa, qb) sees every key in [k0, k1): no masking. */
+static int mlk__attn_tile_full(const mlk__attn_mask *m, int qa, int qb, int k0, int k1)
+{
+    int off = m->n_keys - m->n_q;
+    if (k0 < 0 || k1 > m->n_keys) return 0;
+    if (m->tree_parent) return k1 <= off && m->window <= 0;
+    if (m->causal && k1 - 1 > qa + off) return 0;
+    if (m->window > 0) {
+        if (k0 <= qb - 1 + off - m->window) return 0;
+        if (!m->causal && k1 - 1 >= qa + off + m->window) return 0;
+    }
+    return 1;
+}
+
+/* Sets s[j] = -inf for the keys kv0 + j (j < nk) that query i does not see. */
+static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, float *s)
+{
+    int lo, hi;
+    mlk__attn_key_range(m, i, i + 1, &lo, &hi);
+    for (int j = 0; j < nk; j++) {
+        int key = kv0 + j;
+        if (key < lo || key >= hi || (m->tree_parent && !mlk__attn_visible(m, i, key)))
+            s[j] = -INFINITY;
+    }
+}
+
+/* ---- tile matmuls ----
+   C[m x n] (+)= A[m x k] B[k x n], row-major, n a multiple of MLK__ATTN_NR
+   (B and C padded to it). The micro-kernel keeps an MR x 16 block of C in
+   registers (12 accumulators on AVX2) and streams a 16-wide sliver of B. */
+
+#define MLK__ATTN_MR 6
+#define MLK__ATTN_NR 16
+
+static int mlk__attn_pad(int n) { return (n + MLK__ATTN_NR - 1) / MLK__ATTN_NR * MLK__ATTN_NR; }
+
+#if defined(MLK__AVX2)
+/* Rows past mr (1..6) are neither read nor written. Named accumulators, not
+   an array, keep the block in registers; for mr = 6 the guards fold away. */
+static inline void mlk__attn_kernel(int mr, int k, const float *a, int lda, const float *b, int ldb,
+                                    float *c, int ldc, int accumulate)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a, *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda, *a4 = a3 + lda, *a5 = a4 + lda;
+    float *r0 = c, *r1 = c + ldc, *r2 = r1 + ldc, *r3 = r2 + ldc, *r4 = r3 + ldc, *r5 = r4 + ldc;
+    if (accumulate) {
+        c00 = _mm256_loadu_ps(r0), c01 = _mm256_loadu_ps(r0 + 8);
+        if (mr > 1) c10 = _mm256_loadu_ps(r1), c11 = _mm256_loadu_ps(r1 + 8);
+        if (mr > 2) c20 = _mm256_loadu_ps(r2), c21 = _mm256_loadu_ps(r2 + 8);
+        if (mr > 3) c30 = _mm256_loadu_ps(r3), c31 = _mm256_loadu_ps(r3 + 8);
+        if (mr > 4) c40 = _mm256_loadu_ps(r4), c41 = _mm256_loadu_ps(r4 + 8);
+        if (mr > 5) c50 = _mm256_loadu_ps(r5), c51 = _mm256_loadu_ps(r5 + 8);
+    }
+    for (int p = 0; p < k; p++, b += ldb) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ar;
+        ar = _mm256_broadcast_ss(a0 + p), c00 = _mm256_fmadd_ps(ar, b0, c00), c01 = _mm256_fmadd_ps(ar, b1, c01);
+        if (mr > 1) ar = _mm256_broadcast_ss(a1 + p), c10 = _mm256_fmadd_ps(ar, b0, c10), c11 = _mm256_fmadd_ps(ar, b1, c11);
+        if (mr > 2) ar = _mm256_broadcast_ss(a2 + p), c20 = _mm256_fmadd_ps(ar, b0, c20), c21 = _mm256_fmadd_ps(ar, b1, c21);
+        if (mr > 3) ar = _mm256_broadcast_ss(a3 + p), c30 = _mm256_fmadd_ps(ar, b0, c30), c31 = _mm256_fmadd_ps(ar, b1, c31);
+        if (mr > 4) ar = _mm256_broadcast_ss(a4 + p), c40 = _mm256_fmadd_ps(ar, b0, c40), c41 = _mm256_fmadd_ps(ar, b1, c41);
+        if (mr > 5) ar = _mm256_broadcast_ss(a5 + p), c50 = _mm256_fmadd_ps(ar, b0, c50), c51 = _mm256_fmadd_ps(ar, b1, c51);
+    }
+    _mm256_storeu_ps(r0, c00), _mm256_storeu_ps(r0 + 8, c01);
+    if (mr > 1) _mm256_storeu_ps(r1, c10), _mm256_storeu_ps(r1 + 8, c11);
+    if (mr > 2) _mm256_storeu_ps(r2, c20), _mm256_storeu_ps(r2 + 8, c21);
+    if (mr > 3) _mm256_storeu_ps(r3, c30), _mm256_storeu_ps(r3 + 8, c31);
+    if (mr > 4) _mm256_storeu_ps(r4, c40), _mm256_storeu_ps(r4 + 8, c41);
+    if (mr > 5) _mm256_storeu_ps(r5, c50), _mm256_storeu_ps(r5 + 8, c51);
+}
+#else
+static void mlk__attn_kernel(int mr, int k, const float *a, int lda, const float *b, int ldb,
+                             float *c, int ldc, int accumulate)
+{
+    float acc[MLK__ATTN_MR][MLK__ATTN_NR];
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < MLK__ATTN_NR; j++) acc[r][j] = accumulate ? c[(size_t)r * ldc + j] : 0.0f;
+    for (int p = 0; p < k; p++)
+        for (int r = 0; r < mr; r++) {
+            float ar = a[(size_t)r * lda + p];
+            for (int j = 0; j < MLK__ATTN_NR; j++) acc[r][j] += ar * b[(size_t)p * ldb + j];
+        }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < MLK__ATTN_NR; j++) c[(size_t)r * ldc + j] = acc[r][j];
+}
+#endif
+
+static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                         float *c, int ldc, int accumulate)
+{
+    for (int j = 0; j < n; j += MLK__ATTN_NR) {
+        int i = 0;
+        for (; i + MLK__ATTN_MR <= m; i += MLK__ATTN_MR)
+            mlk__attn_kernel(MLK__ATTN_MR, k, a + (size_t)i * lda, lda, b + j, ldb,
+                             c + (size_t)i * ldc + j, ldc, accumulate);
+        if (i < m) /* the last m % 6 rows (all of a 4-row decode group) in one pass */
+            mlk__attn_kernel(m - i, k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j, ldc,
+                             accumulate);
+    }
+}
+
+#if defined(MLK__AVX2)
+/* One 8 x 8 block of mlk__attn_transpose in registers. */
+static void mlk__attn_transpose8(const float *src, size_t ld_src, float *dst, int ld_dst)
+{
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld_src), r2 = _mm256_loadu_ps(src + 2 * ld_src);
+    __m256 r3 = _mm256_loadu_ps(src + 3 * ld_src), r4 = _mm256_loadu_ps(src + 4 * ld_src);
+    __m256 r5 = _mm256_loadu_ps(src + 5 * ld_src), r6 = _mm256_loadu_ps(src + 6 * ld_src);
+    __m256 r7 = _mm256_loadu_ps(src + 7 * ld_src);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+    __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ld_dst, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld_dst, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld_dst, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+/* dst[d * ld_dst + j] = src[j * ld_src + d]: rows x cols -> cols x rows. */
+static void mlk__attn_transpose(int rows, int cols, const float *src, size_t ld_src, float *dst, int ld_dst)
+{
+    for (int j0 = 0; j0 < rows; j0 += 8) {
+        int d0 = 0;
+#if defined(MLK__AVX2)
+        for (; j0 + 8 <= rows && d0 + 8 <= cols; d0 += 8)
+            mlk__attn_transpose8(src + (size_t)j0 * ld_src + d0, ld_src, dst + (size_t)d0 * ld_dst + j0, ld_dst);
+#endif
+        for (int d = d0; d < cols; d++)
+            for (int j = j0; j < j0 + 8 && j < rows; j++) dst[(size_t)d * ld_dst + j] = src[(size_t)j * ld_src + d];
+    }
+}
+
+/* dst row j = src row j (cols floats), zero-padded to ld_dst. */
+static void mlk__attn_copy_rows(int rows, int cols, const float *src, size_t ld_src, float *dst, int ld_dst)
+{
+    for (int j = 0; j < rows; j++) {
+        memcpy(dst + (size_t)j * ld_dst, src + (size_t)j * ld_src, (size_t)cols * sizeof(float));
+        memset(dst + (size_t)j * ld_dst + cols, 0, (size_t)(ld_dst - cols) * sizeof(float));
+    }
+}
+
+/* ---- typed key/value rows: the decode path ----
+   With a handful of query rows per task (decode: the GQA group of one
+   token) attention is bound by reading K and V, so the rows are consumed
+   where they lie, in any mlk_kv_type layout, instead of being written to a
+   float tile and read back. F32/F16 rows hold the values; Q8/Q4 rows hold
+   ceil(D / 32) float scales, then int8 values or 4-bit values biased by 8
+   (element e in byte e / 2, low nibble first). */
+
+#define MLK__ATTN_QBLOCK 32 /* quantisation block along head_dim */
+#define MLK__ATTN_GROUP_ROWS 4 /* query rows sharing each K/V row load */
+#define MLK__ATTN_PREFETCH 8    /* key rows between a prefetch and its use */
+
+static int mlk__attn_qblocks(int dim) { return dim / MLK__ATTN_QBLOCK + (dim % MLK__ATTN_QBLOCK != 0); }
+
+/* Bytes of one row of dim values stored as type. */
+static size_t mlk__attn_row_bytes(mlk_kv_type type, int dim)
+{
+    size_t nb = (size_t)mlk__attn_qblocks(dim), n = (size_t)dim;
+    switch (type) {
+    case MLK_KV_F32: return 4 * n;
+    case MLK_KV_F16: return 2 * n;
+    case MLK_KV_Q8: return 4 * nb + (n + 3) / 4 * 4;
+    case MLK_KV_Q4: return 4 * nb + ((n + 1) / 2 + 3) / 4 * 4;
+    }
+    return 0;
+}
+
+static float mlk__attn_f32_from_f16(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    float f;
+    if (e == 0) {
+        f = (float)m * 5.9604644775390625e-08f; /* m * 2^-24 */
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* Element e of a row of dim values stored as type. */
+static float mlk__attn_row_get(mlk_kv_type type, int dim, const unsigned char *row, int e)
+{
+    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
+    float scale, x;
+    uint16_t h;
+    if (type == MLK_KV_F32) {
+        memcpy(&x, row + 4 * (size_t)e, 4);
+        return x;
+    }
+    if (type == MLK_KV_F16) {
+        memcpy(&h, row + 2 * (size_t)e, 2);
+        return mlk__attn_f32_from_f16(h);
+    }
+    memcpy(&scale, row + 4 * (size_t)(e / MLK__ATTN_QBLOCK), 4);
+    if (type == MLK_KV_Q8) return scale * (float)(signed char)data[e];
+    return scale * (float)(((data[e >> 1] >> ((e & 1) * 4)) & 15) - 8);
+}
+
+#if defined(MLK__AVX2)
+/* Elements e .. e+15 of a row (e a multiple of 16, e + 16 <= dim) in two
+   registers; data points past the nb scales of a quantised row (16
+   elements never straddle two 32-blocks). Inlined with a constant type, the
+   switch folds away. */
+static inline void mlk__attn_row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
+                                        __m256 *lo8, __m256 *hi8)
+{
+    __m256 scale;
+    __m128i bytes, lo, hi;
+    switch (type) {
+    case MLK_KV_F16:
+#if defined(__F16C__)
+        *lo8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
+        *hi8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e + 16)));
+#else
+    {
+        float x[16];
+        for (int i = 0; i < 16; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * (size_t)(e + i), 2);
+            x[i] = mlk__attn_f32_from_f16(h);
+        }
+        *lo8 = _mm256_loadu_ps(x);
+        *hi8 = _mm256_loadu_ps(x + 8);
+    }
+#endif
+        return;
+    case MLK_KV_Q8: /* two 8-byte loads fold into the sign extensions */
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
+        *lo8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e))));
+        *hi8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e + 8))));
+        *lo8 = _mm256_mul_ps(*lo8, scale);
+        *hi8 = _mm256_mul_ps(*hi8, scale);
+        return;
+    case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
+        lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
+        hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
+        bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+        break;
+    default:
+        *lo8 = _mm256_loadu_ps((const float *)(const void *)row + e);
+        *hi8 = _mm256_loadu_ps((const float *)(const void *)row + e + 8);
+        return;
+    }
+    *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+    *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
+}
+
+/* Clears the upper register halves before a scalar tail: gcc omits the
+   vzeroupper before calls to local functions (mlk__attn_row_get), and the
+   dirty state then slows every legacy-SSE instruction after the return
+   (libm's exp: 6x on this machine). */
+static inline void mlk__attn_avx_done(void) { _mm256_zeroupper(); }
+
+/* Asks for a row's cache lines ahead of use: cache rows come in short runs
+   (one block's positions), too short for the hardware prefetcher to ramp up. */
+static inline void mlk__attn_prefetch_row(const unsigned char *row, int lines)
+{
+    for (int i = 0; i < lines; i++) _mm_prefetch((const char *)row + 64 * i, _MM_HINT_T0);
+}
+#endif
+
+/* x[e] = element e of a typed row, e < dim. */
+static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char *row, float *x)
+{
+    int e = 0;
+#if defined(MLK__AVX2)
+    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
+    for (; e + 16 <= dim; e += 16) {
+        __m256 lo8, hi8;
+        mlk__attn_row_load16(type, row, data, e, &lo8, &hi8);
+        _mm256_storeu_ps(x + e, lo8);
+        _mm256_storeu_ps(x + e + 8, hi8);
+    }
+    if (e < dim) mlk__attn_avx_done();
+#endif
+    for (; e < dim; e++) x[e] = mlk__attn_row_get(type, dim, row, e);
+}
+
+/* s[r][j] = q[r] . k_row[j] for the 4 rows q[0..3] (the caller repeats its
+   last row to fill 4; repeated rows compute and store identical values).
+   Keys go in pairs so 8 independent FMA chains hide the FMA latency, and
+   the 8 dot products are reduced together by two rounds of hadd. Meanwhile
+   the keys MLK__ATTN_PREFETCH ahead and the values of the P V pass that
+   follows are prefetched. */
+static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *k_row,
+                                       const unsigned char *const *v_row, const float *const *q, float *const *s)
+{
+    int nb = mlk__attn_qblocks(dim), vec_end = 0;
+#if defined(MLK__AVX2)
+    int lines = (int)((mlk__attn_row_bytes(type, dim) + 63) / 64);
+    vec_end = dim / 16 * 16;
+#else
+    (void)v_row;
+#endif
+    (void)nb;
+    for (int j = 0; j < nk; j += 2) {
+        int j1 = j + 1 < nk ? j + 1 : j;
+        const unsigned char *ka = k_row[j], *kb = k_row[j1];
+        float dot[8]; /* dot[2 r] = q[r] . ka, dot[2 r + 1] = q[r] . kb */
+#if defined(MLK__AVX2)
+        const unsigned char *da = ka + 4 * (size_t)nb, *db = kb + 4 * (size_t)nb;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+        __m256 h0, h1, h2, h3;
+        int ahead = j + MLK__ATTN_PREFETCH < nk ? j + MLK__ATTN_PREFETCH : nk - 1;
+        mlk__attn_prefetch_row(k_row[ahead], lines);
+        mlk__attn_prefetch_row(k_row[ahead + 1 < nk ? ahead + 1 : ahead], lines);
+        mlk__attn_prefetch_row(v_row[j], lines);
+        mlk__attn_prefetch_row(v_row[j1], lines);
+        for (int e = 0; e < vec_end; e += 16) {
+            __m256 xa, xb, ya, yb, qe;
+            mlk__attn_row_load16(type, ka, da, e, &xa, &xb);
+            mlk__attn_row_load16(type, kb, db, e, &ya, &yb);
+            qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, xa, a0), b0 = _mm256_fmadd_ps(qe, ya, b0);
+            qe = _mm256_loadu_ps(q[1] + e), a1 = _mm256_fmadd_ps(qe, xa, a1), b1 = _mm256_fmadd_ps(qe, ya, b1);
+            qe = _mm256_loadu_ps(q[2] + e), a2 = _mm256_fmadd_ps(qe, xa, a2), b2 = _mm256_fmadd_ps(qe, ya, b2);
+            qe = _mm256_loadu_ps(q[3] + e), a3 = _mm256_fmadd_ps(qe, xa, a3), b3 = _mm256_fmadd_ps(qe, ya, b3);
+            qe = _mm256_loadu_ps(q[0] + e + 8), a0 = _mm256_fmadd_ps(qe, xb, a0), b0 = _mm256_fmadd_ps(qe, yb, b0);
+            qe = _mm256_loadu_ps(q[1] + e + 8), a1 = _mm256_fmadd_ps(qe, xb, a1), b1 = _mm256_fmadd_ps(qe, yb, b1);
+            qe = _mm256_loadu_ps(q[2] + e + 8), a2 = _mm256_fmadd_ps(qe, xb, a2), b2 = _mm256_fmadd_ps(qe, yb, b2);
+            qe = _mm256_loadu_ps(q[3] + e + 8), a3 = _mm256_fmadd_ps(qe, xb, a3), b3 = _mm256_fmadd_ps(qe, yb, b3);
+        }
+        h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, b0), _mm256_hadd_ps(a1, b1)); /* rows 0, 1 by 128-bit half */
+        h1 = _mm256_hadd_ps(_mm256_hadd_ps(a2, b2), _mm256_hadd_ps(a3, b3));
+        h2 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1)));
+        h3 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1)));
+        _mm256_storeu_ps(dot, _mm256_insertf128_ps(h2, _mm256_castps256_ps128(h3), 1));
+        if (vec_end < dim) mlk__attn_avx_done();
+#else
+        for (int i = 0; i < 8; i++) dot[i] = 0.0f;
+#endif
+        for (int e = vec_end; e < dim; e++) {
+            float xa = mlk__attn_row_get(type, dim, ka, e), xb = mlk__attn_row_get(type, dim, kb, e);
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+                dot[2 * r] += q[r][e] * xa;
+                dot[2 * r + 1] += q[r][e] * xb;
+            }
+        }
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+            s[r][j] = dot[2 * r];
+            if (j + 1 < nk) s[r][j + 1] = dot[2 * r + 1];
+        }
+    }
+}
+
+/* acc[r] += sum_j p[r][j] v_row[j] for the first n_rows <= 4 of the rows
+   (p and acc repeat the last real row to fill 4). 16 columns at a time:
+   8 accumulators stay in registers across the key loop. */
+static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *v_row,
+                                      int n_rows, const float *const *p, float *const *acc)
+{
+    int nb = mlk__attn_qblocks(dim), e0 = 0;
+    (void)nb;
+#if defined(MLK__AVX2)
+    for (; e0 + 16 <= dim; e0 += 16) {
+        __m256 a0 = _mm256_loadu_ps(acc[0] + e0), b0 = _mm256_loadu_ps(acc[0] + e0 + 8);
+        __m256 a1 = _mm256_loadu_ps(acc[1] + e0), b1 = _mm256_loadu_ps(acc[1] + e0 + 8);
+        __m256 a2 = _mm256_loadu_ps(acc[2] + e0), b2 = _mm256_loadu_ps(acc[2] + e0 + 8);
+        __m256 a3 = _mm256_loadu_ps(acc[3] + e0), b3 = _mm256_loadu_ps(acc[3] + e0 + 8);
+        for (int j = 0; j < nk; j++) {
+            const unsigned char *vj = v_row[j];
+            __m256 x, y, pr;
+            mlk__attn_row_load16(type, vj, vj + 4 * (size_t)nb, e0, &x, &y);
+            pr = _mm256_broadcast_ss(p[0] + j), a0 = _mm256_fmadd_ps(pr, x, a0), b0 = _mm256_fmadd_ps(pr, y, b0);
+            pr = _mm256_broadcast_ss(p[1] + j), a1 = _mm256_fmadd_ps(pr, x, a1), b1 = _mm256_fmadd_ps(pr, y, b1);
+            pr = _mm256_broadcast_ss(p[2] + j), a2 = _mm256_fmadd_ps(pr, x, a2), b2 = _mm256_fmadd_ps(pr, y, b2);
+            pr = _mm256_broadcast_ss(p[3] + j), a3 = _mm256_fmadd_ps(pr, x, a3), b3 = _mm256_fmadd_ps(pr, y, b3);
+        }
+        _mm256_storeu_ps(acc[0] + e0, a0), _mm256_storeu_ps(acc[0] + e0 + 8, b0);
+        _mm256_storeu_ps(acc[1] + e0, a1), _mm256_storeu_ps(acc[1] + e0 + 8, b1);
+        _mm256_storeu_ps(acc[2] + e0, a2), _mm256_storeu_ps(acc[2] + e0 + 8, b2);
+        _mm256_storeu_ps(acc[3] + e0, a3), _mm256_storeu_ps(acc[3] + e0 + 8, b3);
+    }
+    if (e0 < dim) mlk__attn_avx_done();
+#endif
+    for (int j = 0; j < nk; j++)
+        for (int e = e0; e < dim; e++) {
+            float x = mlk__attn_row_get(type, dim, v_row[j], e);
+            for (int r = 0; r < n_rows; r++) acc[r][e] += p[r][j] * x;
+        }
+}
+
+/* ---- row-wise vector helpers of the softmax ---- */
+
+static float mlk__attn_row_max(const float *s, int n)
+{
+    float m = -INFINITY;
+    int j = 0;
+#if defined(MLK__AVX2)
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    float lanes[8];
+    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+    _mm256_storeu_ps(lanes, vm);
+    for (int l = 0; l < 8; l++) m = lanes[l] > m ? lanes[l] : m;
+#endif
+    for (; j < n; j++) m = s[j] > m ? s[j] : m;
+    return m;
+}
+
+/* s[j] = exp(s[j] - shift) for j < n (shift finite); returns the sum. */
+static float mlk__attn_exp_sum(float *s, int n, float shift)
+{
+    float sum = 0.0f;
+    int j = 0;
+#if defined(MLK__AVX2)
+    __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
+    float lanes[8];
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = mlk__exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));
+        _mm256_storeu_ps(s + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    _mm256_storeu_ps(lanes, vsum);
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+#endif
+    for (; j < n; j++) {
+        s[j] = mlk__expf(s[j] - shift);
+        sum += s[j];
+    }
+    return sum;
+}
+
+static void mlk__attn_scale_row(float *x, int n, float f)
+{
+    for (int j = 0; j < n; j++) x[j] *= f;
+}
+
+/* softcap: s = cap * tanh(s / cap) */
+static void mlk__attn_softcap_row(float *s, int n, float cap)
+{
+    for (int j = 0; j < n; j++) s[j] = cap * tanhf(s[j] / cap);
+}
+
+/* ---- per-task state of the forward pass ---- */
+
+typedef struct mlk__attn_rows {
+    const mlk__attn_mask *mask;
+    int q0, n_q, group, n_rows, head_dim, dpad, kv_pad;
+    float softcap;
+    const unsigned char **k_row, **v_row; /* [kv_pad] typed rows of the tile (decode path) */
+    float *q_pack;  /* [n_rows][dpad] scale * q */
+    float *acc;     /* [n_rows][dpad] unnormalised output */
+    float *scores;  /* [n_rows][kv_pad] scores, then probabilities */
+    float *k_t;     /* [head_dim][kv_pad] key tile, transposed */
+    float *v_pack;  /* [kv_pad][dpad] value tile */
+    float *row_max, *l_sum; /* [n_rows] */
+} mlk__attn_rows;
+
+static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
+{
+    size_t dp = (size_t)mlk__attn_pad(head_dim), kp = (size_t)mlk__attn_pad(tile_kv), r = (size_t)n_rows;
+    return 2 * kp * sizeof(const unsigned char *) +
+           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r) * sizeof(float);
+}
+
+/* 1 when the task takes its tiles as typed rows (mlk__attn_rows_update_typed):
+   fewer rows than the tile micro-kernel's height, so reading K and V
+   dominates and packing them would cost as much as the products. */
+static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_MR; }
+
+static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
+                                int head_dim, int tile_kv, float scale, float softcap, const float *q,
+                                size_t q_head, size_t q_tok, void *scratch)
+{
+    float *f;
+    st->mask = mask;
+    st->q0 = q0;
+    st->n_q = n_q;
+    st->group = group;
+    st->n_rows = n_q * group;
+    st->head_dim = head_dim;
+    st->dpad = mlk__attn_pad(head_dim);
+    st->kv_pad = mlk__attn_pad(tile_kv);
+    st->softcap = softcap;
+    st->k_row = (const unsigned char **)scratch;
+    st->v_row = st->k_row + st->kv_pad;
+    f = (float *)(void *)(st->v_row + st->kv_pad);
+    st->q_pack = f;
+    st->acc = st->q_pack + (size_t)st->n_rows * st->dpad;
+    st->scores = st->acc + (size_t)st->n_rows * st->dpad;
+    st->k_t = st->scores + (size_t)st->n_rows * st->kv_pad;
+    st->v_pack = st->k_t + (size_t)head_dim * st->kv_pad;
+    st->row_max = st->v_pack + (size_t)st->kv_pad * st->dpad;
+    st->l_sum = st->row_max + st->n_rows;
+    for (int r = 0; r < st->n_rows; r++) {
+        const float *qr = q + (size_t)(r / group) * q_tok + (size_t)(r % group) * q_head;
+        float *dst = st->q_pack + (size_t)r * st->dpad;
+        for (int d = 0; d < head_dim; d++) dst[d] = scale * qr[d];
+        memset(dst + head_dim, 0, (size_t)(st->dpad - head_dim) * sizeof(float));
+        memset(st->acc + (size_t)r * st->dpad, 0, (size_t)st->dpad * sizeof(float));
+        st->row_max[r] = -INFINITY;
+        st->l_sum[r] = 0.0f;
+    }
+}
+
+/* The online softmax on the scores of keys kv0 .. kv0+nk-1: mask,
+   m_new = max(m, rowmax S), p = exp(S - m_new), l = l exp(m - m_new) + sum p,
+   acc *= exp(m - m_new). A row whose running max is still -inf (no visible
+   key yet) gets p = 0, so exp(-inf - -inf) never occurs. */
+static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
+{
+    const mlk__attn_mask *m = st->mask;
+    int full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
+    for (int r = 0; r < st->n_rows; r++) {
+        float *s = st->scores + (size_t)r * st->kv_pad, m_new, alpha;
+        if (st->softcap > 0) mlk__attn_softcap_row(s, nk, st->softcap);
+        if (!full) mlk__attn_mask_row(m, st->q0 + r / st->group, kv0, nk, s);
+        m_new = mlk__attn_row_max(s, nk);
+        if (m_new < st->row_max[r]) m_new = st->row_max[r];
+        if (m_new == -INFINITY) { /* nothing visible yet: p = 0 */
+            memset(s, 0, (size_t)nk * sizeof(float));
+            continue;
+        }
+        alpha = st->row_max[r] == -INFINITY ? 0.0f : mlk__expf(st->row_max[r] - m_new);
+        st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s, nk, m_new);
+        st->row_max[r] = m_new;
+        if (alpha != 1.0f) mlk__attn_scale_row(st->acc + (size_t)r * st->dpad, st->dpad, alpha);
+    }
+}
+
+/* Folds keys kv0 .. kv0+nk-1 (nk <= tile_kv), given as float rows, into
+   every row through packed tiles: S = Q K^T, softmax, acc += P V. */
+static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
+                                  const float *v, size_t ldv)
+{
+    mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
+    mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
+    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
+                 st->kv_pad, 0);
+    mlk__attn_rows_softmax(st, kv0, nk);
+    mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, st->kv_pad, st->v_pack, st->dpad, st->acc, st->dpad, 1);
+}
+
+/* One group of up to 4 rows of a typed tile: scores, then (after the
+   caller's softmax) acc += P V. Split by phase; called with a constant type
+   so the row loads inline to straight-line code. */
+static void mlk__attn_typed_phase(mlk_kv_type type, int pv, const mlk__attn_rows *st, int nk, int r0)
+{
+    const float *q[MLK__ATTN_GROUP_ROWS], *p[MLK__ATTN_GROUP_ROWS];
+    float *s[MLK__ATTN_GROUP_ROWS], *acc[MLK__ATTN_GROUP_ROWS];
+    int n = st->n_rows - r0 < MLK__ATTN_GROUP_ROWS ? st->n_rows - r0 : MLK__ATTN_GROUP_ROWS;
+    for (int i = 0; i < MLK__ATTN_GROUP_ROWS; i++) { /* short groups repeat their last row */
+        size_t r = (size_t)(r0 + (i < n ? i : n - 1));
+        q[i] = st->q_pack + r * st->dpad;
+        s[i] = st->scores + r * st->kv_pad;
+        p[i] = s[i];
+        acc[i] = st->acc + r * st->dpad;
+    }
+    if (pv)
+        mlk__attn_pv_group(type, st->head_dim, nk, st->v_row, n, p, acc);
+    else
+        mlk__attn_dot_group(type, st->head_dim, nk, st->k_row, st->v_row, q, s);
+}
+
+static void mlk__attn_typed_pass(mlk_kv_type type, int pv, const mlk__attn_rows *st, int nk)
+{
+    for (int r0 = 0; r0 < st->n_rows; r0 += MLK__ATTN_GROUP_ROWS) switch (type) {
+        case MLK_KV_F32: mlk__attn_typed_phase(MLK_KV_F32, pv, st, nk, r0); break;
+        case MLK_KV_F16: mlk__attn_typed_phase(MLK_KV_F16, pv, st, nk, r0); break;
+        case MLK_KV_Q8: mlk__attn_typed_phase(MLK_KV_Q8, pv, st, nk, r0); break;
+        case MLK_KV_Q4: mlk__attn_typed_phase(MLK_KV_Q4, pv, st, nk, r0); break;
+        }
+}
+
+/* The decode form of mlk__attn_rows_update (when mlk__attn_rows_typed):
+   keys kv0 .. kv0+nk-1 are the rows st->k_row[j] / st->v_row[j], which the
+   caller fills, stored as type; each is read once per group of 4 rows and
+   never copied. */
+static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk_kv_type type)
+{
+    mlk__attn_typed_pass(type, 0, st, nk);
+    mlk__attn_rows_softmax(st, kv0, nk);
+    mlk__attn_typed_pass(type, 1, st, nk);
+}
+
+/* o = acc / l (0 for rows that saw nothing); lse = m + log(l) or -inf. */
+static void mlk__attn_rows_finish(const mlk__attn_rows *st, float *o, size_t o_head, size_t o_tok, float *lse,
+                                  size_t lse_head, size_t lse_tok)
+{
+    for (int r = 0; r < st->n_rows; r++) {
+        size_t qi = (size_t)(r / st->group), h = (size_t)(r % st->group);
+        float *orow = o + qi * o_tok + h * o_head, l = st->l_sum[r];
+        const float *a = st->acc + (size_t)r * st->dpad;
+        float inv = l > 0 ? 1.0f / l : 0.0f;
+        for (int d = 0; d < st->head_dim; d++) orow[d] = a[d] * inv;
+        if (lse) lse[qi * lse_tok + h * lse_head] = l > 0 ? st->row_max[r] + logf(l) : -INFINITY;
+    }
+}
+
+/* ---- descriptor ---- */
+
+/* A validated descriptor with defaults resolved and element strides. */
+typedef struct mlk__attn_geom {
+    int batch, heads, kv_heads, group, len_q, len_kv, head_dim;
+    int tile_q, tile_kv, bwd_tile_kv, n_q_tiles;
+    float scale, softcap;
+    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+    size_t fwd_thread_bytes, bwd_thread_bytes; /* scratch of one task */
+    size_t fwd_cap, bwd_cap;                   /* arena bytes of each pass */
+} mlk__attn_geom;
+
+static int mlk__attn_item_len(const mlk_attn_desc *d, const mlk__attn_geom *g, int b)
+{
+    return d->kv_len ? d->kv_len[b] : g->len_kv;
+}
+
+static void mlk__attn_item_mask(const mlk_attn_desc *d, const mlk__attn_geom *g, int b, const int *depth,
+                                mlk__attn_mask *m)
+{
+    m->n_keys = mlk__attn_item_len(d, g, b);
+    m->n_q = g->len_q;
+    m->causal = d->causal != 0;
+    m->window = d->window;
+    m->tree_parent = d->tree_parent;
+    m->tree_depth = depth;
+}
+
+
+/* Checks everything that does not need the tree depths and fills g. */
+static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
+{
+    size_t nq_el, nkv_el, rows, dp, kp, t, threads = (size_t)mlk__max_threads();
+    if (!d) return MLK_ERR_NULL;
+    g->batch = d->batch;
+    g->heads = d->heads;
+    g->kv_heads = d->kv_heads ? d->kv_heads : d->heads;
+    g->len_q = d->len_q;
+    g->len_kv = d->len_kv ? d->len_kv : d->len_q;
+    g->head_dim = d->head_dim;
+    if (g->batch < 1 || g->heads < 1 || g->kv_heads < 1 || g->len_q < 1 || g->len_kv < 1 || g->head_dim < 1 ||
+        d->len_kv < 0 || d->kv_heads < 0 || d->tile_q < 0 || d->tile_kv < 0 || g->heads % g->kv_heads != 0)
+        return MLK_ERR_SHAPE;
+    if (!(d->scale == d->scale) || !(fabsf(d->scale) <= FLT_MAX) || !(d->softcap >= 0) ||
+        !(d->softcap <= FLT_MAX) || d->window < 0 || (d->layout != MLK_BHND && d->layout != MLK_BNHD))
+        return MLK_ERR_ARG;
+    if (!mlk__count4(g->batch, g->heads, g->len_q, g->head_dim, sizeof(float), &nq_el) ||
+        !mlk__count4(g->batch, g->kv_heads, g->len_kv, g->head_dim, sizeof(float), &nkv_el) ||
+        g->head_dim > INT_MAX - MLK__ATTN_NR)
+        return MLK_ERR_OVERFLOW;
+    g->group = g->heads / g->kv_heads;
+    g->scale = d->scale != 0 ? d->scale : 1.0f / sqrtf((float)g->head_dim);
+    g->softcap = d->softcap;
+    /* default tiles: about 64 rows (queries x grouped heads) by 128 keys */
+    g->tile_q = d->tile_q ? d->tile_q : (g->group >= 64 ? 1 : 64 / g->group);
+    g->tile_kv = d->tile_kv ? d->tile_kv : 128;
+    /* the backward keeps ~5 tiles of kv rows live (K, V both ways, dK, dV):
+       64 keys keep them in L2 and its workspace under 1% of N x N at N = 4096 */
+    g->bwd_tile_kv = d->tile_kv ? d->tile_kv : 64;
+    if (g->bwd_tile_kv > g->len_kv) g->bwd_tile_kv = g->len_kv;
+    if (g->tile_q > g->len_q) g->tile_q = g->len_q;
+    if (g->tile_kv > g->len_kv) g->tile_kv = g->len_kv;
+    if ((size_t)g->tile_q * (size_t)g->group > (size_t)INT_MAX / 64) return MLK_ERR_OVERFLOW;
+    g->n_q_tiles = (g->len_q + g->tile_q - 1) / g->tile_q;
+    if (d->layout == MLK_BHND) {
+        g->q_head = (size_t)g->len_q * g->head_dim;
+        g->q_tok = (size_t)g->head_dim;
+        g->kv_head = (size_t)g->len_kv * g->head_dim;
+        g->kv_tok = (size_t)g->head_dim;
+    } else {
+        g->q_head = (size_t)g->head_dim;
+        g->q_tok = (size_t)g->heads * g->head_dim;
+        g->kv_head = (size_t)g->head_dim;
+        g->kv_tok = (size_t)g->kv_heads * g->head_dim;
+    }
+    g->q_batch = (size_t)g->heads * g->len_q * g->head_dim;
+    g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
+    rows = (size_t)g->tile_q * g->group;
+    dp = (size_t)mlk__attn_pad(g->head_dim);
+    g->fwd_thread_bytes = mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv);
+    kp = (size_t)mlk__attn_pad(g->bwd_tile_kv);
+    /* backward: k_t, v_t [D][kp]; k_pack, dk_acc, dv_acc [kp][dp]; q, dout,
+       dq tile [rows][dp]; p, ds [rows][kp]; p^T [kp][rows]; lse, D [rows] */
+    t = 2 * (size_t)g->head_dim * kp + 3 * kp * dp + 3 * rows * dp + 3 * rows * kp + 2 * rows;
+    g->bwd_thread_bytes = t * sizeof(float);
+    /* arena caps: tree depths [Nq] ints, then (backward) D = rowsum(dO o O)
+       [B, Hq, Nq] floats, then one slab per thread */
+    g->fwd_cap = mlk__arena_need(0, (size_t)g->len_q * sizeof(int));
+    g->bwd_cap = mlk__arena_need(g->fwd_cap, nq_el / (size_t)g->head_dim * sizeof(float));
+    if (!mlk__mul_ok(threads, mlk__arena_need(0, g->fwd_thread_bytes), &t)) return MLK_ERR_OVERFLOW;
+    g->fwd_cap = mlk__arena_need(g->fwd_cap, t);
+    if (!mlk__mul_ok(threads, mlk__arena_need(0, g->bwd_thread_bytes), &t)) return MLK_ERR_OVERFLOW;
+    g->bwd_cap = mlk__arena_need(g->bwd_cap, t);
+    if (g->fwd_cap == SIZE_MAX || g->bwd_cap >= SIZE_MAX - MLK__ALIGN) return MLK_ERR_OVERFLOW;
+    return MLK_OK;
+}
+
+/* Validates d against the pointers' contents (kv_len, tree_parent) too. */
+static mlk_status mlk__attn_validate(const mlk_attn_desc *d, mlk__attn_geom *g)
+{
+    mlk_status st = mlk__attn_geom_init(d, g);
+    if (st != MLK_OK) return st;
+    if ((size_t)g->batch * (size_t)g->kv_heads * (size_t)g->n_q_tiles > (size_t)INT_MAX) return MLK_ERR_OVERFLOW;
+    for (int b = 0; b < g->batch; b++) {
+        int n_b = mlk__attn_item_len(d, g, b);
+        if (n_b < 0 || n_b > g->len_kv || (d->tree_parent && n_b < g->len_q)) return MLK_ERR_SHAPE;
+    }
+    if (d->tree_parent)
+        for (int i = 0; i < g->len_q; i++)
+            if (d->tree_parent[i] < -1 || d->tree_parent[i] >= i) return MLK_ERR_TREE;
+    return MLK_OK;
+}
+
+/* Workspace arena of cap bytes (the caller's, or one allocation) holding
+   the tree depths first. */
+static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, const mlk__attn_geom *g, size_t cap,
+                                  int **depth)
+{
+    mlk_status st = mlk__arena_init(ar, d->workspace, cap);
+    if (st != MLK_OK) return st;
+    *depth = (int *)mlk__arena_take(ar, (size_t)g->len_q * sizeof(int));
+    if (d->tree_parent) mlk__attn_tree_depth(g->len_q, d->tree_parent, *depth);
+    return MLK_OK;
+}
+
+MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d)
+{
+    mlk__attn_geom g;
+    if (mlk__attn_geom_init(d, &g) != MLK_OK) return 0;
+    return (g.fwd_cap > g.bwd_cap ? g.fwd_cap : g.bwd_cap) + MLK__ALIGN;
+}
+
+/* 1 when a call of about `macs` multiply-adds is worth waking the OpenMP
+   team: below ~1M (a short decode step) the wake-up costs more than it saves. */
+MLK__MAYBE_UNUSED static int mlk__attn_fan_out(double macs) { return macs >= 1048576.0; }
+
+/* One forward task: tile_q queries of the `group` heads sharing kv head kvh. */
+static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, const int *depth, int task,
+                               const float *q, const float *k, const float *v, float *o, float *lse, void *scratch)
+{
+    int qt = task % g->n_q_tiles, kvh = task / g->n_q_tiles % g->kv_heads, b = task / g->n_q_tiles / g->kv_heads;
+    int q0 = qt * g->tile_q, nq = g->len_q - q0 < g->tile_q ? g->len_q - q0 : g->tile_q;
+    int h0 = kvh * g->group, lo, hi;
+    size_t q_off = (size_t)b * g->q_batch + (size_t)h0 * g->q_head + (size_t)q0 * g->q_tok;
+    size_t kv_off = (size_t)b * g->kv_batch + (size_t)kvh * g->kv_head;
+    mlk__attn_mask m;
+    mlk__attn_rows st;
+    mlk__attn_item_mask(d, g, b, depth, &m);
+    mlk__attn_rows_init(&st, &m, q0, nq, g->group, g->head_dim, g->tile_kv, g->scale, g->softcap, q + q_off,
+                        g->q_head, g->q_tok, scratch);
+    mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
+    for (int kv0 = lo; kv0 < hi; kv0 += g->tile_kv) {
+        int nk = hi - kv0 < g->tile_kv ? hi - kv0 : g->tile_kv;
+        size_t at = kv_off + (size_t)kv0 * g->kv_tok;
+        if (!mlk__attn_rows_typed(&st)) {
+            mlk__attn_rows_update(&st, kv0, nk, k + at, g->kv_tok, v + at, g->kv_tok);
+            continue;
+        }
+        for (int j = 0; j < nk; j++) {
+            st.k_row[j] = (const unsigned char *)(const void *)(k + at + (size_t)j * g->kv_tok);
+            st.v_row[j] = (const unsigned char *)(const void *)(v + at + (size_t)j * g->kv_tok);
+        }
+        mlk__attn_rows_update_typed(&st, kv0, nk, MLK_KV_F32);
+    }
+    mlk__attn_rows_finish(&st, o + q_off, g->q_head, g->q_tok,
+                          lse ? lse + ((size_t)b * g->heads + (size_t)h0) * g->len_q + (size_t)q0 : NULL,
+                          (size_t)g->len_q, 1);
+}
+
+MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q, const float *k, const float *v,
+                                   float *o, float *lse)
+{
+    mlk__attn_geom g;
+    mlk__arena ar;
+    mlk_status st;
+    int *depth, n_tasks;
+    size_t slab;
+    unsigned char *slabs;
+    if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
+    if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
+    if ((st = mlk__attn_arena(&ar, d, &g, g.fwd_cap, &depth)) != MLK_OK) return st;
+    slab = mlk__arena_need(0, g.fwd_thread_bytes);
+    slabs = (unsigned char *)mlk__arena_take(&ar, slab * (size_t)mlk__max_threads());
+    n_tasks = g.batch * g.kv_heads * g.n_q_tiles;
+    /* tasks are independent (no reduction), so dynamic scheduling balances
+       causal work without touching determinism */
+    MLK__OMP(omp parallel for schedule(dynamic, 1)
+             if(mlk__attn_fan_out((double)g.batch * g.heads * g.len_q * (double)g.len_kv * g.head_dim)))
+    for (int t = 0; t < n_tasks; t++)
+        mlk__attn_fwd_task(d, &g, depth, t, q, k, v, o, lse, slabs + slab * (size_t)mlk__thread_id());
+    mlk__arena_done(&ar);
+    return MLK_OK;
+}
+
+/* ---- reference: materialised scores in double, one query row at a time ---- */
+
+MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, const float *k, const float *v,
+                                     float *o, float *lse)
+{
+    mlk__attn_geom g;
+    mlk__arena ar;
+    mlk_status st;
+    int *depth;
+    double *s;
+    if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
+    if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
+    if ((st = mlk__attn_arena(&ar, d, &g, mlk__arena_need(g.fwd_cap, (size_t)g.len_kv * sizeof(double)), &depth)) !=
+        MLK_OK)
+        return st;
+    s = (double *)mlk__arena_take(&ar, (size_t)g.len_kv * sizeof(double));
+    for (int b = 0; b < g.batch; b++) {
+        mlk__attn_mask m;
+        mlk__attn_item_mask(d, &g, b, depth, &m);
+        for (int h = 0; h < g.heads; h++)
+            for (int i = 0; i < g.len_q; i++) {
+                size_t qo = (size_t)b * g.q_batch + (size_t)h * g.q_head + (size_t)i * g.q_tok;
+                size_t kvo = (size_t)b * g.kv_batch + (size_t)(h / g.group) * g.kv_head;
+                double row_max = -INFINITY, l_sum = 0;
+                for (int j = 0; j < g.len_kv; j++) {
+                    double dot = 0;
+                    if (!mlk__attn_visible(&m, i, j)) { s[j] = -INFINITY; continue; }
+                    for (int e = 0; e < g.head_dim; e++) dot += (double)q[qo + e] * k[kvo + (size_t)j * g.kv_tok + e];
+                    s[j] = dot * g.scale;
+                    if (g.softcap > 0) s[j] = g.softcap * tanh(s[j] / g.softcap);
+                    if (s[j] > row_max) row_max = s[j];
+                }
+                for (int e = 0; e < g.head_dim; e++) o[qo + e] = 0;
+                if (row_max == -INFINITY) { /* sees nothing */
+                    if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = -INFINITY;
+                    continue;
+                }
+                for (int j = 0; j < g.len_kv; j++) l_sum += s[j] == -INFINITY ? 0 : exp(s[j] - row_max);
+                for (int e = 0; e < g.head_dim; e++) {
+                    double acc = 0;
+                    for (int j = 0; j < g.len_kv; j++)
+                        if (s[j] != -INFINITY) acc += exp(s[j] - row_max) * v[kvo + (size_t)j * g.kv_tok + e];
+                    o[qo + e] = (float)(acc / l_sum);
+                }
+                if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = (float)(row_max + log(l_sum));
+            }
+    }
+    mlk__arena_done(&ar);
+    return MLK_OK;
+}
+
+/* ---- backward (FlashAttention-2 order) ----
+   With P = exp(S - lse), D_i = rowsum(dO_i o O_i):
+       dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D),  dK = dS^T (scale Q),
+       dQ = scale dS K   (softcap: dS *= 1 - (s / cap)^2).
+   One task per (batch, kv head): KV tiles outer with dK, dV accumulated
+   locally, q tiles of every grouped head inside. The task owns dq of its
+   heads, summed over KV tiles in a fixed order: no cross-thread reduction. */
+
+typedef struct mlk__attn_bwd_io {
+    const float *q, *k, *v, *dout, *lse, *row_d;
+    float *dq, *dk, *dv;
+} mlk__attn_bwd_io;
+
+/* P and dS of one q tile against one KV tile, already holding S in p and
+   dP in ds (rows x nk, row stride ld). With a softcap, d(cap tanh(u/cap))/du
+   = 1 / cosh^2(u/cap) is taken from u (1 - tanh^2 would cancel where tanh
+   saturates) and parked in cap_grad. */
+static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m, int q0, int kv0, int nk, int full,
+                                int n_rows, const float *lse_r, const float *d_r, float *p, float *ds, int ld,
+                                float *cap_grad)
+{
+    for (int r = 0; r < n_rows; r++) {
+        float *s = p + (size_t)r * ld, *dsr = ds + (size_t)r * ld, *cg = cap_grad + (size_t)r * ld;
+        if (g->softcap > 0)
+            for (int j = 0; j < nk; j++) {
+                float ch = coshf(s[j] / g->softcap);
+                cg[j] = 1.0f / (ch * ch);
+                s[j] = g->softcap * tanhf(s[j] / g->softcap);
+            }
+        if (!full) mlk__attn_mask_row(m, q0 + r / g->group, kv0, nk, s);
+        if (lse_r[r] == -INFINITY) { /* the row sees nothing: no gradient */
+            memset(s, 0, (size_t)nk * sizeof(float));
+            memset(dsr, 0, (size_t)nk * sizeof(float));
+            continue;
+        }
+        mlk__attn_exp_sum(s, nk, lse_r[r]);
+        for (int j = 0; j < nk; j++) dsr[j] = s[j] * (dsr[j] - d_r[r]);
+        if (g->softcap > 0)
+            for (int j = 0; j < nk; j++) dsr[j] *= cg[j];
+    }
+}
+
+static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, const int *depth, int task,
+                               const mlk__attn_bwd_io *io, void *scratch)
+{
+    int b = task / g->kv_heads, kvh = task % g->kv_heads, h0 = kvh * g->group, dim = g->head_dim;
+    int dp = mlk__attn_pad(dim), kp = mlk__attn_pad(g->bwd_tile_kv), max_rows = g->tile_q * g->group;
+    size_t q_off = (size_t)b * g->q_batch + (size_t)h0 * g->q_head;
+    size_t kv_off = (size_t)b * g->kv_batch + (size_t)kvh * g->kv_head;
+    size_t lse_off = ((size_t)b * g->heads + (size_t)h0) * g->len_q;
+    float *k_t = (float *)scratch, *v_t = k_t + (size_t)dim * kp, *k_pack = v_t + (size_t)dim * kp;
+    float *dk_acc = k_pack + (size_t)kp * dp, *dv_acc = dk_acc + (size_t)kp * dp;
+    float *q_pack = dv_acc + (size_t)kp * dp, *do_pack = q_pack + (size_t)max_rows * dp;
+    float *dq_tile = do_pack + (size_t)max_rows * dp, *p = dq_tile + (size_t)max_rows * dp;
+    float *ds = p + (size_t)max_rows * kp, *p_t = ds + (size_t)max_rows * kp, *lse_r = p_t + (size_t)kp * max_rows;
+    float *d_r = lse_r + max_rows;
+    mlk__attn_mask m;
+    mlk__attn_item_mask(d, g, b, depth, &m);
+    if (io->dq)
+        for (int h = 0; h < g->group; h++)
+            for (int i = 0; i < g->len_q; i++)
+                memset(io->dq + q_off + (size_t)h * g->q_head + (size_t)i * g->q_tok, 0, (size_t)dim * sizeof(float));
+    for (int kv0 = 0; kv0 < g->len_kv; kv0 += g->bwd_tile_kv) {
+        int nk_tile = g->len_kv - kv0 < g->bwd_tile_kv ? g->len_kv - kv0 : g->bwd_tile_kv;
+        int nk = m.n_keys - kv0 < nk_tile ? m.n_keys - kv0 : nk_tile; /* keys past kv_len get 0 */
+        const float *kt = io->k + kv_off + (size_t)kv0 * g->kv_tok, *vt = io->v + kv_off + (size_t)kv0 * g->kv_tok;
+        if (nk < 0) nk = 0;
+        memset(dk_acc, 0, (size_t)nk_tile * dp * sizeof(float));
+        memset(dv_acc, 0, (size_t)nk_tile * dp * sizeof(float));
+        if (nk > 0) {
+            mlk__attn_transpose(nk, dim, kt, g->kv_tok, k_t, kp);
+            mlk__attn_transpose(nk, dim, vt, g->kv_tok, v_t, kp);
+            mlk__attn_copy_rows(nk, dim, kt, g->kv_tok, k_pack, dp);
+        }
+        for (int q0 = 0; nk > 0 && q0 < g->len_q; q0 += g->tile_q) {
+            int nq = g->len_q - q0 < g->tile_q ? g->len_q - q0 : g->tile_q, n_rows = nq * g->group, lo, hi;
+            mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
+            if (hi <= kv0 || lo >= kv0 + nk) continue;
+            for (int r = 0; r < n_rows; r++) {
+                size_t at = q_off + (size_t)(r % g->group) * g->q_head + (size_t)(q0 + r / g->group) * g->q_tok;
+                size_t li = lse_off + (size_t)(r % g->group) * g->len_q + (size_t)(q0 + r / g->group);
+                for (int e = 0; e < dim; e++) q_pack[(size_t)r * dp + e] = g->scale * io->q[at + e];
+                memset(q_pack + (size_t)r * dp + dim, 0, (size_t)(dp - dim) * sizeof(float));
+                mlk__attn_copy_rows(1, dim, io->dout + at, 0, do_pack + (size_t)r * dp, dp);
+                lse_r[r] = io->lse[li];
+                d_r[r] = io->row_d[li];
+            }
+            mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, q_pack, dp, k_t, kp, p, kp, 0);
+            mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, do_pack, dp, v_t, kp, ds, kp, 0);
+            mlk__attn_bwd_probs(g, &m, q0, kv0, nk, mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk), n_rows,
+                                lse_r, d_r, p, ds, kp, p_t);
+            mlk__attn_transpose(n_rows, nk, p, (size_t)kp, p_t, n_rows);
+            mlk__attn_mm(nk, dp, n_rows, p_t, n_rows, do_pack, dp, dv_acc, dp, 1);
+            mlk__attn_transpose(n_rows, nk, ds, (size_t)kp, p_t, n_rows);
+            mlk__attn_mm(nk, dp, n_rows, p_t, n_rows, q_pack, dp, dk_acc, dp, 1);
+            if (!io->dq) continue;
+            mlk__attn_mm(n_rows, dp, nk, ds, kp, k_pack, dp, dq_tile, dp, 0);
+            for (int r = 0; r < n_rows; r++) {
+                float *dst = io->dq + q_off + (size_t)(r % g->group) * g->q_head + (size_t)(q0 + r / g->group) * g->q_tok;
+                const float *src = dq_tile + (size_t)r * dp;
+                for (int e = 0; e < dim; e++) dst[e] += g->scale * src[e];
+            }
+        }
+        for (int j = 0; j < nk_tile; j++) {
+            size_t at = kv_off + (size_t)(kv0 + j) * g->kv_tok;
+            if (io->dk) memcpy(io->dk + at, dk_acc + (size_t)j * dp, (size_t)dim * sizeof(float));
+            if (io->dv) memcpy(io->dv + at, dv_acc + (size_t)j * dp, (size_t)dim * sizeof(float));
+        }
+    }
+}
+
+MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const float *k, const float *v,
+                                   const float *o, const float *dout, const float *lse, float *dq, float *dk, float *dv)
+{
+    mlk__attn_geom g;
+    mlk__arena ar;
+    mlk_status st;
+    mlk__attn_bwd_io io;
+    int *depth, n_rowsets;
+    size_t slab;
+    float *row_d;
+    unsigned char *slabs;
+    if (!d || !q || !k || !v || !o || !dout || !lse) return MLK_ERR_NULL;
+    if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
+    if (!dq && !dk && !dv) return MLK_OK;
+    if ((st = mlk__attn_arena(&ar, d, &g, g.bwd_cap, &depth)) != MLK_OK) return st;
+    row_d = (float *)mlk__arena_take(&ar, (size_t)g.batch * g.heads * g.len_q * sizeof(float));
+    slab = mlk__arena_need(0, g.bwd_thread_bytes);
+    slabs = (unsigned char *)mlk__arena_take(&ar, slab * (size_t)mlk__max_threads());
+    n_rowsets = g.batch * g.heads;
+    MLK__OMP(omp parallel for schedule(static))
+    for (int bh = 0; bh < n_rowsets; bh++)
+        for (int i = 0; i < g.len_q; i++) { /* D_i = rowsum(dO_i o O_i) */
+            size_t at = (size_t)(bh / g.heads) * g.q_batch + (size_t)(bh % g.heads) * g.q_head + (size_t)i * g.q_tok;
+            float sum = 0;
+            for (int e = 0; e < g.head_dim; e++) sum += dout[at + e] * o[at + e];
+            row_d[(size_t)bh * g.len_q + i] = sum;
+        }
+    io.q = q; io.k = k; io.v = v; io.dout = dout; io.lse = lse; io.row_d = row_d;
+    io.dq = dq; io.dk = dk; io.dv = dv;
+    MLK__OMP(omp parallel for schedule(dynamic, 1))
+    for (int t = 0; t < g.batch * g.kv_heads; t++)
+        mlk__attn_bwd_task(d, &g, depth, t, &io, slabs + slab * (size_t)mlk__thread_id());
+    mlk__arena_done(&ar);
+    return MLK_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+/* ======================================================================
+   KV cache: implementation
+   ====================================================================== */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct mlk_kv_cache {
+    mlk_kv_config cfg;
+    size_t row_bytes;   /* one position of one head, K or V */
+    size_t block_bytes; /* layers * 2 * kv_heads * block_size rows */
+    unsigned char *pool;
+    int *refcount;      /* [num_blocks]; 0 = on the free list */
+    int *free_list;     /* stack of free block ids */
+    int free_count;
+    int *seq_len;       /* [max_seqs]; -1 = unused slot */
+    int **table;        /* [max_seqs] block ids, table_cap[s] entries */
+    int *table_cap;
+    int live_seqs;
+};
+
+/* ---- storage formats: one row = head_dim values of one head ----
+   F32/F16: the values. Q8/Q4: nb float scales, then int8 values or
+   4-bit values biased by 8 (element j in byte j/2, low nibble first).
+   The attention section reads this layout ("typed rows"), so decoding
+   lives there (mlk__attn_row_decode); encoding lives here. */
+
+/* f32 -> f16, round to nearest even, clamped to +-65504 (NaN stays NaN). */
+static uint16_t mlk__kv_f16_from_f32(float f)
+{
+    uint32_t x, sign, mant, q, rem, half;
+    int shift;
+    if (f > 65504.0f) f = 65504.0f;
+    if (f < -65504.0f) f = -65504.0f;
+    memcpy(&x, &f, 4);
+    sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (x >= 0x38800000u) { /* normal half: rebias the exponent, round 13 bits */
+        x -= 0x38000000u;
+        return (uint16_t)(sign | ((x + 0xfffu + ((x >> 13) & 1u)) >> 13));
+    }
+    if (x < 0x33000000u) return (uint16_t)sign; /* below half the smallest subnormal */
+    mant = (x & 0x7fffffu) | 0x800000u;          /* value = mant * 2^(e-150) */
+    shift = 126 - (int)(x >> 23);                /* in units of 2^-24 */
+    q = mant >> shift;
+    rem = mant & ((1u << shift) - 1u);
+    half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+}
+
+static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
+{
+    int j = 0;
+#if defined(MLK__AVX2) && defined(__F16C__)
+    const __m256 lo = _mm256_set1_ps(-65504.0f), hi = _mm256_set1_ps(65504.0f);
+    for (; j + 8 <= d; j += 8) { /* min/max return their 2nd operand on NaN: NaN survives */
+        __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + j)));
+        _mm_storeu_si128((__m128i *)(h + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
+#endif
+    for (; j < d; j++) h[j] = mlk__kv_f16_from_f32(x[j]);
+}
+
+/* Symmetric quantisation of n <= 32 values to [-qmax, qmax]; returns the
+   scale max|x| / qmax. |x - q * scale| <= scale / 2 up to float rounding. */
+static float mlk__kv_quant_block(int n, int qmax, const float *x, signed char *q)
+{
+    float amax = 0.0f, inv;
+    for (int j = 0; j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
+    for (int j = 0; j < n; j++) {
+        float r = roundf(x[j] * inv);
+        q[j] = (signed char)(r > (float)qmax ? qmax : r < (float)-qmax ? -qmax : (int)r);
+    }
+    return amax / (float)qmax;
+}
+
+static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
+{
+    float *scales = (float *)(void *)row;
+    unsigned char *data = row + 4 * mlk__attn_qblocks(d);
+    signed char qb[MLK__ATTN_QBLOCK];
+    if (type == MLK_KV_F32) {
+        memcpy(row, x, (size_t)d * 4);
+        return;
+    }
+    if (type == MLK_KV_F16) {
+        mlk__kv_f16_encode(d, x, (uint16_t *)(void *)row);
+        return;
+    }
+    for (int b0 = 0; b0 < d; b0 += MLK__ATTN_QBLOCK) {
+        int n = d - b0 < MLK__ATTN_QBLOCK ? d - b0 : MLK__ATTN_QBLOCK;
+        scales[b0 / MLK__ATTN_QBLOCK] = mlk__kv_quant_block(n, type == MLK_KV_Q8 ? 127 : 7, x + b0, qb);
+        if (type == MLK_KV_Q8) {
+            memcpy(data + b0, qb, (size_t)n);
+            continue;
+        }
+        for (int j = 0; j < n; j += 2) /* b0 is even: element pairs share a byte */
+            data[(b0 + j) / 2] = (unsigned char)((qb[j] + 8) | (j + 1 < n ? (qb[j + 1] + 8) << 4 : 0));
+    }
+}
+
+/* Decodes n consecutive rows (row_bytes apart) into n * d floats. */
+static void mlk__kv_decode_rows(mlk_kv_type type, int d, size_t row_bytes, int n, const unsigned char *row, float *x)
+{
+    for (int i = 0; i < n; i++, row += row_bytes, x += d) mlk__attn_row_decode(type, d, row, x);
+}
+
+/* ---- pool and block tables ---- */
+
+MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
+{
+    size_t row, n;
+    if (!cfg || cfg->kv_heads < 1 || cfg->head_dim < 1) return 0;
+    if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
+        cfg->type != MLK_KV_Q4)
+        return 0;
+    row = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
+    if (!mlk__count4(2, cfg->kv_heads, 1, 1, row, &n)) return 0;
+    return n * row;
+}
+
+MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out)
+{
+    mlk_kv_cache *c;
+    size_t tok, positions, pool_bytes;
+    if (!cfg || !out) return MLK_ERR_NULL;
+    if (cfg->layers < 1 || cfg->kv_heads < 1 || cfg->head_dim < 1 || cfg->block_size < 1 ||
+        cfg->num_blocks < 1 || cfg->max_seqs < 1)
+        return MLK_ERR_SHAPE;
+    if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
+        cfg->type != MLK_KV_Q4)
+        return MLK_ERR_ARG;
+    tok = mlk_kv_bytes_per_token(cfg);
+    if (!tok || !mlk__count4(cfg->layers, cfg->block_size, 1, 1, tok, &positions) ||
+        !mlk__mul_ok(positions * tok, (size_t)cfg->num_blocks, &pool_bytes) ||
+        (size_t)cfg->max_seqs > SIZE_MAX / sizeof(int *))
+        return MLK_ERR_OVERFLOW;
+    c = (mlk_kv_cache *)MLKERN_MALLOC(sizeof *c);
+    if (!c) return MLK_ERR_NOMEM;
+    memset(c, 0, sizeof *c);
+    c->cfg = *cfg;
+    c->row_bytes = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
+    c->block_bytes = positions * tok;
+    c->pool = (unsigned char *)mlk__alloc(pool_bytes);
+    c->refcount = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
+    c->free_list = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
+    c->seq_len = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
+    c->table = (int **)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int *));
+    c->table_cap = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
+    if (!c->pool || !c->refcount || !c->free_list || !c->seq_len || !c->table || !c->table_cap) {
+        if (c->table) memset(c->table, 0, (size_t)cfg->max_seqs * sizeof(int *));
+        mlk_kv_destroy(c);
+        return MLK_ERR_NOMEM;
+    }
+    for (int b = 0; b < cfg->num_blocks; b++) { /* pop order 0, 1, 2, ... */
+        c->refcount[b] = 0;
+        c->free_list[b] = cfg->num_blocks - 1 - b;
+    }
+    c->free_count = cfg->num_blocks;
+    for (int s = 0; s < cfg->max_seqs; s++) {
+        c->seq_len[s] = -1;
+        c->table[s] = NULL;
+        c->table_cap[s] = 0;
+    }
+    *out = c;
+    return MLK_OK;
+}
+
+MLKERN_DEF void mlk_kv_destroy(mlk_kv_cache *c)
+{
+    if (!c) return;
+    if (c->table)
+        for (int s = 0; s < c->cfg.max_seqs; s++) MLKERN_FREE(c->table[s]);
+    mlk__free(c->pool);
+    MLKERN_FREE(c->refcount);
+    MLKERN_FREE(c->free_list);
+    MLKERN_FREE(c->seq_len);
+    MLKERN_FREE(c->table);
+    MLKERN_FREE(c->table_cap);
+    MLKERN_FREE(c);
+}
+
+static int mlk__kv_valid_seq(const mlk_kv_cache *c, int seq)
+{
+    return seq >= 0 && seq < c->cfg.max_seqs && c->seq_len[seq] >= 0;
+}
+
+static int mlk__kv_blocks_for(const mlk_kv_cache *c, int len)
+{
+    return (int)(((long long)len + c->cfg.block_size - 1) / c->cfg.block_size);
+}
+
+/* Makes room for n block ids in the table of seq, keeping its first `kept`
+   entries; 0 on allocation failure (the table is unchanged then). */
+static int mlk__kv_reserve(mlk_kv_cache *c, int seq, int n, int kept)
+{
+    int cap = c->table_cap[seq], *t;
+    if (n <= cap) return 1;
+    cap = cap < 4 ? 4 : cap;
+    while (cap < n) cap = cap > c->cfg.num_blocks / 2 ? c->cfg.num_blocks : cap * 2;
+    t = (int *)MLKERN_MALLOC((size_t)cap * sizeof(int));
+    if (!t) return 0;
+    if (kept > 0) memcpy(t, c->table[seq], (size_t)kept * sizeof(int));
+    MLKERN_FREE(c->table[seq]);
+    c->table[seq] = t;
+    c->table_cap[seq] = cap;
+    return 1;
+}
+
+static void mlk__kv_release(mlk_kv_cache *c, int block)
+{
+    if (--c->refcount[block] == 0) c->free_list[c->free_count++] = block;
+}
+
+static int mlk__kv_take_block(mlk_kv_cache *c)
+{
+    int b = c->free_list[--c->free_count];
+    c->refcount[b] = 1;
+    return b;
+}
+
+/* Shortens seq to len, releasing the blocks past the new end. */
+static void mlk__kv_shrink(mlk_kv_cache *c, int seq, int len)
+{
+    int keep = mlk__kv_blocks_for(c, len), have = mlk__kv_blocks_for(c, c->seq_len[seq]);
+    for (int b = keep; b < have; b++) mlk__kv_release(c, c->table[seq][b]);
+    c->seq_len[seq] = len;
+}
+
+/* Number of shared blocks among table entries [b0, b1] of seq. */
+static int mlk__kv_shared_in(const mlk_kv_cache *c, int seq, int b0, int b1)
+{
+    int n = 0;
+    for (int b = b0; b <= b1; b++) n += c->refcount[c->table[seq][b]] > 1;
+    return n;
+}
+
+/* Copy-on-write: gives seq a private copy of its table entry bi. The
+   caller has checked that enough blocks are free. */
+static void mlk__kv_make_private(mlk_kv_cache *c, int seq, int bi)
+{
+    int old = c->table[seq][bi], fresh;
+    if (c->refcount[old] == 1) return;
+    fresh = mlk__kv_take_block(c);
+    memcpy(c->pool + (size_t)fresh * c->block_bytes, c->pool + (size_t)old * c->block_bytes, c->block_bytes);
+    c->refcount[old]--;
+    c->table[seq][bi] = fresh;
+}
+
+/* Row of (layer, kv 0 = K / 1 = V, head) at position pos of seq. */
+static unsigned char *mlk__kv_row(const mlk_kv_cache *c, int seq, int layer, int kv, int head, int pos)
+{
+    int bs = c->cfg.block_size, block = c->table[seq][pos / bs];
+    size_t plane = ((size_t)layer * 2 + (size_t)kv) * (size_t)c->cfg.kv_heads + (size_t)head;
+    return c->pool + (size_t)block * c->block_bytes + (plane * (size_t)bs + (size_t)(pos % bs)) * c->row_bytes;
+}
+
+MLKERN_DEF mlk_status mlk_kv_seq_new(mlk_kv_cache *c, int *seq)
+{
+    if (!c || !seq) return MLK_ERR_NULL;
+    for (int s = 0; s < c->cfg.max_seqs; s++) {
+        if (c->seq_len[s] >= 0) continue;
+        c->seq_len[s] = 0;
+        c->live_seqs++;
+        *seq = s;
+        return MLK_OK;
+    }
+    return MLK_ERR_CAPACITY;
+}
+
+MLKERN_DEF mlk_status mlk_kv_seq_free(mlk_kv_cache *c, int seq)
+{
+    if (!c) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq)) return MLK_ERR_ARG;
+    mlk__kv_shrink(c, seq, 0);
+    c->seq_len[seq] = -1;
+    c->live_seqs--;
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_seq_fork(mlk_kv_cache *c, int src, int *dst)
+{
+    int s, nb;
+    if (!c || !dst) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, src)) return MLK_ERR_ARG;
+    for (s = 0; s < c->cfg.max_seqs && c->seq_len[s] >= 0; s++) {}
+    if (s == c->cfg.max_seqs) return MLK_ERR_CAPACITY;
+    nb = mlk__kv_blocks_for(c, c->seq_len[src]);
+    if (!mlk__kv_reserve(c, s, nb, 0)) return MLK_ERR_NOMEM;
+    for (int b = 0; b < nb; b++) {
+        c->table[s][b] = c->table[src][b];
+        c->refcount[c->table[src][b]]++;
+    }
+    c->seq_len[s] = c->seq_len[src];
+    c->live_seqs++;
+    *dst = s;
+    return MLK_OK;
+}
+
+MLKERN_DEF int mlk_kv_seq_len(const mlk_kv_cache *c, int seq)
+{
+    return c && mlk__kv_valid_seq(c, seq) ? c->seq_len[seq] : -1;
+}
+
+MLKERN_DEF mlk_status mlk_kv_append(mlk_kv_cache *c, int seq, int n)
+{
+    int len, have, need;
+    if (!c) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq)) return MLK_ERR_ARG;
+    if (n < 1) return MLK_ERR_SHAPE;
+    len = c->seq_len[seq];
+    if (n > INT_MAX - len) return MLK_ERR_OVERFLOW;
+    have = mlk__kv_blocks_for(c, len);
+    need = mlk__kv_blocks_for(c, len + n);
+    if (need - have > c->free_count) return MLK_ERR_CAPACITY;
+    if (!mlk__kv_reserve(c, seq, need, have)) return MLK_ERR_NOMEM;
+    for (int b = have; b < need; b++) c->table[seq][b] = mlk__kv_take_block(c);
+    c->seq_len[seq] = len + n;
+    return MLK_OK;
+}
+
+/* Checks seq, layer and the range [pos, pos + n) shared by store and load. */
+static mlk_status mlk__kv_check_range(const mlk_kv_cache *c, int seq, int layer, int pos, int n)
+{
+    if (!mlk__kv_valid_seq(c, seq) || layer < 0 || layer >= c->cfg.layers) return MLK_ERR_ARG;
+    if (n < 1 || pos < 0 || pos > c->seq_len[seq] - n) return MLK_ERR_SHAPE;
+    return MLK_OK;
+}
+
+static int mlk__kv_all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(x[i]) <= FLT_MAX)) return 0;
+    return 1;
+}
+
+MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
+    int n, const float *k, const float *v)
+{
+    int hkv, d, bs, b0, b1;
+    size_t count;
+    mlk_status st;
+    if (!c || !k || !v) return MLK_ERR_NULL;
+    if ((st = mlk__kv_check_range(c, seq, layer, pos, n)) != MLK_OK) return st;
+    hkv = c->cfg.kv_heads;
+    d = c->cfg.head_dim;
+    bs = c->cfg.block_size;
+    if (!mlk__count4(n, hkv, d, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    if ((c->cfg.type == MLK_KV_Q8 || c->cfg.type == MLK_KV_Q4) &&
+        (!mlk__kv_all_finite(k, count) || !mlk__kv_all_finite(v, count)))
+        return MLK_ERR_VALUE;
+    b0 = pos / bs;
+    b1 = (pos + n - 1) / bs;
+    if (mlk__kv_shared_in(c, seq, b0, b1) > c->free_count) return MLK_ERR_CAPACITY;
+    for (int b = b0; b <= b1; b++) mlk__kv_make_private(c, seq, b);
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < hkv; h++) {
+            size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
+            mlk__kv_encode_row(c->cfg.type, d, k + off, mlk__kv_row(c, seq, layer, 0, h, pos + i));
+            mlk__kv_encode_row(c->cfg.type, d, v + off, mlk__kv_row(c, seq, layer, 1, h, pos + i));
+        }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int pos,
+    int n, float *k, float *v)
+{
+    int hkv, d;
+    size_t count;
+    mlk_status st;
+    if (!c || !k || !v) return MLK_ERR_NULL;
+    if ((st = mlk__kv_check_range(c, seq, layer, pos, n)) != MLK_OK) return st;
+    hkv = c->cfg.kv_heads;
+    d = c->cfg.head_dim;
+    if (!mlk__count4(n, hkv, d, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < hkv; h++) {
+            size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
+            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 0, h, pos + i), k + off);
+            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 1, h, pos + i), v + off);
+        }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_truncate(mlk_kv_cache *c, int seq, int len)
+{
+    if (!c) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq)) return MLK_ERR_ARG;
+    if (len < 0 || len > c->seq_len[seq]) return MLK_ERR_SHAPE;
+    mlk__kv_shrink(c, seq, len);
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
+    int n_keep, const int *keep)
+{
+    int len, bs, copies = 0, last_block = -1;
+    if (!c || (n_keep > 0 && !keep)) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq)) return MLK_ERR_ARG;
+    len = c->seq_len[seq];
+    if (start < 0 || start > len) return MLK_ERR_SHAPE;
+    if (n_keep < 0 || n_keep > len - start) return MLK_ERR_ARG;
+    for (int i = 0; i < n_keep; i++)
+        if (keep[i] < 0 || keep[i] >= len - start || (i > 0 && keep[i] <= keep[i - 1])) return MLK_ERR_ARG;
+    /* Only destinations whose row changes are written; keep increasing
+       means destinations are visited in block order. */
+    bs = c->cfg.block_size;
+    for (int i = 0; i < n_keep; i++) {
+        int b = (start + i) / bs;
+        if (keep[i] == i || b == last_block) continue;
+        copies += c->refcount[c->table[seq][b]] > 1;
+        last_block = b;
+    }
+    if (copies > c->free_count) return MLK_ERR_CAPACITY;
+    for (int i = 0; i < n_keep; i++) {
+        if (keep[i] == i) continue;
+        mlk__kv_make_private(c, seq, (start + i) / bs);
+        for (int layer = 0; layer < c->cfg.layers; layer++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < c->cfg.kv_heads; h++)
+                    memcpy(mlk__kv_row(c, seq, layer, kv, h, start + i),
+                           mlk__kv_row(c, seq, layer, kv, h, start + keep[i]), c->row_bytes);
+    }
+    mlk__kv_shrink(c, seq, start + n_keep);
+    return MLK_OK;
+}
+
+/* ---- attention over the cache ----
+   One task = one sequence x one kv head x a chunk of its query positions,
+   with every query head of the GQA group as rows of the task. The cache is
+   walked in key tiles of MLK__KV_TILE positions and fed to the attention
+   section's streaming kernel (mlk__attn_rows_*), so the masking rules and
+   the online softmax exist once. Decode-sized tasks hand it the rows in
+   place, in their stored format (mlk__attn_rows_update_typed); larger ones
+   get each tile dequantised into per-thread scratch (F32 rows inside one
+   block are read in place) for the packed micro-kernel. */
+
+#define MLK__KV_TILE 128
+
+typedef struct mlk__kv_attn_job {
+    const mlk_kv_cache *c;
+    int layer, heads, group, q_chunk;
+    float scale;
+    const int *seqs, *n_q, *tree_parent, *tree_depth;
+    const size_t *q_off;  /* [n_seqs]: first float of each sequence's q and o */
+    const int *task_base; /* [n_seqs + 1]: first task of each sequence */
+    int n_seqs;
+    size_t slab_bytes, rows_bytes;
+    double macs; /* multiply-adds of the call, for the OpenMP threshold */
+} mlk__kv_attn_job;
+
+/* Keys [kv0, kv0 + nk) of one head as float rows of stride head_dim: F32
+   rows inside one block are read in place; otherwise each block's run of
+   rows (contiguous in the pool) is decoded into the buffers. */
+static void mlk__kv_tile(const mlk_kv_cache *c, int seq, int layer, int head, int kv0, int nk,
+                         float *k_buf, float *v_buf, const float **k_rows, const float **v_rows)
+{
+    int bs = c->cfg.block_size, d = c->cfg.head_dim;
+    if (c->cfg.type == MLK_KV_F32 && kv0 / bs == (kv0 + nk - 1) / bs) {
+        *k_rows = (const float *)(const void *)mlk__kv_row(c, seq, layer, 0, head, kv0);
+        *v_rows = (const float *)(const void *)mlk__kv_row(c, seq, layer, 1, head, kv0);
+        return;
+    }
+    for (int j = 0, run; j < nk; j += run) {
+        run = bs - (kv0 + j) % bs;
+        run = run < nk - j ? run : nk - j;
+        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 0, head, kv0 + j),
+                            k_buf + (size_t)j * d);
+        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 1, head, kv0 + j),
+                            v_buf + (size_t)j * d);
+    }
+    *k_rows = k_buf;
+    *v_rows = v_buf;
+}
+
+/* Row pointers of keys [kv0, kv0 + nk) of one head, K and V: one table
+   lookup per block, then consecutive rows. */
+static void mlk__kv_tile_rows(const mlk_kv_cache *c, int seq, int layer, int head, int kv0, int nk,
+                              const unsigned char **k_row, const unsigned char **v_row)
+{
+    int bs = c->cfg.block_size;
+    for (int j = 0, run; j < nk; j += run) {
+        const unsigned char *k = mlk__kv_row(c, seq, layer, 0, head, kv0 + j);
+        const unsigned char *v = mlk__kv_row(c, seq, layer, 1, head, kv0 + j);
+        run = bs - (kv0 + j) % bs;
+        run = run < nk - j ? run : nk - j;
+        for (int i = 0; i < run; i++, k += c->row_bytes, v += c->row_bytes) {
+            k_row[j + i] = k;
+            v_row[j + i] = v;
+        }
+    }
+}
+
+static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float *q, float *o,
+                              unsigned char *slab)
+{
+    const mlk_kv_cache *c = job->c;
+    int lo = 0, hi = job->n_seqs, s, hkv = c->cfg.kv_heads, d = c->cfg.head_dim;
+    int head, q0, nq, key_lo, key_hi;
+    size_t at;
+    float *k_buf = (float *)(void *)(slab + job->rows_bytes), *v_buf = k_buf + (size_t)MLK__KV_TILE * d;
+    mlk__attn_mask mask;
+    mlk__attn_rows st;
+    while (hi - lo > 1) { /* the sequence whose tasks contain `task` */
+        int mid = (lo + hi) / 2;
+        if (job->task_base[mid] <= task) lo = mid; else hi = mid;
+    }
+    s = lo;
+    head = (task - job->task_base[s]) % hkv;
+    q0 = (task - job->task_base[s]) / hkv * job->q_chunk;
+    nq = job->n_q[s] - q0 < job->q_chunk ? job->n_q[s] - q0 : job->q_chunk;
+    mask.n_keys = c->seq_len[job->seqs[s]];
+    mask.n_q = job->n_q[s];
+    mask.causal = 1;
+    mask.window = 0;
+    mask.tree_parent = job->tree_parent;
+    mask.tree_depth = job->tree_depth;
+    at = job->q_off[s] + ((size_t)q0 * (size_t)job->heads + (size_t)head * (size_t)job->group) * (size_t)d;
+    mlk__attn_rows_init(&st, &mask, q0, nq, job->group, d, MLK__KV_TILE, job->scale, 0.0f, q + at,
+                        (size_t)d, (size_t)job->heads * (size_t)d, slab);
+    mlk__attn_key_range(&mask, q0, q0 + nq, &key_lo, &key_hi);
+    for (int kv0 = key_lo; kv0 < key_hi; kv0 += MLK__KV_TILE) {
+        int nk = key_hi - kv0 < MLK__KV_TILE ? key_hi - kv0 : MLK__KV_TILE;
+        const float *k_rows, *v_rows;
+        if (mlk__attn_rows_typed(&st)) { /* decode: the kernel reads the blocks in place */
+            mlk__kv_tile_rows(c, job->seqs[s], job->layer, head, kv0, nk, st.k_row, st.v_row);
+            mlk__attn_rows_update_typed(&st, kv0, nk, c->cfg.type);
+            continue;
+        }
+        mlk__kv_tile(c, job->seqs[s], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
+        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
+    }
+    mlk__attn_rows_finish(&st, o + at, (size_t)d, (size_t)job->heads * (size_t)d, NULL, 0, 0);
+}
+
+MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
+    const int *seqs, const int *n_q, const float *q, int heads,
+    float scale, const int *tree_parent, float *o)
+{
+    mlk__kv_attn_job job;
+    mlk__arena ar;
+    mlk_status st;
+    size_t q_floats = 0, row, cap, slabs;
+    long long tasks = 0;
+    int *depth, *task_base;
+    size_t *q_off;
+    unsigned char *slab0;
+    if (!c || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
+    if (layer < 0 || layer >= c->cfg.layers) return MLK_ERR_ARG;
+    if (n_seqs < 1 || heads < 1 || heads % c->cfg.kv_heads != 0) return MLK_ERR_SHAPE;
+    if (!(fabsf(scale) <= FLT_MAX) || (tree_parent && n_seqs != 1)) return MLK_ERR_ARG;
+    for (int s = 0; s < n_seqs; s++)
+        if (!mlk__kv_valid_seq(c, seqs[s])) return MLK_ERR_ARG;
+    for (int s = 0; s < n_seqs; s++)
+        if (n_q[s] < 1 || n_q[s] > c->seq_len[seqs[s]]) return MLK_ERR_SHAPE;
+    job.c = c;
+    job.layer = layer;
+    job.heads = heads;
+    job.group = heads / c->cfg.kv_heads;
+    job.q_chunk = job.group >= 64 ? 1 : 64 / job.group; /* about 64 rows per task */
+    job.scale = scale != 0 ? scale : 1.0f / sqrtf((float)c->cfg.head_dim);
+    job.n_seqs = n_seqs;
+    job.tree_parent = tree_parent;
+    job.seqs = seqs;
+    job.n_q = n_q;
+    job.macs = 0;
+    if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
+    for (int s = 0; s < n_seqs; s++) {
+        size_t part;
+        if (!mlk__mul_ok((size_t)n_q[s], row, &part) || q_floats > SIZE_MAX / sizeof(float) - part)
+            return MLK_ERR_OVERFLOW;
+        q_floats += part;
+        job.macs += (double)n_q[s] * c->seq_len[seqs[s]] * heads * c->cfg.head_dim;
+        tasks += (long long)((n_q[s] + job.q_chunk - 1) / job.q_chunk) * c->cfg.kv_heads;
+        if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
+    }
+    job.rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch(job.q_chunk * job.group, c->cfg.head_dim, MLK__KV_TILE));
+    job.slab_bytes = mlk__arena_need(job.rows_bytes, 2 * sizeof(float) * (size_t)MLK__KV_TILE * (size_t)c->cfg.head_dim);
+    if (job.slab_bytes == SIZE_MAX || !mlk__mul_ok(job.slab_bytes, (size_t)mlk__max_threads(), &slabs))
+        return MLK_ERR_OVERFLOW;
+    cap = mlk__arena_need(0, (size_t)n_q[0] * sizeof(int));
+    cap = mlk__arena_need(cap, (size_t)n_seqs * sizeof(size_t));
+    cap = mlk__arena_need(cap, ((size_t)n_seqs + 1) * sizeof(int));
+    cap = mlk__arena_need(cap, slabs);
+    if ((st = mlk__arena_init(&ar, NULL, cap)) != MLK_OK) return st;
+    depth = (int *)mlk__arena_take(&ar, (size_t)n_q[0] * sizeof(int));
+    q_off = (size_t *)mlk__arena_take(&ar, (size_t)n_seqs * sizeof(size_t));
+    task_base = (int *)mlk__arena_take(&ar, ((size_t)n_seqs + 1) * sizeof(int));
+    slab0 = (unsigned char *)mlk__arena_take(&ar, slabs);
+    if (tree_parent && (st = mlk__attn_tree_depth(n_q[0], tree_parent, depth)) != MLK_OK) {
+        mlk__arena_done(&ar); /* a bad parent array: nothing written */
+        return st;
+    }
+    job.tree_depth = tree_parent ? depth : NULL;
+    q_off[0] = 0;
+    task_base[0] = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        if (s > 0) q_off[s] = q_off[s - 1] + (size_t)n_q[s - 1] * row;
+        task_base[s + 1] = task_base[s] + (n_q[s] + job.q_chunk - 1) / job.q_chunk * c->cfg.kv_heads;
+    }
+    job.q_off = q_off;
+    job.task_base = task_base;
+    /* tasks write disjoint rows of o: any schedule gives the same bits */
+    MLK__OMP(omp parallel for schedule(dynamic, 1) if(mlk__attn_fan_out(job.macs)))
+    for (int t = 0; t < (int)tasks; t++)
+        mlk__kv_attn_task(&job, t, q, o, slab0 + job.slab_bytes * (size_t)mlk__thread_id());
+    mlk__arena_done(&ar);
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st)
+{
+    if (!c || !st) return MLK_ERR_NULL;
+    st->blocks_total = c->cfg.num_blocks;
+    st->blocks_used = c->cfg.num_blocks - c->free_count;
+    st->bytes_total = (size_t)st->blocks_total * c->block_bytes;
+    st->bytes_used = (size_t)st->blocks_used * c->block_bytes;
+    st->seqs = c->live_seqs;
+    return MLK_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+/* ======================================================================
+   beam search
+   ====================================================================== */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One hypothesis of an item's pool; the pool is kept sorted, so a slot's
+   index is its rank. */
+typedef struct mlk__beam_hyp {
+    double logprob, score;
+    int len;         /* generated tokens, EOS included */
+    int finished;
+    int parent_call; /* index, in the previous callback call, of the sequence it extends */
+    int call_idx;    /* its own index in the current call (live hypotheses only) */
+} mlk__beam_hyp;
+
+/* A candidate for the next pool: a finished hypothesis kept as it is
+   (token -1) or the expansion of live hypothesis `rank` by `token`. */
+typedef struct mlk__beam_cand {
+    double logprob, score;
+    int finished, rank, token;
+} mlk__beam_cand;
+
+/* The contract's order: higher score, then finished, then lower parent rank,
+   then lower token id. */
+static int mlk__beam_better(const mlk__beam_cand *a, const mlk__beam_cand *b)
+{
+    if (a->score != b->score) return a->score > b->score;
+    if (a->finished != b->finished) return a->finished;
+    if (a->rank != b->rank) return a->rank < b->rank;
+    return a->token < b->token;
+}
+
+/* Inserts c into best[0..*n) (sorted, at most cap entries) if it makes the cut. */
+static void mlk__beam_offer(mlk__beam_cand *best, int *n, int cap, const mlk__beam_cand *c)
+{
+    int pos = *n;
+    while (pos > 0 && mlk__beam_better(c, &best[pos - 1])) pos--;
+    if (pos >= cap) return;
+    if (*n < cap) (*n)++;
+    memmove(best + pos + 1, best + pos, (size_t)(*n - 1 - pos) * sizeof *best);
+    best[pos] = *c;
+}
+
+/* Offers the k best expansions of live hypothesis h (rank r): lp, idx from
+   mlk_topk_log_softmax over its logits row. */
+static void mlk__beam_expand(mlk__beam_cand *best, int *n_best, int bw, const mlk__beam_hyp *h, int r,
+                             const float *lp, const int32_t *idx, int k, const float *logits, int vocab,
+                             int eos_id, double len_pen)
+{
+    mlk__beam_cand c;
+    int eos_seen = 0;
+    c.rank = r;
+    for (int j = 0; j < k && lp[j] != -INFINITY; j++) { /* -inf: masked, impossible */
+        c.token = idx[j];
+        c.logprob = h->logprob + (double)lp[j];
+        c.score = c.logprob / len_pen;
+        c.finished = c.token == eos_id;
+        eos_seen |= c.finished;
+        mlk__beam_offer(best, n_best, bw, &c);
+    }
+    /* top-k breaks ties by lower index, the search by finished first: an EOS
+       tied with the last of the k is a candidate too. */
+    if (eos_id >= 0 && !eos_seen && k < vocab && lp[k - 1] != -INFINITY &&
+        logits[eos_id] == logits[idx[k - 1]]) {
+        c.token = eos_id;
+        c.logprob = h->logprob + (double)lp[k - 1];
+        c.score = c.logprob / len_pen;
+        c.finished = 1;
+        mlk__beam_offer(best, n_best, bw, &c);
+    }
+}
+
+/* Everything a search keeps, carved from one allocation. Pools are
+   double-buffered (cur, 1 - cur); slot r of item b holds prompt + generated
+   tokens at seq[x] + item_off[b] + r * (prompt_lens[b] + max_new). */
+typedef struct mlk__beam_state {
+    const mlk_beam_config *cfg;
+    int batch, k;
+    const int *prompt_lens;
+    size_t *item_off;
+    int32_t *seq[2];
+    mlk__beam_hyp *hyp[2];     /* [batch * beam_width], sorted per item */
+    int *pool_n[2];            /* [batch]: hypotheses in each item's pool */
+    const int32_t **live_seqs; /* the callback's arguments, [batch * beam_width] */
+    int *live_lens, *live_parent;
+    float *logits;             /* [live, vocab], filled by the callback */
+    float *top_lp;             /* [live, k] */
+    int32_t *top_idx;
+    mlk__beam_cand *best;      /* [beam_width] */
+} mlk__beam_state;
+
+static int32_t *mlk__beam_slot(const mlk__beam_state *s, int x, int b, int r)
+{
+    size_t stride = (size_t)s->prompt_lens[b] + (size_t)s->cfg->max_new_tokens;
+    return s->seq[x] + s->item_off[b] + (size_t)r * stride;
+}
+
+/* Lists the unfinished hypotheses of every item as this step's callback
+   arguments; returns how many. */
+static int mlk__beam_gather(mlk__beam_state *s, int cur)
+{
+    int n_live = 0, bw = s->cfg->beam_width;
+    for (int b = 0; b < s->batch; b++)
+        for (int r = 0; r < s->pool_n[cur][b]; r++) {
+            mlk__beam_hyp *h = &s->hyp[cur][(size_t)b * bw + r];
+            if (h->finished) continue;
+            h->call_idx = n_live;
+            s->live_parent[n_live] = h->parent_call;
+            s->live_seqs[n_live] = mlk__beam_slot(s, cur, b, r);
+            s->live_lens[n_live] = s->prompt_lens[b] + h->len;
+            n_live++;
+        }
+    return n_live;
+}
+
+/* Item b's next pool: the beam_width best of its finished hypotheses and
+   the expansions of its live ones, written sorted into buffer 1 - cur. */
+static void mlk__beam_select(mlk__beam_state *s, int cur, int b, double len_pen)
+{
+    int bw = s->cfg->beam_width, k = s->k, vocab = s->cfg->vocab, nxt = 1 - cur, n_best = 0;
+    const mlk__beam_hyp *pool = s->hyp[cur] + (size_t)b * bw;
+    for (int r = 0; r < s->pool_n[cur][b]; r++) {
+        if (pool[r].finished) { /* competes with its frozen score */
+            mlk__beam_cand c;
+            c.logprob = pool[r].logprob;
+            c.score = pool[r].score;
+            c.finished = 1;
+            c.rank = r;
+            c.token = -1;
+            mlk__beam_offer(s->best, &n_best, bw, &c);
+        } else {
+            size_t row = (size_t)pool[r].call_idx;
+            mlk__beam_expand(s->best, &n_best, bw, &pool[r], r, s->top_lp + row * k, s->top_idx + row * k, k,
+                             s->logits + row * vocab, vocab, s->cfg->eos_id, len_pen);
+        }
+    }
+    for (int q = 0; q < n_best; q++) {
+        const mlk__beam_cand *c = &s->best[q];
+        const mlk__beam_hyp *src = &pool[c->rank];
+        mlk__beam_hyp *dst = &s->hyp[nxt][(size_t)b * bw + q];
+        int32_t *gen = mlk__beam_slot(s, nxt, b, q) + s->prompt_lens[b];
+        memcpy(gen, mlk__beam_slot(s, cur, b, c->rank) + s->prompt_lens[b], (size_t)src->len * sizeof(int32_t));
+        dst->logprob = c->logprob;
+        dst->score = c->score;
+        dst->finished = c->finished;
+        dst->len = src->len;
+        dst->parent_call = c->token < 0 ? -1 : src->call_idx;
+        if (c->token >= 0) gen[dst->len++] = c->token;
+    }
+    s->pool_n[nxt][b] = n_best;
+}
+
+/* Bytes of the state's allocation, carved in mlk__beam_carve's order;
+   SIZE_MAX on overflow. */
+static size_t mlk__beam_need(size_t seq_total, int batch, size_t slots, size_t n_logits, int k, int bw)
+{
+    size_t need = 0;
+    need = mlk__arena_need(need, seq_total * sizeof(int32_t));
+    need = mlk__arena_need(need, seq_total * sizeof(int32_t));
+    need = mlk__arena_need(need, (size_t)batch * sizeof(size_t));
+    need = mlk__arena_need(need, (size_t)batch * sizeof(int));
+    need = mlk__arena_need(need, (size_t)batch * sizeof(int));
+    need = mlk__arena_need(need, slots * sizeof(mlk__beam_hyp));
+    need = mlk__arena_need(need, slots * sizeof(mlk__beam_hyp));
+    need = mlk__arena_need(need, slots * sizeof(int32_t *));
+    need = mlk__arena_need(need, slots * sizeof(int));
+    need = mlk__arena_need(need, slots * sizeof(int));
+    need = mlk__arena_need(need, n_logits * sizeof(float));
+    need = mlk__arena_need(need, slots * (size_t)k * sizeof(float));
+    need = mlk__arena_need(need, slots * (size_t)k * sizeof(int32_t));
+    return mlk__arena_need(need, (size_t)bw * sizeof(mlk__beam_cand));
+}
+
+static void mlk__beam_carve(mlk__beam_state *s, mlk__arena *a, size_t seq_total, size_t slots, size_t n_logits)
+{
+    s->seq[0] = (int32_t *)mlk__arena_take(a, seq_total * sizeof(int32_t));
+    s->seq[1] = (int32_t *)mlk__arena_take(a, seq_total * sizeof(int32_t));
+    s->item_off = (size_t *)mlk__arena_take(a, (size_t)s->batch * sizeof(size_t));
+    s->pool_n[0] = (int *)mlk__arena_take(a, (size_t)s->batch * sizeof(int));
+    s->pool_n[1] = (int *)mlk__arena_take(a, (size_t)s->batch * sizeof(int));
+    s->hyp[0] = (mlk__beam_hyp *)mlk__arena_take(a, slots * sizeof(mlk__beam_hyp));
+    s->hyp[1] = (mlk__beam_hyp *)mlk__arena_take(a, slots * sizeof(mlk__beam_hyp));
+    s->live_seqs = (const int32_t **)mlk__arena_take(a, slots * sizeof(int32_t *));
+    s->live_lens = (int *)mlk__arena_take(a, slots * sizeof(int));
+    s->live_parent = (int *)mlk__arena_take(a, slots * sizeof(int));
+    s->logits = (float *)mlk__arena_take(a, n_logits * sizeof(float));
+    s->top_lp = (float *)mlk__arena_take(a, slots * (size_t)s->k * sizeof(float));
+    s->top_idx = (int32_t *)mlk__arena_take(a, slots * (size_t)s->k * sizeof(int32_t));
+    s->best = (mlk__beam_cand *)mlk__arena_take(a, (size_t)s->cfg->beam_width * sizeof(mlk__beam_cand));
+}
+
+/* Each item's pool starts as its prompt alone. Every slot of both buffers
+   gets the prompt, so a step copies only generated tokens. */
+static void mlk__beam_start(mlk__beam_state *s, const int32_t *const *prompts)
+{
+    int bw = s->cfg->beam_width, max_new = s->cfg->max_new_tokens;
+    for (int b = 0; b < s->batch; b++) {
+        mlk__beam_hyp *h = &s->hyp[0][(size_t)b * bw];
+        s->item_off[b] = b ? s->item_off[b - 1] + (size_t)bw * ((size_t)s->prompt_lens[b - 1] + (size_t)max_new) : 0;
+        for (int r = 0; r < bw; r++)
+            for (int x = 0; x < 2; x++)
+                memcpy(mlk__beam_slot(s, x, b, r), prompts[b], (size_t)s->prompt_lens[b] * sizeof(int32_t));
+        s->pool_n[0][b] = 1;
+        h->logprob = 0;
+        h->score = 0;
+        h->len = 0;
+        h->finished = 0;
+        h->parent_call = -1;
+    }
+}
+
+static void mlk__beam_output(const mlk__beam_state *s, int cur, int32_t *out_tokens, int *out_len,
+                             float *out_logprob, float *out_score)
+{
+    int bw = s->cfg->beam_width, max_new = s->cfg->max_new_tokens, n_ret = s->cfg->num_return;
+    for (int b = 0; b < s->batch; b++)
+        for (int q = 0; q < n_ret; q++) {
+            size_t o = (size_t)b * n_ret + q;
+            int32_t *toks = out_tokens + o * (size_t)max_new;
+            int len = 0;
+            if (q < s->pool_n[cur][b]) {
+                const mlk__beam_hyp *h = &s->hyp[cur][(size_t)b * bw + q];
+                len = h->len;
+                memcpy(toks, mlk__beam_slot(s, cur, b, q) + s->prompt_lens[b], (size_t)len * sizeof(int32_t));
+                if (out_logprob) out_logprob[o] = (float)h->logprob;
+                if (out_score) out_score[o] = (float)h->score;
+            } else {
+                if (out_logprob) out_logprob[o] = -INFINITY;
+                if (out_score) out_score[o] = -INFINITY;
+            }
+            for (int t = len; t < max_new; t++) toks[t] = -1;
+            out_len[o] = len;
+        }
+}
+
+MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
+    const int32_t *const *prompts, const int *prompt_lens,
+    mlk_logits_fn fn, void *user, int32_t *out_tokens, int *out_len,
+    float *out_logprob, float *out_score)
+{
+    int bw, vocab, max_new, cur = 0;
+    size_t slots, n_logits, n_check, seq_total = 0;
+    mlk__beam_state s;
+    mlk__arena arena;
+    mlk_status st;
+
+    if (!cfg || !prompts || !prompt_lens || !fn || !out_tokens || !out_len) return MLK_ERR_NULL;
+    bw = cfg->beam_width;
+    vocab = cfg->vocab;
+    max_new = cfg->max_new_tokens;
+    if (batch < 1 || bw < 1 || vocab < 1 || max_new < 1 || cfg->num_return < 1 || cfg->num_return > bw)
+        return MLK_ERR_SHAPE;
+    if (cfg->eos_id < -1 || cfg->eos_id >= vocab || !isfinite(cfg->length_penalty)) return MLK_ERR_ARG;
+    for (int b = 0; b < batch; b++) {
+        size_t item;
+        if (!prompts[b]) return MLK_ERR_NULL;
+        if (prompt_lens[b] < 1) return MLK_ERR_SHAPE;
+        if (prompt_lens[b] > INT_MAX - max_new) return MLK_ERR_OVERFLOW;
+        if (!mlk__mul_ok((size_t)bw, (size_t)(prompt_lens[b] + max_new), &item) ||
+            seq_total > SIZE_MAX / sizeof(int32_t) / 2 - item)
+            return MLK_ERR_OVERFLOW;
+        seq_total += item;
+    }
+    s.cfg = cfg;
+    s.batch = batch;
+    s.prompt_lens = prompt_lens;
+    /* Under pool semantics the best beam_width expansions of each beam are
+       enough: expansions of one beam share a length, so a beam's later tokens
+       lose to its earlier ones (HF takes 2x because it drops EOS candidates);
+       mlk__beam_expand adds an EOS that ties with the last. */
+    s.k = bw < vocab ? bw : vocab;
+    if (!mlk__count4(batch, bw, 1, 1, sizeof(mlk__beam_hyp) + 2 * sizeof(int) + sizeof(int32_t *), &slots) ||
+        !mlk__count4(batch, bw, vocab, 1, sizeof(float), &n_logits) ||
+        !mlk__count4(batch, bw, s.k, 1, sizeof(float) + sizeof(int32_t), &n_check) ||
+        !mlk__count4(batch, cfg->num_return, max_new, 1, sizeof(int32_t), &n_check))
+        return MLK_ERR_OVERFLOW;
+    st = mlk__arena_init(&arena, NULL, mlk__beam_need(seq_total, batch, slots, n_logits, s.k, bw));
+    if (st != MLK_OK) return st;
+    mlk__beam_carve(&s, &arena, seq_total, slots, n_logits);
+    mlk__beam_start(&s, prompts);
+
+    for (int step = 0; step < max_new; step++) {
+        double len_pen = pow((double)(step + 1), (double)cfg->length_penalty);
+        int n_live = mlk__beam_gather(&s, cur);
+        if (n_live == 0) break; /* every kept hypothesis is finished */
+        if (fn(user, n_live, s.live_parent, s.live_seqs, s.live_lens, s.logits) != 0) {
+            st = MLK_ERR_CALLBACK;
+            break;
+        }
+        st = mlk_topk_log_softmax(n_live, vocab, s.logits, s.k, s.top_lp, s.top_idx);
+        for (size_t i = 0; st == MLK_OK && i < (size_t)n_live * (size_t)s.k; i++)
+            if (s.top_lp[i] != s.top_lp[i]) st = MLK_ERR_VALUE; /* a +inf logit */
+        if (st != MLK_OK) break;
+        for (int b = 0; b < batch; b++) mlk__beam_select(&s, cur, b, len_pen);
+        cur = 1 - cur;
+    }
+    if (st == MLK_OK) mlk__beam_output(&s, cur, out_tokens, out_len, out_logprob, out_score);
+    mlk__arena_done(&arena);
+    return st;
+}
+
+#ifdef __cplusplus
+}
+#endif
+/* ======================================================================
+   tree speculative decoding
+   ====================================================================== */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Topological order with -1 for roots is what every tree function relies on. */
+static mlk_status mlk__tree_check(int n, const int *parent)
+{
+    for (int i = 0; i < n; i++)
+        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_tree_mask(int n, const int *parent, uint8_t *mask)
+{
+    size_t nn;
+    mlk_status st;
+    if (!parent || !mask) return MLK_ERR_NULL;
+    if (n < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(n, n, 1, 1, 1, &nn)) return MLK_ERR_OVERFLOW;
+    st = mlk__tree_check(n, parent);
+    if (st != MLK_OK) return st;
+    /* A node's row is its parent's row plus itself. */
+    for (int i = 0; i < n; i++) {
+        uint8_t *row = mask + (size_t)i * n;
+        if (parent[i] >= 0) memcpy(row, mask + (size_t)parent[i] * n, (size_t)n);
+        else memset(row, 0, (size_t)n);
+        memset(row + i, 0, (size_t)(n - i));
+        row[i] = 1;
+    }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_tree_depth(int n, const int *parent, int *depth)
+{
+    mlk_status st;
+    if (!parent || !depth) return MLK_ERR_NULL;
+    if (n < 1) return MLK_ERR_SHAPE;
+    st = mlk__tree_check(n, parent);
+    if (st != MLK_OK) return st;
+    for (int i = 0; i < n; i++) depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_tree_accept(int n, const int *parent, const int32_t *draft,
+    const int32_t *target, int *path, int *n_path, int32_t *bonus)
+{
+    int cur = -1, len = 0;
+    mlk_status st;
+    if (!parent || !draft || !target || !path || !n_path || !bonus) return MLK_ERR_NULL;
+    if (n < 1) return MLK_ERR_SHAPE;
+    st = mlk__tree_check(n, parent);
+    if (st != MLK_OK) return st;
+    /* Children of cur have larger indices, so one forward scan finds the
+       lowest-index matching child of each accepted node in turn. */
+    for (int i = 0; i < n; i++) {
+        if (parent[i] == cur && draft[i] == target[cur + 1]) {
+            path[len++] = i;
+            cur = i;
+        }
+    }
+    *n_path = len;
+    *bonus = target[cur + 1];
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len,
+    mlk_spec_stats *stats)
+{
+    int max_new, max_nodes, ctx_len, gen = 0, done = 0;
+    mlk_spec_stats s;
+    size_t need = 0;
+    mlk__arena arena;
+    int32_t *ctx, *tokens, *greedy;
+    int *parent, *path;
+    mlk_status st;
+
+    if (!cfg || !prompt || !out || !out_len || !cfg->draft || !cfg->verify) return MLK_ERR_NULL;
+    max_new = cfg->max_new_tokens;
+    max_nodes = cfg->max_nodes;
+    if (prompt_len < 1 || max_new < 1 || max_nodes < 1) return MLK_ERR_SHAPE;
+    if (cfg->eos_id < -1) return MLK_ERR_ARG;
+    if (prompt_len > INT_MAX - max_new || max_nodes == INT_MAX) return MLK_ERR_OVERFLOW;
+    need = mlk__arena_need(need, ((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
+    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int32_t));
+    need = mlk__arena_need(need, ((size_t)max_nodes + 1) * sizeof(int32_t));
+    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int));
+    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    ctx = (int32_t *)mlk__arena_take(&arena, ((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
+    tokens = (int32_t *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int32_t));
+    greedy = (int32_t *)mlk__arena_take(&arena, ((size_t)max_nodes + 1) * sizeof(int32_t));
+    parent = (int *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int));
+    path = (int *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int));
+    memcpy(ctx, prompt, (size_t)prompt_len * sizeof(int32_t));
+    ctx_len = prompt_len;
+    memset(&s, 0, sizeof s);
+
+    while (!done && gen < max_new) {
+        /* Only remaining - 1 draft tokens can be emitted before the bonus. */
+        int room = max_new - gen - 1 < max_nodes ? max_new - gen - 1 : max_nodes;
+        int n = 0, n_path = 0;
+        int32_t bonus;
+        if (room > 0 && cfg->draft(cfg->user, ctx, ctx_len, room, tokens, parent, &n) != 0) {
+            st = MLK_ERR_CALLBACK;
+            break;
+        }
+        if (n < 0 || n > room) { st = MLK_ERR_ARG; break; }
+        st = mlk__tree_check(n, parent);
+        if (st != MLK_OK) break;
+        if (cfg->verify(cfg->user, ctx, ctx_len, n, tokens, parent, greedy) != 0) {
+            st = MLK_ERR_CALLBACK;
+            break;
+        }
+        s.target_calls++;
+        s.drafted += n;
+        bonus = greedy[0];
+        if (n > 0) /* cannot fail: the tree was checked above */
+            mlk_tree_accept(n, parent, tokens, greedy, path, &n_path, &bonus);
+        if (cfg->accept && cfg->accept(cfg->user, n_path, path) != 0) {
+            st = MLK_ERR_CALLBACK;
+            break;
+        }
+        for (int j = 0; j <= n_path && !done && gen < max_new; j++) {
+            int32_t tok = j < n_path ? tokens[path[j]] : bonus;
+            ctx[ctx_len++] = tok;
+            gen++;
+            if (j < n_path) s.accepted++;
+            done = tok == cfg->eos_id;
+        }
+    }
+    if (st == MLK_OK) {
+        memcpy(out, ctx + prompt_len, (size_t)gen * sizeof(int32_t));
+        for (int t = gen; t < max_new; t++) out[t] = -1;
+        *out_len = gen;
+        s.mean_accepted = s.target_calls ? (float)s.accepted / (float)s.target_calls : 0.0f;
+        if (stats) *stats = s;
+    }
+    mlk__arena_done(&arena);
+    return st;
+}
+
+#ifdef __cplusplus
+}
+#endif
+/* ======================================================================
+   ternary (BitNet b1.58): implementation
+   ====================================================================== */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Below this many elements (or multiply-adds for the GEMM) a kernel runs on
+   one thread: waking a team costs more than the work. */
+#define MLK__TERN_PAR_MIN ((size_t)1 << 16)
+
+MLKERN_DEF size_t mlk_ternary_row_bytes(int cols)
+{
+    return cols > 0 ? ((size_t)cols + 3) / 4 : 0;
+}
+
+/* ---- weight quantisation ---- */
+
+/* Sum of |w| in double over fixed chunks (independent of the thread
+   count), summed in chunk order; *finite = 0 if any weight is NaN or inf. */
+#define MLK__TERN_CHUNKS 64
+static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
+{
+    double chunk_sum[MLK__TERN_CHUNKS], total = 0;
+    int chunk_ok[MLK__TERN_CHUNKS], ok = 1;
+    size_t per = (count + MLK__TERN_CHUNKS - 1) / MLK__TERN_CHUNKS;
+    int ch;
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
+        size_t lo = (size_t)ch * per, hi = lo + per, i;
+        double s = 0;
+        int good = 1;
+        if (lo > count) lo = count;
+        if (hi > count) hi = count;
+        for (i = lo; i < hi; i++) {
+            float a = fabsf(w[i]);
+            if (!(a <= FLT_MAX)) good = 0;
+            s += a;
+        }
+        chunk_sum[ch] = s;
+        chunk_ok[ch] = good;
+    }
+    for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
+        total += chunk_sum[ch];
+        ok &= chunk_ok[ch];
+    }
+    *finite = ok;
+    return total;
+}
+
+/* Code q + 1 of one weight; half = s / 2 is exact, so this is round half
+   away from zero of the exact quotient w / s, clamped to [-1, 1]. */
+static unsigned mlk__tern_code(float w, float half)
+{
+    return w >= half ? 2u : (w <= -half ? 0u : 1u);
+}
+
+static void mlk__tern_pack_row(const float *w, int cols, float half, uint8_t *out)
+{
+    size_t row_bytes = mlk_ternary_row_bytes(cols), b;
+    for (b = 0; b < row_bytes; b++) {
+        unsigned byte = 0;
+        int j;
+        for (j = 0; j < 4; j++) {
+            size_t c = 4 * b + (size_t)j;
+            unsigned code = c < (size_t)cols ? mlk__tern_code(w[c], half) : 1u;
+            byte |= code << (2 * j);
+        }
+        out[b] = (uint8_t)byte;
+    }
+}
+
+MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
+    uint8_t *packed, float *scale)
+{
+    size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes;
+    double abs_sum;
+    float s, half;
+    int finite, r;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
+    if (!w || !packed || !scale) return MLK_ERR_NULL;
+    if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
+        !mlk__mul_ok((size_t)rows, row_bytes, &packed_bytes))
+        return MLK_ERR_OVERFLOW;
+    abs_sum = mlk__tern_abs_sum(w, count, &finite);
+    if (!finite) return MLK_ERR_VALUE;
+    s = (float)(abs_sum / (double)count);
+    if (!(s >= MLK_TERNARY_EPS)) s = MLK_TERNARY_EPS;
+    half = 0.5f * s;
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    for (r = 0; r < rows; r++)
+        mlk__tern_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
+    *scale = s;
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *packed,
+    float scale, float *w)
+{
+    size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes, b;
+    int r;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
+    if (!packed || !w) return MLK_ERR_NULL;
+    if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
+        !mlk__mul_ok((size_t)rows, row_bytes, &packed_bytes))
+        return MLK_ERR_OVERFLOW;
+    for (b = 0; b < packed_bytes; b++) /* a code 3 has both bits of a pair set */
+        if (packed[b] & (packed[b] >> 1) & 0x55) return MLK_ERR_VALUE;
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    for (r = 0; r < rows; r++) {
+        const uint8_t *row = packed + (size_t)r * row_bytes;
+        float *out = w + (size_t)r * cols;
+        int c;
+        for (c = 0; c < cols; c++)
+            out[c] = scale * (float)((int)((row[c >> 2] >> (2 * (c & 3))) & 3) - 1);
+    }
+    return MLK_OK;
+}
+
+/* ---- activation quantisation ---- */
+
+static float mlk__tern_row_absmax(const float *x, int cols)
+{
+    float amax = 0;
+    int c = 0;
+#if defined(MLK__AVX2)
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 vmax = _mm256_setzero_ps();
+    __m128 m4;
+    for (; c + 8 <= cols; c += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask));
+    m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    amax = _mm_cvtss_f32(m4);
+#endif
+    for (; c < cols; c++) {
+        float a = fabsf(x[c]);
+        amax = a > amax ? a : amax;
+    }
+    return amax;
+}
+
+/* q = round(x * inv) half away from zero, clamped to [-127, 127]: t is
+   the truncation and x * inv - t is exact, so the halves are decided
+   exactly (and the loop vectorises, unlike roundf). */
+static void mlk__tern_quant_row(const float *x, int cols, float inv, int8_t *q)
+{
+    int c;
+    for (c = 0; c < cols; c++) {
+        float v = x[c] * inv;
+        int t = (int)v;
+        float frac = v - (float)t;
+        t += (frac >= 0.5f) - (frac <= -0.5f);
+        q[c] = (int8_t)(t > 127 ? 127 : (t < -127 ? -127 : t));
+    }
+}
+
+MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
+    int8_t *xq, float *xscale)
+{
+    size_t count, i;
+    int r, finite = 1;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
+    if (!x || !xq || !xscale) return MLK_ERR_NULL;
+    if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    for (i = 0; i < count; i++)
+        finite &= fabsf(x[i]) <= FLT_MAX;
+    if (!finite) return MLK_ERR_VALUE;
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    for (r = 0; r < rows; r++) {
+        float amax = mlk__tern_row_absmax(x + (size_t)r * cols, cols);
+        mlk__tern_quant_row(x + (size_t)r * cols, cols, amax > 0 ? 127.0f / amax : 0.0f,
+                            xq + (size_t)r * cols);
+        xscale[r] = amax / 127.0f;
+    }
+    return MLK_OK;
+}
+
+/* ---- ternary GEMM ---- */
+
+/* Whether an m x n x k ternary GEMM is worth a thread team (OpenMP only). */
+MLK__MAYBE_UNUSED static int mlk__tern_parallel(int m, int n, int k)
+{
+    return (double)m * n * k >= 16.0 * MLK__TERN_PAR_MIN;
+}
+
+static float mlk__tern_output(int32_t dot, float xscale, float wscale)
+{
+    return (float)dot * (xscale * wscale);
+}
+
+/* Reference dot product of one int8 row with one packed row: exact int32,
+   a byte (four weights) at a time, then the last partial byte. */
+MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_t *wrow, int k)
+{
+    int32_t acc = 0;
+    int b, c;
+    for (b = 0; b < k / 4; b++) {
+        const int8_t *x4 = x + 4 * b;
+        unsigned byte = wrow[b];
+        acc += x4[0] * ((int32_t)(byte & 3) - 1) + x4[1] * ((int32_t)((byte >> 2) & 3) - 1) +
+               x4[2] * ((int32_t)((byte >> 4) & 3) - 1) + x4[3] * ((int32_t)(byte >> 6) - 1);
+    }
+    for (c = k / 4 * 4; c < k; c++)
+        acc += (int32_t)x[c] * ((int32_t)((wrow[c >> 2] >> (2 * (c & 3))) & 3) - 1);
+    return acc;
+}
+
+/* Reference GEMM: one output column (weight row) per iteration. */
+MLK__MAYBE_UNUSED static void mlk__tern_gemm_ref(int m, int n, int k, const int8_t *xq,
+    const float *xscale, const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t row_bytes = mlk_ternary_row_bytes(k);
+    int j;
+    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
+    for (j = 0; j < n; j++) {
+        const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
+        int i;
+        for (i = 0; i < m; i++)
+            y[(size_t)i * n + j] = mlk__tern_output(
+                mlk__tern_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
+    }
+}
+
+#if defined(MLK__AVX2)
+/* AVX2: 32 packed bytes hold 128 weights; byte j of a 128-block holds
+   weights 4j .. 4j+3, so shifting the bytes by 0, 2, 4, 6 gives four
+   vectors of codes {0,1,2} for weights 4j + s. The activations are permuted
+   once per call to match (xp[128t + 32s + j] = x[128t + 4j + s], zero
+   padded), then maddubs(codes as u8, x as s8) gives exact int16 pair sums
+   (|c0 x0 + c1 x1| <= 512), and sum c * x - sum x = sum q * x.
+   Four pair sums per block and MLK__TERN_WIDEN blocks per int16 lane stay
+   within 8 * 4 * 512 = 16384 < 32767 even for x = -128, then widen. */
+#define MLK__TERN_MR 4     /* activation rows per micro-kernel call */
+#define MLK__TERN_WIDEN 8  /* 128-weight blocks summed in int16 lanes */
+#define MLK__TERN_NCHUNK 16 /* weight rows per thread task */
+
+/* Permutes one 128-byte block: out[32s + j] = x[4j + s]. Within each
+   16-byte lane, pshufb groups the bytes by s (dword s holds s of 4 j's);
+   permd orders the dwords to qwords (s0 s1 s2 s3) of 8 j's each; a 4 x 4
+   qword transpose then gathers qword s of every vector into out_s. */
+static void mlk__tern_permute_block(const int8_t *x, int8_t *out)
+{
+    const __m256i by_s = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                          0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i dword_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i v[4], lo01, hi01, lo23, hi23;
+    int q;
+    for (q = 0; q < 4; q++)
+        v[q] = _mm256_permutevar8x32_epi32(
+            _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + 32 * q)), by_s), dword_order);
+    lo01 = _mm256_unpacklo_epi64(v[0], v[1]); /* q0 of v0 v1 | q2 of v0 v1 */
+    hi01 = _mm256_unpackhi_epi64(v[0], v[1]); /* q1 | q3 */
+    lo23 = _mm256_unpacklo_epi64(v[2], v[3]);
+    hi23 = _mm256_unpackhi_epi64(v[2], v[3]);
+    _mm256_storeu_si256((__m256i *)out, _mm256_permute2x128_si256(lo01, lo23, 0x20));
+    _mm256_storeu_si256((__m256i *)(out + 32), _mm256_permute2x128_si256(hi01, hi23, 0x20));
+    _mm256_storeu_si256((__m256i *)(out + 64), _mm256_permute2x128_si256(lo01, lo23, 0x31));
+    _mm256_storeu_si256((__m256i *)(out + 96), _mm256_permute2x128_si256(hi01, hi23, 0x31));
+}
+
+/* One activation row into the kernel's order (zero padded to kpad), and
+   its sum. */
+static void mlk__tern_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp, int32_t *row_sum)
+{
+    size_t full = (size_t)k / 128 * 128, t;
+    int8_t last[128];
+    int32_t sum = 0;
+    int c;
+    for (c = 0; c < k; c++) sum += x[c];
+    *row_sum = sum;
+    for (t = 0; t < full; t += 128) mlk__tern_permute_block(x + t, xp + t);
+    if (full < kpad) {
+        memset(last, 0, sizeof last);
+        memcpy(last, x + full, (size_t)k - full);
+        mlk__tern_permute_block(last, xp + full);
+    }
+}
+
+/* acc16[r] += pair sums of one 128-weight block for rows r < rows. */
+static inline void mlk__tern_block(__m256i wbytes, const int8_t *xp, size_t x_stride,
+                                   int rows, __m256i *acc16)
+{
+    const __m256i mask = _mm256_set1_epi8(3);
+    __m256i c0 = _mm256_and_si256(wbytes, mask);
+    __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 2), mask);
+    __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 4), mask);
+    __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 6), mask);
+    int r;
+    for (r = 0; r < rows; r++) {
+        const int8_t *xr = xp + (size_t)r * x_stride;
+        __m256i s01 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i *)xr)),
+            _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i *)(xr + 32))));
+        __m256i s23 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i *)(xr + 64))),
+            _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i *)(xr + 96))));
+        acc16[r] = _mm256_add_epi16(acc16[r], _mm256_add_epi16(s01, s23));
+    }
+}
+
+/* dot[r] = sum of the 8 int32 lanes of acc[r], r < rows. */
+static inline void mlk__tern_hsum(const __m256i *acc, int rows, int32_t *dot)
+{
+    int r;
+    if (rows == 4) { /* four rows at once: two rounds of pairwise adds */
+        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+        _mm_storeu_si128((__m128i *)dot, _mm_add_epi32(_mm256_castsi256_si128(s),
+                                                       _mm256_extracti128_si256(s, 1)));
+        return;
+    }
+    for (r = 0; r < rows; r++) {
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[r]), _mm256_extracti128_si256(acc[r], 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        dot[r] = _mm_cvtsi128_si32(s);
+    }
+}
+
+/* dot[r] = sum_c code(c) * x_r(c) of one packed weight row (`full` whole
+   32-byte blocks, then `tail`: NULL or the zero-padded last block) with
+   `rows` permuted activation rows (1 .. MLK__TERN_MR; inlined per constant). */
+static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t full, const uint8_t *tail,
+                                      const int8_t *xp, size_t x_stride, int rows, int32_t *dot)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc16[MLK__TERN_MR], acc32[MLK__TERN_MR];
+    size_t b0, b;
+    int r;
+    for (r = 0; r < rows; r++) {
+        acc16[r] = _mm256_setzero_si256();
+        acc32[r] = _mm256_setzero_si256();
+    }
+    for (b0 = 0; b0 < full; b0 += MLK__TERN_WIDEN) {
+        size_t b1 = b0 + MLK__TERN_WIDEN < full ? b0 + MLK__TERN_WIDEN : full;
+        for (b = b0; b < b1; b++)
+            mlk__tern_block(_mm256_loadu_si256((const __m256i *)(wrow + 32 * b)), xp + 128 * b,
+                            x_stride, rows, acc16);
+        for (r = 0; r < rows; r++) {
+            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+            acc16[r] = _mm256_setzero_si256();
+        }
+    }
+    if (tail) {
+        mlk__tern_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride,
+                        rows, acc16);
+        for (r = 0; r < rows; r++)
+            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+    }
+    mlk__tern_hsum(acc32, rows, dot);
+}
+
+/* The GEMM on permuted activations: threads take chunks of weight rows
+   (output columns); within one, MLK__TERN_MR activation rows at a time. */
+static void mlk__tern_gemm_panels(int m, int n, int k, const int8_t *xp, size_t kpad,
+    const int32_t *row_sum, const float *xscale, const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t row_bytes = mlk_ternary_row_bytes(k), full = row_bytes / 32, tail = row_bytes % 32;
+    int n_chunks = (n + MLK__TERN_NCHUNK - 1) / MLK__TERN_NCHUNK, ch;
+    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
+    for (ch = 0; ch < n_chunks; ch++) {
+        int j0 = ch * MLK__TERN_NCHUNK, j1 = j0 + MLK__TERN_NCHUNK < n ? j0 + MLK__TERN_NCHUNK : n;
+        int i = 0, j, r;
+        int32_t dot[MLK__TERN_MR];
+        uint8_t tails[MLK__TERN_NCHUNK][32]; /* each row's last bytes, zero padded */
+        for (j = j0; tail && j < j1; j++) {
+            memset(tails[j - j0], 0, 32);
+            memcpy(tails[j - j0], wpacked + (size_t)j * row_bytes + 32 * full, tail);
+        }
+        for (; i + MLK__TERN_MR <= m; i += MLK__TERN_MR)
+            for (j = j0; j < j1; j++) {
+                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                                   xp + (size_t)i * kpad, kpad, MLK__TERN_MR, dot);
+                for (r = 0; r < MLK__TERN_MR; r++)
+                    y[(size_t)(i + r) * n + j] =
+                        mlk__tern_output(dot[r] - row_sum[i + r], xscale[i + r], wscale);
+            }
+        for (; i < m; i++)
+            for (j = j0; j < j1; j++) {
+                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                                   xp + (size_t)i * kpad, kpad, 1, dot);
+                y[(size_t)i * n + j] = mlk__tern_output(dot[0] - row_sum[i], xscale[i], wscale);
+            }
+    }
+}
+
+/* Permutes the activations into scratch, then runs the panels. */
+static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, const float *xscale,
+                                      const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t kpad = ((size_t)k + 127) / 128 * 128, xp_bytes;
+    mlk__arena arena;
+    int8_t *xp;
+    int32_t *row_sum;
+    mlk_status st;
+    int i;
+    if (!mlk__mul_ok((size_t)m, kpad, &xp_bytes)) return MLK_ERR_OVERFLOW;
+    st = mlk__arena_init(&arena, NULL,
+                         mlk__arena_need(mlk__arena_need(0, xp_bytes), (size_t)m * sizeof(int32_t)));
+    if (st != MLK_OK) return st;
+    xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
+    row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
+    MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__TERN_PAR_MIN))
+    for (i = 0; i < m; i++)
+        mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
+    mlk__tern_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
+    mlk__arena_done(&arena);
+    return MLK_OK;
+}
+#endif
+
+MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
+    const float *xscale, const uint8_t *wpacked, float wscale, float *y)
+{
+    size_t x_count, y_count, w_bytes, row_bytes = mlk_ternary_row_bytes(k);
+    if (m < 1 || n < 1 || k < 1) return MLK_ERR_SHAPE;
+    if (!xq || !xscale || !wpacked || !y) return MLK_ERR_NULL;
+    if (k > MLK_TERNARY_MAX_K || !mlk__count4(m, k, 1, 1, 1, &x_count) ||
+        !mlk__count4(m, n, 1, 1, sizeof(float), &y_count) ||
+        !mlk__mul_ok((size_t)n, row_bytes, &w_bytes))
+        return MLK_ERR_OVERFLOW;
+#if defined(MLK__AVX2)
+    return mlk__tern_gemm_avx2(m, n, k, xq, xscale, wpacked, wscale, y);
+#else
+    mlk__tern_gemm_ref(m, n, k, xq, xscale, wpacked, wscale, y);
+    return MLK_OK;
+#endif
+}
+
+/* ---- BitLinear training ---- */
+
+/* Sizes shared by the BitLinear entry points: x [m, k], w [n, k], y [m, n]. */
+static mlk_status mlk__bitlinear_sizes(int m, int n, int k, size_t *x_count, size_t *w_count)
+{
+    size_t y_count;
+    if (m < 1 || n < 1 || k < 1) return MLK_ERR_SHAPE;
+    if (k > MLK_TERNARY_MAX_K || !mlk__count4(m, k, 1, 1, sizeof(float), x_count) ||
+        !mlk__count4(n, k, 1, 1, sizeof(float), w_count) ||
+        !mlk__count4(m, n, 1, 1, sizeof(float), &y_count))
+        return MLK_ERR_OVERFLOW;
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
+    const float *w, float *y)
+{
+    size_t x_count, w_count, w_bytes;
+    mlk__arena arena;
+    int8_t *xq;
+    float *xscale, wscale;
+    uint8_t *wpacked;
+    mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
+    if (st != MLK_OK) return st;
+    if (!x || !w || !y) return MLK_ERR_NULL;
+    w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
+    st = mlk__arena_init(&arena, NULL, mlk__arena_need(mlk__arena_need(mlk__arena_need(0,
+                         x_count), (size_t)m * sizeof(float)), w_bytes));
+    if (st != MLK_OK) return st;
+    xq = (int8_t *)mlk__arena_take(&arena, x_count);
+    xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
+    wpacked = (uint8_t *)mlk__arena_take(&arena, w_bytes);
+    st = mlk_act_quant_i8(m, k, x, xq, xscale);
+    if (st == MLK_OK) st = mlk_ternary_quant(n, k, w, wpacked, &wscale);
+    if (st == MLK_OK) st = mlk_ternary_gemm(m, n, k, xq, xscale, wpacked, wscale, y);
+    mlk__arena_done(&arena);
+    return st;
+}
+
+MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
+    const float *w, const float *dy, float *dx, float *dw)
+{
+    size_t x_count, w_count, w_bytes, need = 0;
+    mlk__arena arena;
+    int8_t *xq = NULL;
+    float *xscale = NULL, *x_hat = NULL, *w_hat = NULL, wscale = 0;
+    uint8_t *wpacked = NULL;
+    mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
+    if (st != MLK_OK) return st;
+    if (!x || !w || !dy) return MLK_ERR_NULL;
+    if (!dx && !dw) return MLK_OK;
+    w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
+    if (dx) need = mlk__arena_need(mlk__arena_need(need, w_bytes), w_count * sizeof(float));
+    if (dw) need = mlk__arena_need(mlk__arena_need(mlk__arena_need(need, x_count),
+                                   (size_t)m * sizeof(float)), x_count * sizeof(float));
+    st = mlk__arena_init(&arena, NULL, need);
+    if (st != MLK_OK) return st;
+    /* quantise both first: a bad value fails before any output is written */
+    if (dx) {
+        wpacked = (uint8_t *)mlk__arena_take(&arena, w_bytes);
+        w_hat = (float *)mlk__arena_take(&arena, w_count * sizeof(float));
+        st = mlk_ternary_quant(n, k, w, wpacked, &wscale);
+        if (st == MLK_OK) st = mlk_ternary_dequant(n, k, wpacked, wscale, w_hat);
+    }
+    if (dw && st == MLK_OK) {
+        size_t i;
+        xq = (int8_t *)mlk__arena_take(&arena, x_count);
+        xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
+        x_hat = (float *)mlk__arena_take(&arena, x_count * sizeof(float));
+        st = mlk_act_quant_i8(m, k, x, xq, xscale);
+        if (st == MLK_OK)
+            for (i = 0; i < x_count; i++) x_hat[i] = (float)xq[i] * xscale[i / (size_t)k];
+    }
+    if (dx && st == MLK_OK) /* dx [m, k] = dy [m, n] * W^ [n, k] */
+        st = mlk_sgemm(0, 0, m, k, n, 1.0f, dy, n, w_hat, k, 0.0f, dx, k);
+    if (dw && st == MLK_OK) /* dw [n, k] = dy^T [n, m] * x^ [m, k] */
+        st = mlk_sgemm(1, 0, n, k, m, 1.0f, dy, n, x_hat, k, 0.0f, dw, k);
+    mlk__arena_done(&arena);
+    return st;
+}
+
+/* ---- AdamW ---- */
+
+MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
+    float *m, float *v, const mlk_adamw_config *cfg, int step)
+{
+    float decay, step_size, bc2_sqrt, beta1, beta2, eps;
+    int i;
+    if (n < 1) return MLK_ERR_SHAPE;
+    if (!param || !grad || !m || !v || !cfg) return MLK_ERR_NULL;
+    if (step < 1 || !(cfg->lr >= 0 && cfg->lr <= FLT_MAX) || !(cfg->eps >= 0 && cfg->eps <= FLT_MAX) ||
+        !(cfg->weight_decay >= 0 && cfg->weight_decay <= FLT_MAX) ||
+        !(cfg->beta1 >= 0 && cfg->beta1 < 1) || !(cfg->beta2 >= 0 && cfg->beta2 < 1))
+        return MLK_ERR_ARG;
+    beta1 = cfg->beta1;
+    beta2 = cfg->beta2;
+    eps = cfg->eps;
+    /* scalars in double as PyTorch's Python floats, then used in float */
+    decay = (float)(1.0 - (double)cfg->lr * cfg->weight_decay);
+    step_size = (float)((double)cfg->lr / (1.0 - pow((double)beta1, (double)step)));
+    bc2_sqrt = (float)sqrt(1.0 - pow((double)beta2, (double)step));
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)n >= MLK__TERN_PAR_MIN))
+    for (i = 0; i < n; i++) {
+        float g = grad[i], p = param[i] * decay;
+        float m1 = beta1 * m[i] + (1.0f - beta1) * g;
+        float v1 = v[i] * beta2 + (1.0f - beta2) * g * g;
+        m[i] = m1;
+        v[i] = v1;
+        param[i] = p - step_size * (m1 / (sqrtf(v1) / bc2_sqrt + eps));
+    }
+    return MLK_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* MLKERN_IMPLEMENTATION_DONE */
 #endif /* MLKERN_IMPLEMENTATION */

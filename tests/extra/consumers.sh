@@ -73,8 +73,7 @@ $cxx -o "$tmp/pc_cxx" "$tmp/main.o" "$tmp/impl.o" $libs
 run_consumer "$tmp/pc_cxx" off
 
 echo "== the README's first program, through pkg-config, prints what the README shows"
-doc=docs/readme/00_intro.md
-[ -f "$doc" ] || doc=README.md
+doc=README.md
 awk '/^```c$/ { on = 1; next } /^```$/ { if (on) exit } on' "$doc" > "$tmp/first.c"
 sed -n 's/^    \(position [0-9]*: token .*\)/\1/p' "$doc" > "$tmp/first.expected"
 if [ ! -s "$tmp/first.c" ] || [ ! -s "$tmp/first.expected" ]; then
@@ -107,13 +106,13 @@ tar -czf "$tmp/mlkern.tar.gz" --exclude=./build --exclude=./.git -C "$repo" . ||
 cmake_consumer "$tmp/fetch" $openmp -DMLKERN_MODE=fetchcontent -DMLKERN_SOURCE="file://$tmp/mlkern.tar.gz"
 
 echo "== make uninstall leaves only files that are not ours"
-mkdir -p "$tmp/prefix/include/src" "$tmp/prefix/share/cmake/other"
-for f in include/other.h include/src/other.h share/pkgconfig/other.pc share/cmake/other/otherConfig.cmake; do
+mkdir -p "$tmp/prefix/include/other" "$tmp/prefix/share/cmake/other"
+for f in include/other.h include/other/other.h share/pkgconfig/other.pc share/cmake/other/otherConfig.cmake; do
     echo keep > "$tmp/prefix/$f"
 done
 $make -s --no-print-directory uninstall PREFIX="$tmp/prefix" DESTDIR= > /dev/null
 left=$(cd "$tmp/prefix" && find . -type f | sort | tr '\n' ' ')
-[ "$left" = "./include/other.h ./include/src/other.h ./share/cmake/other/otherConfig.cmake ./share/pkgconfig/other.pc " ] ||
+[ "$left" = "./include/other.h ./include/other/other.h ./share/cmake/other/otherConfig.cmake ./share/pkgconfig/other.pc " ] ||
     fail "after uninstall: $left"
 [ ! -e "$tmp/prefix/share/cmake/mlkern" ] || fail "share/cmake/mlkern left behind"
 $make -s --no-print-directory uninstall DESTDIR="$tmp/stage" PREFIX=/opt/mlkern > /dev/null

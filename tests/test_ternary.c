@@ -305,32 +305,29 @@ static void tq_ref_fake_quant(int m, int n, int k, const float *x, const float *
 
 /* STE surrogates: sum dy * (x W^T) with W^ frozen (its gradient in x is
    dx), and sum dy * (x^ W^T) with x^ frozen (its gradient in W is dw). */
-static double tq_surrogate_x(void *ctx, const double *x)
+static double tq_surrogate(const tq_bitlinear_ref *p, const double *x, const double *w)
 {
-    const tq_bitlinear_ref *p = (const tq_bitlinear_ref *)ctx;
     double total = 0;
     int i, j, c;
     for (i = 0; i < p->m; i++)
         for (j = 0; j < p->n; j++) {
             double dot = 0;
-            for (c = 0; c < p->k; c++) dot += x[(size_t)i * p->k + c] * p->w_hat[(size_t)j * p->k + c];
+            for (c = 0; c < p->k; c++) dot += x[(size_t)i * p->k + c] * w[(size_t)j * p->k + c];
             total += p->dy[(size_t)i * p->n + j] * dot;
         }
     return total;
 }
 
+static double tq_surrogate_x(void *ctx, const double *x)
+{
+    const tq_bitlinear_ref *p = (const tq_bitlinear_ref *)ctx;
+    return tq_surrogate(p, x, p->w_hat);
+}
+
 static double tq_surrogate_w(void *ctx, const double *w)
 {
     const tq_bitlinear_ref *p = (const tq_bitlinear_ref *)ctx;
-    double total = 0;
-    int i, j, c;
-    for (i = 0; i < p->m; i++)
-        for (j = 0; j < p->n; j++) {
-            double dot = 0;
-            for (c = 0; c < p->k; c++) dot += p->x_hat[(size_t)i * p->k + c] * w[(size_t)j * p->k + c];
-            total += p->dy[(size_t)i * p->n + j] * dot;
-        }
-    return total;
+    return tq_surrogate(p, p->x_hat, w);
 }
 
 /* max error of the naive float32 product a [rows, inner] * b [inner, cols]

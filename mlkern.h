@@ -101,7 +101,8 @@ typedef enum mlk_status {
     MLK_ERR_TREE,     /* bad parent array */
     MLK_ERR_VALUE,    /* NaN logits, all -inf row, ... */
     MLK_ERR_CALLBACK, /* a user callback returned non-zero */
-    MLK_ERR_ARG       /* any other bad argument */
+    MLK_ERR_ARG,      /* any other bad argument (a workspace too small, ...) */
+    MLK_ERR_CUDA      /* a CUDA runtime call failed (mlkern_cuda.cuh: mlk_cuda_last_error) */
 } mlk_status;
 
 MLKERN_DEF const char *mlk_status_str(mlk_status s);
@@ -218,12 +219,18 @@ typedef struct mlk_attn_desc {
     const int *tree_parent;       /* NULL or [len_q]: tree mask */
     mlk_layout layout;            /* of q, k, v, o and their gradients */
     int tile_q, tile_kv;          /* 0 => tuned defaults */
-    void *workspace;              /* NULL or mlk_attn_workspace_size(d) bytes */
+    void *workspace;              /* NULL (allocate per call) or a caller buffer */
+    size_t workspace_bytes;       /* size of workspace; checked, never exceeded */
+    int threads;                  /* most threads to use; 0 => OpenMP's maximum */
 } mlk_attn_desc;
 
-/* Bytes of scratch mlk_attn_fwd and mlk_attn_bwd need for d at the current
-   OpenMP thread count (0 if d is invalid). Pass a buffer that large as
-   d->workspace to run without allocating. */
+/* Bytes of scratch mlk_attn_fwd and mlk_attn_bwd need to run d on
+   d->threads threads (0: omp_get_max_threads() at the time of this call),
+   or 0 if d is invalid (its pointed-to kv_len and tree_parent included).
+   Pass a buffer of that size as d->workspace with d->workspace_bytes set to
+   run without allocating. A call never writes past workspace_bytes: it runs
+   on as many threads as the buffer has room for, and a buffer too small for
+   one thread is MLK_ERR_ARG with nothing written. */
 MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d);
 /* o = softmax(mask(scale q k^T)) v, tiled with the online softmax; never
    materialises len_q x len_kv. q, o: [B,Hq,Nq,D] or [B,Nq,Hq,D]; k, v: the
@@ -542,6 +549,7 @@ MLKERN_DEF const char *mlk_status_str(mlk_status s)
     case MLK_ERR_VALUE: return "bad value (NaN or all -inf)";
     case MLK_ERR_CALLBACK: return "callback aborted";
     case MLK_ERR_ARG: return "bad argument";
+    case MLK_ERR_CUDA: return "CUDA runtime error";
     }
     return "unknown status";
 }
@@ -2188,15 +2196,17 @@ static mlk_status mlk__attn_tree_depth(int n, const int *parent, int *depth)
     return MLK_OK;
 }
 
-static int mlk__attn_key_pos(const mlk__attn_mask *m, int j)
+/* Positions and bounds are long long: a window of INT_MAX ("unbounded")
+   plus a position must not overflow. */
+static long long mlk__attn_key_pos(const mlk__attn_mask *m, int j)
 {
     int off = m->n_keys - m->n_q;
-    return (m->tree_parent && j >= off) ? off + m->tree_depth[j - off] : j;
+    return (m->tree_parent && j >= off) ? (long long)off + m->tree_depth[j - off] : j;
 }
 
-static int mlk__attn_query_pos(const mlk__attn_mask *m, int i)
+static long long mlk__attn_query_pos(const mlk__attn_mask *m, int i)
 {
-    int off = m->n_keys - m->n_q;
+    long long off = (long long)m->n_keys - m->n_q;
     return m->tree_parent ? off + m->tree_depth[i] : i + off;
 }
 
@@ -2215,7 +2225,7 @@ static int mlk__attn_visible(const mlk__attn_mask *m, int i, int j)
         return 0;
     }
     if (m->window > 0) {
-        int pq = mlk__attn_query_pos(m, i), pk = mlk__attn_key_pos(m, j);
+        long long pq = mlk__attn_query_pos(m, i), pk = mlk__attn_key_pos(m, j);
         if (m->causal || m->tree_parent) return pk > pq - m->window;
         return pk - pq < m->window && pq - pk < m->window;
     }
@@ -2226,7 +2236,7 @@ static int mlk__attn_visible(const mlk__attn_mask *m, int i, int j)
    callers skip all tiles outside it (empty when *hi == *lo). */
 static void mlk__attn_key_range(const mlk__attn_mask *m, int qa, int qb, int *lo, int *hi)
 {
-    int off = m->n_keys - m->n_q, l = 0, h = m->n_keys;
+    long long off = (long long)m->n_keys - m->n_q, l = 0, h = m->n_keys;
     if (m->tree_parent) {
         h = off + qb < h ? off + qb : h;  /* node qb-1's own key is the last one */
         if (m->window > 0) l = off - m->window + 1; /* depth >= 0: conservative */
@@ -2239,14 +2249,14 @@ static void mlk__attn_key_range(const mlk__attn_mask *m, int qa, int qb, int *lo
     }
     if (l < 0) l = 0;
     if (h < l) h = l;
-    *lo = l;
-    *hi = h;
+    *lo = (int)l; /* 0 <= l <= h <= n_keys */
+    *hi = (int)h;
 }
 
 /* 1 when every query in [qa, qb) sees every key in [k0, k1): no masking. */
 static int mlk__attn_tile_full(const mlk__attn_mask *m, int qa, int qb, int k0, int k1)
 {
-    int off = m->n_keys - m->n_q;
+    long long off = (long long)m->n_keys - m->n_q;
     if (k0 < 0 || k1 > m->n_keys) return 0;
     if (m->tree_parent) return k1 <= off && m->window <= 0;
     if (m->causal && k1 - 1 > qa + off) return 0;
@@ -2701,13 +2711,15 @@ typedef struct mlk__attn_rows {
     float *k_t;     /* [head_dim][kv_pad] key tile, transposed */
     float *v_pack;  /* [kv_pad][dpad] value tile */
     float *row_max, *l_sum; /* [n_rows] */
+    float *zero_row; /* [dpad] zeros: stands in for a masked non-finite value row */
+    int *bad;        /* [kv_pad] keys of the tile whose value row is not finite */
 } mlk__attn_rows;
 
 static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
 {
     size_t dp = (size_t)mlk__attn_pad(head_dim), kp = (size_t)mlk__attn_pad(tile_kv), r = (size_t)n_rows;
     return 2 * kp * sizeof(const unsigned char *) +
-           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r) * sizeof(float);
+           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r + dp) * sizeof(float) + kp * sizeof(int);
 }
 
 /* 1 when the task takes its tiles as typed rows (mlk__attn_rows_update_typed):
@@ -2739,6 +2751,9 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
     st->v_pack = st->k_t + (size_t)head_dim * st->kv_pad;
     st->row_max = st->v_pack + (size_t)st->kv_pad * st->dpad;
     st->l_sum = st->row_max + st->n_rows;
+    st->zero_row = st->l_sum + st->n_rows;
+    st->bad = (int *)(void *)(st->zero_row + st->dpad);
+    memset(st->zero_row, 0, (size_t)st->dpad * sizeof(float));
     for (int r = 0; r < st->n_rows; r++) {
         const float *qr = q + (size_t)(r / group) * q_tok + (size_t)(r % group) * q_head;
         float *dst = st->q_pack + (size_t)r * st->dpad;
@@ -2748,6 +2763,46 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
         st->row_max[r] = -INFINITY;
         st->l_sum[r] = 0.0f;
     }
+}
+
+/* Masked scores give p = 0 exactly, but 0 * NaN is NaN: a NaN or inf in a
+   key or value row that some query cannot see would poison that query
+   through the products. So in tiles with masking, such rows are zeroed
+   (listed in bad) before the product and their products added back, after
+   it, only for the queries that see them (mlk__attn_add_rows). */
+static int mlk__attn_finite_row(const float *x, int n)
+{
+    float sum = 0.0f;
+    for (int e = 0; e < n; e++) sum += x[e] * 0.0f; /* NaN iff some x[e] is NaN or inf */
+    return sum == 0.0f;
+}
+
+/* Zeroes the rows j < n of x (row stride ld, cols values) that are not
+   finite and lists them in bad; returns how many. */
+static int mlk__attn_zero_bad_rows(int n, int cols, float *x, int ld, int *bad)
+{
+    int n_bad = 0;
+    for (int j = 0; j < n; j++)
+        if (!mlk__attn_finite_row(x + (size_t)j * ld, cols)) {
+            memset(x + (size_t)j * ld, 0, (size_t)cols * sizeof(float));
+            bad[n_bad++] = j;
+        }
+    return n_bad;
+}
+
+/* c[r] += a[r][j] * x_j (cols values) for each listed key kv0 + j and each
+   row r (query q0 + r / group) that sees it. */
+static void mlk__attn_add_rows(const mlk__attn_mask *m, int q0, int group, int n_rows, int kv0, int n_bad,
+                               const int *bad, const float *a, size_t lda, const float *x, size_t ldx, int cols,
+                               float *c, size_t ldc)
+{
+    for (int b = 0; b < n_bad; b++)
+        for (int r = 0; r < n_rows; r++)
+            if (mlk__attn_visible(m, q0 + r / group, kv0 + bad[b])) {
+                const float a_rj = a[(size_t)r * lda + bad[b]], *xj = x + (size_t)bad[b] * ldx;
+                float *cr = c + (size_t)r * ldc;
+                for (int e = 0; e < cols; e++) cr[e] += a_rj * xj[e];
+            }
 }
 
 /* The online softmax on the scores of keys kv0 .. kv0+nk-1: mask,
@@ -2785,7 +2840,14 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
     mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, st->dpad, st->k_t, st->kv_pad, st->scores,
                  st->kv_pad, 0);
     mlk__attn_rows_softmax(st, kv0, nk);
-    mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, st->kv_pad, st->v_pack, st->dpad, st->acc, st->dpad, 1);
+    if (mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk)) {
+        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, st->kv_pad, st->v_pack, st->dpad, st->acc, st->dpad, 1);
+    } else {
+        int n_bad = mlk__attn_zero_bad_rows(nk, st->head_dim, st->v_pack, st->dpad, st->bad);
+        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, st->kv_pad, st->v_pack, st->dpad, st->acc, st->dpad, 1);
+        mlk__attn_add_rows(st->mask, st->q0, st->group, st->n_rows, kv0, n_bad, st->bad, st->scores,
+                           (size_t)st->kv_pad, v, ldv, st->head_dim, st->acc, (size_t)st->dpad);
+    }
 }
 
 /* One group of up to 4 rows of a typed tile: scores, then (after the
@@ -2823,11 +2885,58 @@ static void mlk__attn_typed_pass(mlk_kv_type type, int pv, const mlk__attn_rows 
    keys kv0 .. kv0+nk-1 are the rows st->k_row[j] / st->v_row[j], which the
    caller fills, stored as type; each is read once per group of 4 rows and
    never copied. */
-static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk_kv_type type)
+/* Scores of a typed tile into st->scores (the first phase of
+   mlk__attn_rows_update_typed). The backward recomputes the scores of such
+   a tile through this too (needing only n_rows, head_dim, dpad, kv_pad,
+   q_pack, scores, k_row, v_row), so P = exp(S - lse) gets the forward's bits. */
+static void mlk__attn_typed_scores(mlk__attn_rows *st, int nk, mlk_kv_type type)
 {
     mlk__attn_typed_pass(type, 0, st, nk);
+}
+
+/* The typed form of mlk__attn_zero_bad_rows: F32/F16 value rows that are
+   not finite point at the zero row (quantised rows are finite by
+   construction); their products are added back after P V. */
+static int mlk__attn_typed_bad_rows(mlk__attn_rows *st, int nk, mlk_kv_type type)
+{
+    int n_bad = 0;
+    if (type != MLK_KV_F32 && type != MLK_KV_F16) return 0;
+    for (int j = 0; j < nk; j++) {
+        int ok = 1;
+        if (type == MLK_KV_F32) {
+            ok = mlk__attn_finite_row((const float *)(const void *)st->v_row[j], st->head_dim);
+        } else {
+            for (int e = 0; e < st->head_dim && ok; e++) {
+                uint16_t h;
+                memcpy(&h, st->v_row[j] + 2 * (size_t)e, 2);
+                ok = (h & 0x7c00u) != 0x7c00u;
+            }
+        }
+        if (!ok) {
+            st->bad[n_bad++] = j;
+            st->k_row[j] = st->v_row[j]; /* k_row is done with: keeps the real row for the fix-up */
+            st->v_row[j] = (const unsigned char *)(const void *)st->zero_row;
+        }
+    }
+    return n_bad;
+}
+
+static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk_kv_type type)
+{
+    int n_bad = 0;
+    mlk__attn_typed_scores(st, nk, type);
     mlk__attn_rows_softmax(st, kv0, nk);
+    if (!mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk))
+        n_bad = mlk__attn_typed_bad_rows(st, nk, type);
     mlk__attn_typed_pass(type, 1, st, nk);
+    for (int b = 0; b < n_bad; b++) {
+        const int j = st->bad[b];
+        for (int r = 0; r < st->n_rows; r++)
+            if (mlk__attn_visible(st->mask, st->q0 + r / st->group, kv0 + j)) {
+                float p_rj = st->scores[(size_t)r * st->kv_pad + j], *acc = st->acc + (size_t)r * st->dpad;
+                for (int e = 0; e < st->head_dim; e++) acc[e] += p_rj * mlk__attn_row_get(type, st->head_dim, st->k_row[j], e);
+            }
+    }
 }
 
 /* o = acc / l (0 for rows that saw nothing); lse = m + log(l) or -inf. */
@@ -2850,11 +2959,16 @@ static void mlk__attn_rows_finish(const mlk__attn_rows *st, float *o, size_t o_h
 typedef struct mlk__attn_geom {
     int batch, heads, kv_heads, group, len_q, len_kv, head_dim;
     int tile_q, tile_kv, bwd_tile_kv, n_q_tiles;
+    int threads;                               /* d->threads resolved */
     float scale, softcap;
     size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
-    size_t fwd_thread_bytes, bwd_thread_bytes; /* scratch of one task */
-    size_t fwd_cap, bwd_cap;                   /* arena bytes of each pass */
+    size_t fwd_thread_bytes, bwd_thread_bytes; /* arena bytes of one task's slab */
+    size_t fwd_shared, bwd_shared;             /* arena bytes before the slabs */
+    size_t fwd_cap, bwd_cap;                   /* arena bytes of each pass on `threads` threads */
 } mlk__attn_geom;
+
+/* Longest len_q / len_kv / tile: sums of two of them stay inside int. */
+#define MLK__ATTN_MAX_LEN (1 << 30)
 
 static int mlk__attn_item_len(const mlk_attn_desc *d, const mlk__attn_geom *g, int b)
 {
@@ -2872,11 +2986,18 @@ static void mlk__attn_item_mask(const mlk_attn_desc *d, const mlk__attn_geom *g,
     m->tree_depth = depth;
 }
 
+/* Arena bytes of `shared` plus `threads` slabs; SIZE_MAX on overflow. */
+static size_t mlk__attn_cap(size_t shared, size_t slab, int threads)
+{
+    size_t t;
+    if (!mlk__mul_ok((size_t)threads, slab, &t)) return SIZE_MAX;
+    return mlk__arena_need(shared, t);
+}
 
 /* Checks everything that does not need the tree depths and fills g. */
 static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
 {
-    size_t nq_el, nkv_el, rows, dp, kp, t, threads = (size_t)mlk__max_threads();
+    size_t nq_el, nkv_el, rows, dp, kp, t;
     if (!d) return MLK_ERR_NULL;
     g->batch = d->batch;
     g->heads = d->heads;
@@ -2888,15 +3009,17 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
         d->len_kv < 0 || d->kv_heads < 0 || d->tile_q < 0 || d->tile_kv < 0 || g->heads % g->kv_heads != 0)
         return MLK_ERR_SHAPE;
     if (!(d->scale == d->scale) || !(fabsf(d->scale) <= FLT_MAX) || !(d->softcap >= 0) ||
-        !(d->softcap <= FLT_MAX) || d->window < 0 || (d->layout != MLK_BHND && d->layout != MLK_BNHD))
+        !(d->softcap <= FLT_MAX) || d->window < 0 || d->threads < 0 ||
+        (d->layout != MLK_BHND && d->layout != MLK_BNHD))
         return MLK_ERR_ARG;
     if (!mlk__count4(g->batch, g->heads, g->len_q, g->head_dim, sizeof(float), &nq_el) ||
         !mlk__count4(g->batch, g->kv_heads, g->len_kv, g->head_dim, sizeof(float), &nkv_el) ||
-        g->head_dim > INT_MAX - MLK__ATTN_NR)
+        g->head_dim > MLK__ATTN_MAX_LEN || g->len_q > MLK__ATTN_MAX_LEN || g->len_kv > MLK__ATTN_MAX_LEN)
         return MLK_ERR_OVERFLOW;
     g->group = g->heads / g->kv_heads;
     g->scale = d->scale != 0 ? d->scale : 1.0f / sqrtf((float)g->head_dim);
     g->softcap = d->softcap;
+    g->threads = d->threads ? d->threads : mlk__max_threads();
     /* default tiles: about 64 rows (queries x grouped heads) by 128 keys */
     g->tile_q = d->tile_q ? d->tile_q : (g->group >= 64 ? 1 : 64 / g->group);
     g->tile_kv = d->tile_kv ? d->tile_kv : 128;
@@ -2923,21 +3046,22 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
     rows = (size_t)g->tile_q * g->group;
     dp = (size_t)mlk__attn_pad(g->head_dim);
-    g->fwd_thread_bytes = mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv);
+    g->fwd_thread_bytes = mlk__arena_need(0, mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv));
     kp = (size_t)mlk__attn_pad(g->bwd_tile_kv);
     /* backward: k_t, v_t [D][kp]; k_pack, dk_acc, dv_acc [kp][dp]; q, dout,
-       dq tile [rows][dp]; p, ds [rows][kp]; p^T [kp][rows]; lse, D [rows] */
+       dq tile [rows][dp]; p, ds [rows][kp]; p^T [kp][rows]; lse, D [rows];
+       then the typed row pointers of the forward's score path [2 kp] and
+       the non-finite key rows of the tile [kp] ints */
     t = 2 * (size_t)g->head_dim * kp + 3 * kp * dp + 3 * rows * dp + 3 * rows * kp + 2 * rows;
-    g->bwd_thread_bytes = t * sizeof(float);
-    /* arena caps: tree depths [Nq] ints, then (backward) D = rowsum(dO o O)
-       [B, Hq, Nq] floats, then one slab per thread */
-    g->fwd_cap = mlk__arena_need(0, (size_t)g->len_q * sizeof(int));
-    g->bwd_cap = mlk__arena_need(g->fwd_cap, nq_el / (size_t)g->head_dim * sizeof(float));
-    if (!mlk__mul_ok(threads, mlk__arena_need(0, g->fwd_thread_bytes), &t)) return MLK_ERR_OVERFLOW;
-    g->fwd_cap = mlk__arena_need(g->fwd_cap, t);
-    if (!mlk__mul_ok(threads, mlk__arena_need(0, g->bwd_thread_bytes), &t)) return MLK_ERR_OVERFLOW;
-    g->bwd_cap = mlk__arena_need(g->bwd_cap, t);
-    if (g->fwd_cap == SIZE_MAX || g->bwd_cap >= SIZE_MAX - MLK__ALIGN) return MLK_ERR_OVERFLOW;
+    g->bwd_thread_bytes = mlk__arena_need(0, t * sizeof(float) + 2 * kp * sizeof(const unsigned char *) +
+                                             kp * sizeof(int));
+    /* shared pieces: tree depths [Nq] ints, then (backward) D = rowsum(dO o O)
+       [B, Hq, Nq] floats; then one slab per thread */
+    g->fwd_shared = mlk__arena_need(0, (size_t)g->len_q * sizeof(int));
+    g->bwd_shared = mlk__arena_need(g->fwd_shared, nq_el / (size_t)g->head_dim * sizeof(float));
+    g->fwd_cap = mlk__attn_cap(g->fwd_shared, g->fwd_thread_bytes, g->threads);
+    g->bwd_cap = mlk__attn_cap(g->bwd_shared, g->bwd_thread_bytes, g->threads);
+    if (g->fwd_cap >= SIZE_MAX - MLK__ALIGN || g->bwd_cap >= SIZE_MAX - MLK__ALIGN) return MLK_ERR_OVERFLOW;
     return MLK_OK;
 }
 
@@ -2957,22 +3081,36 @@ static mlk_status mlk__attn_validate(const mlk_attn_desc *d, mlk__attn_geom *g)
     return MLK_OK;
 }
 
-/* Workspace arena of cap bytes (the caller's, or one allocation) holding
-   the tree depths first. */
-static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, const mlk__attn_geom *g, size_t cap,
-                                  int **depth)
+/* The call's arena: the caller's workspace or one allocation, holding the
+   tree depths, then `extra` (shared - fwd_shared bytes: the backward's D),
+   then one slab per thread, for as many threads as fit in workspace_bytes
+   (*team; a workspace without room for one is MLK_ERR_ARG). */
+static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, const mlk__attn_geom *g, size_t shared,
+                                  size_t slab, int **depth, void **extra, unsigned char **slabs, int *team)
 {
-    mlk_status st = mlk__arena_init(ar, d->workspace, cap);
+    mlk_status st;
+    int threads = g->threads < mlk__max_threads() ? g->threads : mlk__max_threads();
+    if (d->workspace) {
+        size_t pad = (MLK__ALIGN - (uintptr_t)d->workspace % MLK__ALIGN) % MLK__ALIGN;
+        size_t usable = d->workspace_bytes > pad ? d->workspace_bytes - pad : 0;
+        size_t fit = usable >= shared ? (usable - shared) / slab : 0;
+        if (fit < 1) return MLK_ERR_ARG;
+        if (fit < (size_t)threads) threads = (int)fit;
+    }
+    st = mlk__arena_init(ar, d->workspace, mlk__attn_cap(shared, slab, threads));
     if (st != MLK_OK) return st;
     *depth = (int *)mlk__arena_take(ar, (size_t)g->len_q * sizeof(int));
     if (d->tree_parent) mlk__attn_tree_depth(g->len_q, d->tree_parent, *depth);
+    *extra = shared > g->fwd_shared ? mlk__arena_take(ar, shared - g->fwd_shared) : NULL;
+    *slabs = (unsigned char *)mlk__arena_take(ar, slab * (size_t)threads);
+    *team = threads;
     return MLK_OK;
 }
 
 MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d)
 {
     mlk__attn_geom g;
-    if (mlk__attn_geom_init(d, &g) != MLK_OK) return 0;
+    if (mlk__attn_validate(d, &g) != MLK_OK) return 0;
     return (g.fwd_cap > g.bwd_cap ? g.fwd_cap : g.bwd_cap) + MLK__ALIGN;
 }
 
@@ -3019,21 +3157,20 @@ MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q, const
     mlk__attn_geom g;
     mlk__arena ar;
     mlk_status st;
-    int *depth, n_tasks;
-    size_t slab;
+    int *depth, n_tasks, team;
+    void *unused;
     unsigned char *slabs;
     if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
-    if ((st = mlk__attn_arena(&ar, d, &g, g.fwd_cap, &depth)) != MLK_OK) return st;
-    slab = mlk__arena_need(0, g.fwd_thread_bytes);
-    slabs = (unsigned char *)mlk__arena_take(&ar, slab * (size_t)mlk__max_threads());
+    if ((st = mlk__attn_arena(&ar, d, &g, g.fwd_shared, g.fwd_thread_bytes, &depth, &unused, &slabs, &team)) != MLK_OK)
+        return st;
     n_tasks = g.batch * g.kv_heads * g.n_q_tiles;
     /* tasks are independent (no reduction), so dynamic scheduling balances
        causal work without touching determinism */
-    MLK__OMP(omp parallel for schedule(dynamic, 1)
+    MLK__OMP(omp parallel for schedule(dynamic, 1) num_threads(team)
              if(mlk__attn_fan_out((double)g.batch * g.heads * g.len_q * (double)g.len_kv * g.head_dim)))
     for (int t = 0; t < n_tasks; t++)
-        mlk__attn_fwd_task(d, &g, depth, t, q, k, v, o, lse, slabs + slab * (size_t)mlk__thread_id());
+        mlk__attn_fwd_task(d, &g, depth, t, q, k, v, o, lse, slabs + g.fwd_thread_bytes * (size_t)mlk__thread_id());
     mlk__arena_done(&ar);
     return MLK_OK;
 }
@@ -3050,9 +3187,11 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
     double *s;
     if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
-    if ((st = mlk__attn_arena(&ar, d, &g, mlk__arena_need(g.fwd_cap, (size_t)g.len_kv * sizeof(double)), &depth)) !=
-        MLK_OK)
+    /* the reference never uses the caller's workspace (not sized for it) */
+    if ((st = mlk__arena_init(&ar, NULL, mlk__arena_need(g.fwd_shared, (size_t)g.len_kv * sizeof(double)))) != MLK_OK)
         return st;
+    depth = (int *)mlk__arena_take(&ar, (size_t)g.len_q * sizeof(int));
+    if (d->tree_parent) mlk__attn_tree_depth(g.len_q, d->tree_parent, depth);
     s = (double *)mlk__arena_take(&ar, (size_t)g.len_kv * sizeof(double));
     for (int b = 0; b < g.batch; b++) {
         mlk__attn_mask m;
@@ -3125,7 +3264,8 @@ static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m
             continue;
         }
         mlk__attn_exp_sum(s, nk, lse_r[r]);
-        for (int j = 0; j < nk; j++) dsr[j] = s[j] * (dsr[j] - d_r[r]);
+        /* p = 0 (masked) gives dS = 0 even where a masked value made dP NaN */
+        for (int j = 0; j < nk; j++) dsr[j] = s[j] != 0.0f ? s[j] * (dsr[j] - d_r[r]) : 0.0f;
         if (g->softcap > 0)
             for (int j = 0; j < nk; j++) dsr[j] *= cg[j];
     }
@@ -3145,6 +3285,8 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     float *dq_tile = do_pack + (size_t)max_rows * dp, *p = dq_tile + (size_t)max_rows * dp;
     float *ds = p + (size_t)max_rows * kp, *p_t = ds + (size_t)max_rows * kp, *lse_r = p_t + (size_t)kp * max_rows;
     float *d_r = lse_r + max_rows;
+    const unsigned char **k_row = (const unsigned char **)(void *)(d_r + max_rows), **v_row = k_row + kp;
+    int *k_bad = (int *)(void *)(v_row + kp), n_k_bad = 0;
     mlk__attn_mask m;
     mlk__attn_item_mask(d, g, b, depth, &m);
     if (io->dq)
@@ -3162,6 +3304,7 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
             mlk__attn_transpose(nk, dim, kt, g->kv_tok, k_t, kp);
             mlk__attn_transpose(nk, dim, vt, g->kv_tok, v_t, kp);
             mlk__attn_copy_rows(nk, dim, kt, g->kv_tok, k_pack, dp);
+            n_k_bad = mlk__attn_zero_bad_rows(nk, dim, k_pack, dp, k_bad); /* dq = dS K: see mlk__attn_add_rows */
         }
         for (int q0 = 0; nk > 0 && q0 < g->len_q; q0 += g->tile_q) {
             int nq = g->len_q - q0 < g->tile_q ? g->len_q - q0 : g->tile_q, n_rows = nq * g->group, lo, hi;
@@ -3176,7 +3319,24 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 lse_r[r] = io->lse[li];
                 d_r[r] = io->row_d[li];
             }
-            mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, q_pack, dp, k_t, kp, p, kp, 0);
+            if (n_rows < MLK__ATTN_MR) { /* the forward took this q tile as typed rows */
+                mlk__attn_rows view;
+                view.n_rows = n_rows;
+                view.head_dim = dim;
+                view.dpad = dp;
+                view.kv_pad = kp;
+                view.q_pack = q_pack;
+                view.scores = p;
+                view.k_row = k_row;
+                view.v_row = v_row;
+                for (int j = 0; j < nk; j++) {
+                    k_row[j] = (const unsigned char *)(const void *)(kt + (size_t)j * g->kv_tok);
+                    v_row[j] = (const unsigned char *)(const void *)(vt + (size_t)j * g->kv_tok);
+                }
+                mlk__attn_typed_scores(&view, nk, MLK_KV_F32);
+            } else {
+                mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, q_pack, dp, k_t, kp, p, kp, 0);
+            }
             mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, do_pack, dp, v_t, kp, ds, kp, 0);
             mlk__attn_bwd_probs(g, &m, q0, kv0, nk, mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk), n_rows,
                                 lse_r, d_r, p, ds, kp, p_t);
@@ -3186,6 +3346,8 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
             mlk__attn_mm(nk, dp, n_rows, p_t, n_rows, q_pack, dp, dk_acc, dp, 1);
             if (!io->dq) continue;
             mlk__attn_mm(n_rows, dp, nk, ds, kp, k_pack, dp, dq_tile, dp, 0);
+            mlk__attn_add_rows(&m, q0, g->group, n_rows, kv0, n_k_bad, k_bad, ds, (size_t)kp, kt, g->kv_tok, dim,
+                               dq_tile, (size_t)dp);
             for (int r = 0; r < n_rows; r++) {
                 float *dst = io->dq + q_off + (size_t)(r % g->group) * g->q_head + (size_t)(q0 + r / g->group) * g->q_tok;
                 const float *src = dq_tile + (size_t)r * dp;
@@ -3207,19 +3369,19 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
     mlk__arena ar;
     mlk_status st;
     mlk__attn_bwd_io io;
-    int *depth, n_rowsets;
-    size_t slab;
+    int *depth, n_rowsets, team;
+    void *row_d_mem;
     float *row_d;
     unsigned char *slabs;
     if (!d || !q || !k || !v || !o || !dout || !lse) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
     if (!dq && !dk && !dv) return MLK_OK;
-    if ((st = mlk__attn_arena(&ar, d, &g, g.bwd_cap, &depth)) != MLK_OK) return st;
-    row_d = (float *)mlk__arena_take(&ar, (size_t)g.batch * g.heads * g.len_q * sizeof(float));
-    slab = mlk__arena_need(0, g.bwd_thread_bytes);
-    slabs = (unsigned char *)mlk__arena_take(&ar, slab * (size_t)mlk__max_threads());
+    if ((st = mlk__attn_arena(&ar, d, &g, g.bwd_shared, g.bwd_thread_bytes, &depth, &row_d_mem, &slabs, &team)) !=
+        MLK_OK)
+        return st;
+    row_d = (float *)row_d_mem;
     n_rowsets = g.batch * g.heads;
-    MLK__OMP(omp parallel for schedule(static))
+    MLK__OMP(omp parallel for schedule(static) num_threads(team))
     for (int bh = 0; bh < n_rowsets; bh++)
         for (int i = 0; i < g.len_q; i++) { /* D_i = rowsum(dO_i o O_i) */
             size_t at = (size_t)(bh / g.heads) * g.q_batch + (size_t)(bh % g.heads) * g.q_head + (size_t)i * g.q_tok;
@@ -3229,9 +3391,9 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
         }
     io.q = q; io.k = k; io.v = v; io.dout = dout; io.lse = lse; io.row_d = row_d;
     io.dq = dq; io.dk = dk; io.dv = dv;
-    MLK__OMP(omp parallel for schedule(dynamic, 1))
+    MLK__OMP(omp parallel for schedule(dynamic, 1) num_threads(team))
     for (int t = 0; t < g.batch * g.kv_heads; t++)
-        mlk__attn_bwd_task(d, &g, depth, t, &io, slabs + slab * (size_t)mlk__thread_id());
+        mlk__attn_bwd_task(d, &g, depth, t, &io, slabs + g.bwd_thread_bytes * (size_t)mlk__thread_id());
     mlk__arena_done(&ar);
     return MLK_OK;
 }

@@ -65,7 +65,8 @@ static void bench_case(const attn_case *c, bench_roof roof)
     x.dk = (float *)malloc(nkv * sizeof(float));
     x.dv = (float *)malloc(nkv * sizeof(float));
     x.lse = (float *)malloc((size_t)c->batch * c->heads * c->len_q * sizeof(float));
-    x.d.workspace = malloc(mlk_attn_workspace_size(&x.d));
+    x.d.workspace_bytes = mlk_attn_workspace_size(&x.d);
+    x.d.workspace = malloc(x.d.workspace_bytes);
     mlk__attn_geom_init(&x.d, &g);
     bench_progress(shape);
     r = bench_time(run_fwd, &x, reps);

@@ -738,15 +738,9 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
    over k in the same order whatever the blocking of m and n, and only KC (a
    constant) splits k: results are bitwise identical for any thread count.
 
-   Internal entry for other sections (attention tiles, the ternary trainer),
-   callable inside their own parallel regions, single-threaded, no allocation,
-   no validation:
-       size_t mlk__sgemm_scratch_size(int m, int n, int k);      bytes
-       void   mlk__sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda,
-                                b, ldb, beta, c, ldc, float *scratch);
-   Same math as mlk_sgemm (the small-m path included) and bitwise the same
-   result; scratch holds mlk__sgemm_scratch_size(m, n, k) bytes, any float
-   alignment (64 is best). */
+   Internal entry for sections that must allocate everything before writing
+   any output (the ternary trainer): mlk__sgemm_plan sizes the scratch of a
+   validated product, mlk__sgemm_run computes it in that scratch. */
 
 enum {
     MLK__GEMM_MR = 6,    /* micro-tile rows: 6 x 2 ymm accumulators */
@@ -1205,33 +1199,6 @@ static size_t mlk__gemm_a_floats(int m, int k)
     return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(mc, MLK__GEMM_MR) * MLK__GEMM_MR);
 }
 
-MLK__MAYBE_UNUSED static size_t mlk__sgemm_scratch_size(int m, int n, int k)
-{
-    if (m <= 0 || n <= 0 || k <= 0) return 0;
-    if (m <= MLK__GEMV_MAX_M) return (size_t)m * (size_t)k * sizeof(float); /* op(A) copy, at most */
-    return (mlk__gemm_b_floats(n, k) + mlk__gemm_a_floats(m, k)) * sizeof(float);
-}
-
-MLK__MAYBE_UNUSED static void mlk__sgemm_serial(int trans_a, int trans_b, int m, int n, int k,
-                                                float alpha, const float *a, int lda,
-                                                const float *b, int ldb, float beta,
-                                                float *c, int ldc, float *scratch)
-{
-    mlk__gemm_args g;
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0 || alpha == 0.0f) {
-        mlk__gemm_scale_c(m, n, beta, c, (size_t)ldc);
-        return;
-    }
-    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (m <= MLK__GEMV_MAX_M) {
-        if (mlk__gemv_a_floats(&g) > 0) mlk__gemv_copy_a(&g, scratch);
-        mlk__gemv_part(&g, 0, n);
-        return;
-    }
-    mlk__gemm_blocked(&g, scratch, scratch + mlk__gemm_b_floats(n, k));
-}
-
 /* Part i of `parts` of `size` elements cut at multiples of `tile`:
    [*start, *start + *len), parts balanced to within one tile. */
 static void mlk__gemm_split(int size, int tile, int parts, int i, int *start, int *len)
@@ -1276,42 +1243,28 @@ static int mlk__gemm_team_size(void)
 #endif
 }
 
-/* The small-m path, threaded: fixed contiguous column runs, whole 8-column
-   blocks each; one thread until B is big enough (MLK__GEMV_PARALLEL floats)
-   to pay for waking the team. Allocates only for a strided op(A) copy. */
-static mlk_status mlk__gemv(mlk__gemm_args g)
-{
-    const size_t a_floats = mlk__gemv_a_floats(&g);
-    float *a_rows = NULL;
-    if (a_floats > 0) {
-        a_rows = (float *)mlk__alloc(a_floats * sizeof(float));
-        if (!a_rows) return MLK_ERR_NOMEM;
-        mlk__gemv_copy_a(&g, a_rows);
-    }
-    MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__GEMV_PARALLEL))
-    {
-        int j0, cols;
-        mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
-        if (cols > 0) mlk__gemv_part(&g, j0, cols);
-    }
-    mlk__free(a_rows);
-    return MLK_OK;
-}
+/* A validated product with its thread count and scratch size. */
+typedef struct mlk__sgemm_plan {
+    mlk__gemm_args g;
+    int nth;              /* threads of the packed path */
+    size_t b_floats, a_floats;
+    size_t scratch_bytes; /* of the whole call */
+} mlk__sgemm_plan;
 
-MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
-                                float alpha, const float *a, int lda,
-                                const float *b, int ldb, float beta, float *c, int ldc)
+/* Checks the arguments as mlk_sgemm documents and sizes the call. Returns
+   MLK_OK with p->scratch_bytes set (p->g.m == 0: nothing to do). */
+static mlk_status mlk__sgemm_plan_make(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                       const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                                       int ldc, mlk__sgemm_plan *p)
 {
     const int a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
     const int a_rows = trans_a ? k : m, b_rows = trans_b ? n : k;
-    size_t span, b_floats, a_floats;
+    size_t span;
     long long tiles;
-    int nth;
-    float *pack;
-    mlk__gemm_args g;
     if (m < 0 || n < 0 || k < 0) return MLK_ERR_SHAPE;
     if (lda < (a_cols > 1 ? a_cols : 1) || ldb < (b_cols > 1 ? b_cols : 1) || ldc < (n > 1 ? n : 1))
         return MLK_ERR_SHAPE;
+    memset(p, 0, sizeof *p);
     if (m == 0 || n == 0) return MLK_OK;
     if (!c || (k > 0 && (!a || !b))) return MLK_ERR_NULL;
     /* every element offset (rows - 1) * ld + cols must fit size_t */
@@ -1319,28 +1272,63 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
         !mlk__mul_ok((size_t)a_rows, (size_t)lda, &span) || !mlk__mul_ok(span, sizeof(float), &span) ||
         !mlk__mul_ok((size_t)b_rows, (size_t)ldb, &span) || !mlk__mul_ok(span, sizeof(float), &span))
         return MLK_ERR_OVERFLOW;
-    if (k == 0 || alpha == 0.0f) {
-        mlk__gemm_scale_c(m, n, beta, c, (size_t)ldc);
+    p->g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (k == 0 || alpha == 0.0f) return MLK_OK;
+    if (m <= MLK__GEMV_MAX_M) { /* at most a copy of a strided op(A) */
+        p->scratch_bytes = mlk__gemv_a_floats(&p->g) * sizeof(float);
         return MLK_OK;
     }
-    g = mlk__gemm_make_args(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (m <= MLK__GEMV_MAX_M) return mlk__gemv(g);
     /* one thread for small products: the team costs more than it saves */
-    nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
+    p->nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
     tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
-    if (tiles < nth) nth = (int)tiles;
-    b_floats = mlk__gemm_b_floats(n, k);
-    a_floats = mlk__gemm_a_floats(m, k);
-    pack = (float *)mlk__alloc((size_t)nth * (b_floats + a_floats) * sizeof(float));
-    if (!pack) return MLK_ERR_NOMEM;
-    MLK__OMP(omp parallel num_threads(nth) if(nth > 1))
+    if (tiles < p->nth) p->nth = (int)tiles;
+    p->b_floats = mlk__gemm_b_floats(n, k);
+    p->a_floats = mlk__gemm_a_floats(m, k);
+    p->scratch_bytes = (size_t)p->nth * (p->b_floats + p->a_floats) * sizeof(float);
+    return MLK_OK;
+}
+
+/* Computes a planned product; scratch holds p->scratch_bytes. */
+static void mlk__sgemm_run(const mlk__sgemm_plan *p, float *scratch)
+{
+    mlk__gemm_args g = p->g;
+    if (g.m == 0 || g.n == 0) return;
+    if (g.k == 0 || g.alpha == 0.0f) {
+        mlk__gemm_scale_c(g.m, g.n, g.beta, g.c, g.ldc);
+        return;
+    }
+    if (g.m <= MLK__GEMV_MAX_M) {
+        /* fixed contiguous column runs, whole 8-column blocks each; one thread
+           until B is big enough (MLK__GEMV_PARALLEL floats) to pay for waking the team */
+        if (mlk__gemv_a_floats(&g) > 0) mlk__gemv_copy_a(&g, scratch);
+        MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__GEMV_PARALLEL))
+        {
+            int j0, cols;
+            mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
+            if (cols > 0) mlk__gemv_part(&g, j0, cols);
+        }
+        return;
+    }
+    MLK__OMP(omp parallel num_threads(p->nth) if(p->nth > 1))
     {
         const int tid = mlk__thread_id();
         mlk__gemm_args part = mlk__gemm_thread_part(&g, tid, mlk__gemm_team_size());
-        float *thread_pack = pack + (size_t)tid * (b_floats + a_floats);
-        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, thread_pack, thread_pack + b_floats);
+        float *thread_pack = scratch + (size_t)tid * (p->b_floats + p->a_floats);
+        if (part.m > 0 && part.n > 0) mlk__gemm_blocked(&part, thread_pack, thread_pack + p->b_floats);
     }
-    mlk__free(pack);
+}
+
+MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
+                                float alpha, const float *a, int lda,
+                                const float *b, int ldb, float beta, float *c, int ldc)
+{
+    mlk__sgemm_plan plan;
+    float *scratch = NULL;
+    mlk_status st = mlk__sgemm_plan_make(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &plan);
+    if (st != MLK_OK) return st;
+    if (plan.scratch_bytes > 0 && !(scratch = (float *)mlk__alloc(plan.scratch_bytes))) return MLK_ERR_NOMEM;
+    mlk__sgemm_run(&plan, scratch);
+    mlk__free(scratch);
     return MLK_OK;
 }
 /* ---- norms: implementation ----
@@ -1365,8 +1353,17 @@ static float mlk__norm_hsum8(__m256 v)
 }
 #endif
 
-/* *s1 = sum(x - c), *s2 = sum((x - c)^2) */
-static void mlk__norm_moments(const float *x, int n, float c, float *s1, float *s2)
+/* Row sums are taken in blocks of MLK__NORM_BLOCK values, each summed in
+   float lanes and the block sums added in double: the rounding error of a
+   sum then stays that of one block, however long the row (one float
+   accumulator per lane would lose digits linearly with the row length). */
+#define MLK__NORM_BLOCK 128
+
+/* Length of the block at i of a row of n: no i + BLOCK that could overflow. */
+static int mlk__norm_block_len(int n, int i) { return n - i < MLK__NORM_BLOCK ? n - i : MLK__NORM_BLOCK; }
+
+/* s1 = sum(x - c), s2 = sum((x - c)^2) over one block of n <= MLK__NORM_BLOCK */
+static void mlk__norm_block_moments(const float *x, int n, float c, float *s1, float *s2)
 {
     float sum = 0.0f, sum_sq = 0.0f;
     int i = 0;
@@ -1374,7 +1371,7 @@ static void mlk__norm_moments(const float *x, int n, float c, float *s1, float *
     const __m256 cv = _mm256_set1_ps(c);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256 sq0 = _mm256_setzero_ps(), sq1 = _mm256_setzero_ps();
-    for (; i + 16 <= n; i += 16) {
+    for (; i <= n - 16; i += 16) {
         __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), cv);
         __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), cv);
         acc0 = _mm256_add_ps(acc0, d0);
@@ -1389,6 +1386,21 @@ static void mlk__norm_moments(const float *x, int n, float c, float *s1, float *
         float d = x[i] - c;
         sum += d;
         sum_sq += d * d;
+    }
+    *s1 = sum;
+    *s2 = sum_sq;
+}
+
+/* *s1 = sum(x - c), *s2 = sum((x - c)^2) over a row, in blocks */
+static void mlk__norm_moments(const float *x, int n, float c, double *s1, double *s2)
+{
+    double sum = 0.0, sum_sq = 0.0;
+    for (int i = 0, len; i < n; i += len) {
+        float b1, b2;
+        len = mlk__norm_block_len(n, i);
+        mlk__norm_block_moments(x + i, len, c, &b1, &b2);
+        sum += b1;
+        sum_sq += b2;
     }
     *s1 = sum;
     *s2 = sum_sq;
@@ -1479,18 +1491,19 @@ static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *
     MLK__OMP(omp parallel for schedule(static) if (count > 16384))
     for (int r = 0; r < rows; r++) {
         const float *x_row = x + (size_t)r * (size_t)dim;
-        float m1 = 0.0f, delta = 0.0f, s1, s2, var, row_rstd;
+        float m1 = 0.0f, delta = 0.0f, row_rstd;
+        double s1, s2, var;
         if (r + 1 < rows) mlk__norm_prefetch(x_row + dim, dim);
         mlk__norm_moments(x_row, dim, 0.0f, &s1, &s2);
-        var = s2 / (float)dim;
+        var = s2 / dim;
         if (center) {
-            m1 = s1 / (float)dim;
+            m1 = (float)(s1 / dim);
             mlk__norm_moments(x_row, dim, m1, &s1, &s2);
-            delta = s1 / (float)dim;
-            var = s2 / (float)dim - delta * delta;
-            if (var < 0.0f) var = 0.0f;
+            delta = (float)(s1 / dim);
+            var = s2 / dim - (double)delta * delta;
+            if (var < 0.0) var = 0.0;
         }
-        row_rstd = 1.0f / sqrtf(var + eps);
+        row_rstd = (float)(1.0 / sqrt(var + eps));
         mlk__norm_apply(x_row, dim, m1, delta, row_rstd, gamma, beta, y + (size_t)r * (size_t)dim,
                         mlk__norm_stream(count));
         if (mean) mean[r] = m1 + delta;
@@ -1506,38 +1519,58 @@ static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *
    mean(g * x-hat) = rstd * (mean(g * (x - mean)) - delta * mean(g)), where
    delta = mean(x - mean) repairs the float rounding of the cached mean (0
    for RMSNorm); the second runs from L1. stream as in mlk__norm_apply. */
-static void mlk__norm_bwd_row(const float *x, const float *dy, const float *gamma, int n,
-                              float mean, float rstd, int center, float *dx,
-                              float *dgamma_acc, float *dbeta_acc, int stream)
+/* The backward's sums over one block of n <= MLK__NORM_BLOCK:
+   sum_d = sum(x - mean), sum_g = sum(g), sum_gd = sum(g * (x - mean)). */
+static void mlk__norm_block_bwd_sums(const float *x, const float *dy, const float *gamma, int n, float mean,
+                                     float *sum_d, float *sum_g, float *sum_gd)
 {
-    float sum_d = 0.0f, sum_g = 0.0f, sum_gd = 0.0f, delta, mean_g, mean_gx;
+    float s_d = 0.0f, s_g = 0.0f, s_gd = 0.0f;
     int i = 0;
 #if defined(MLK__AVX2)
     const __m256 mv = _mm256_set1_ps(mean);
     __m256 acc_d = _mm256_setzero_ps(), acc_g = _mm256_setzero_ps(), acc_gd = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) {
+    for (; i <= n - 8; i += 8) {
         __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv), g = _mm256_loadu_ps(dy + i);
         if (gamma) g = _mm256_mul_ps(g, _mm256_loadu_ps(gamma + i));
         acc_d = _mm256_add_ps(acc_d, d);
         acc_g = _mm256_add_ps(acc_g, g);
         acc_gd = _mm256_fmadd_ps(g, d, acc_gd);
     }
-    sum_d = mlk__norm_hsum8(acc_d);
-    sum_g = mlk__norm_hsum8(acc_g);
-    sum_gd = mlk__norm_hsum8(acc_gd);
+    s_d = mlk__norm_hsum8(acc_d);
+    s_g = mlk__norm_hsum8(acc_g);
+    s_gd = mlk__norm_hsum8(acc_gd);
 #endif
     for (; i < n; i++) {
         float d = x[i] - mean, g = gamma ? gamma[i] * dy[i] : dy[i];
-        sum_d += d;
-        sum_g += g;
-        sum_gd += g * d;
+        s_d += d;
+        s_g += g;
+        s_gd += g * d;
     }
-    delta = center ? sum_d / (float)n : 0.0f;
-    mean_g = center ? sum_g / (float)n : 0.0f;
-    mean_gx = rstd * (sum_gd - delta * sum_g) / (float)n;
+    *sum_d = s_d;
+    *sum_g = s_g;
+    *sum_gd = s_gd;
+}
+
+static void mlk__norm_bwd_row(const float *x, const float *dy, const float *gamma, int n,
+                              float mean, float rstd, int center, float *dx,
+                              float *dgamma_acc, float *dbeta_acc, int stream)
+{
+    double sum_d = 0.0, sum_g = 0.0, sum_gd = 0.0;
+    float delta, mean_g, mean_gx;
+    for (int i = 0, len; i < n; i += len) {
+        float b_d, b_g, b_gd;
+        len = mlk__norm_block_len(n, i);
+        mlk__norm_block_bwd_sums(x + i, dy + i, gamma ? gamma + i : NULL, len, mean, &b_d, &b_g, &b_gd);
+        sum_d += b_d;
+        sum_g += b_g;
+        sum_gd += b_gd;
+    }
+    delta = center ? (float)(sum_d / n) : 0.0f;
+    mean_g = center ? (float)(sum_g / n) : 0.0f;
+    mean_gx = (float)(rstd * (sum_gd - (double)delta * sum_g) / n);
 #if defined(MLK__AVX2)
     {
-        const __m256 dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
+        const __m256 mv = _mm256_set1_ps(mean), dv = _mm256_set1_ps(delta), rv = _mm256_set1_ps(rstd);
         const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
         for (int j = 0, len = mlk__norm_first_group(dx, n, stream); j < n; j += len, len = n - j < 8 ? n - j : 8) {
             __m256 d = mlk__norm_load(dy + j, len);
@@ -1799,22 +1832,27 @@ static int mlk__sm_lowest_bit(uint64_t word)
 
 /* One pass over a row: *row_max = max x, *l_sum = sum exp((x - max) * inv_t);
    best (NULL: none) ends up holding the cap largest logits among its keys.
-   Returns 0 for a NaN or +inf logit or a row that is all -inf. */
+   Returns 0 for a NaN or +inf logit or a row that is all -inf. Each block's
+   sum is taken in float and added to l in double, so l keeps growing (and
+   stays accurate) on rows of any length up to INT_MAX. */
 static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
-                        float *row_max, float *l_sum)
+                        float *row_max, double *l_sum)
 {
-    float m = -INFINITY, l = 0.0f;
+    float m = -INFINITY;
+    double l = 0.0;
     int bad = 0;
     if (best) mlk__sm_best_start(best, x);
 #if defined(MLK__AVX2)
     {
         const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
-        __m256 m8 = _mm256_set1_ps(-INFINITY), l8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
-        float lane_m[8], lane_l[8], tail[MLK__SM_BLOCK];
-        for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+        __m256 m8 = _mm256_set1_ps(-INFINITY), bad8 = _mm256_setzero_ps();
+        __m256d l_lo = _mm256_setzero_pd(), l_hi = _mm256_setzero_pd(); /* lanes 0-3, 4-7 */
+        float lane_m[8], tail[MLK__SM_BLOCK];
+        double lane_l[8];
+        for (int i = 0, len; i < n; i += len) {
             const float *block = x + i;
             __m256 v[8], block_max;
-            int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+            len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
             if (len < MLK__SM_BLOCK) {
                 for (int j = 0; j < MLK__SM_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
                 block = tail;
@@ -1827,15 +1865,19 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
             for (int j = 0; j < 8; j += 2) bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], v[j + 1], _CMP_UNORD_Q));
             if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, m8, _CMP_GT_OQ))) {
                 __m256 new_m = _mm256_max_ps(m8, block_max); /* -inf - -inf is NaN: exp8 gives 0 */
-                l8 = _mm256_mul_ps(l8, mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv)));
+                __m256 f = mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv));
+                l_lo = _mm256_mul_pd(l_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+                l_hi = _mm256_mul_pd(l_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
                 m8 = new_m;
             }
             { /* the block's sum as a tree: shorter add chains, smaller rounding error */
-                __m256 e[4];
+                __m256 e[4], block_l;
                 for (int j = 0; j < 4; j++)
                     e[j] = _mm256_add_ps(mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j], m8), inv)),
                                          mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(v[2 * j + 1], m8), inv)));
-                l8 = _mm256_add_ps(l8, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
+                block_l = _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3]));
+                l_lo = _mm256_add_pd(l_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(block_l)));
+                l_hi = _mm256_add_pd(l_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(block_l, 1)));
             }
             if (best && i + len > best->cap &&
                 _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(best->floor_val), _CMP_GT_OQ))) {
@@ -1854,17 +1896,18 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
         }
         bad = _mm256_movemask_ps(bad8) != 0;
         _mm256_storeu_ps(lane_m, m8);
-        _mm256_storeu_ps(lane_l, l8);
+        _mm256_storeu_pd(lane_l, l_lo);
+        _mm256_storeu_pd(lane_l + 4, l_hi);
         for (int j = 0; j < 8; j++) m = lane_m[j] > m ? lane_m[j] : m;
         if (m > -INFINITY)
             for (int j = 0; j < 8; j++)
                 if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
     }
 #else
-    for (int i = 0; i < n; i += MLK__SM_BLOCK) {
+    for (int i = 0, len; i < n; i += len) {
         const float *block = x + i;
         float block_max = -INFINITY;
-        int len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+        len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
         for (int j = 0; j < len; j++) {
             if (!(block[j] < INFINITY)) bad = 1;
             if (block[j] > block_max) block_max = block[j];
@@ -1903,7 +1946,7 @@ static double mlk__sm_uniform(uint64_t state, uint64_t draw)
 }
 
 /* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
-static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, float *l_sum)
+static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, double *l_sum)
 {
     int n_bad = 0;
     MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > 32768) reduction(+:n_bad))
@@ -1917,24 +1960,26 @@ static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_
 static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int log_out)
 {
     size_t count;
-    float *stats;
+    double *l_sums;
+    float *row_maxes;
     mlk_status st;
     if (!x || !y) return MLK_ERR_NULL;
     if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
-    stats = (float *)mlk__alloc(2 * (size_t)rows * sizeof(float));
-    if (!stats) return MLK_ERR_NOMEM;
-    st = mlk__sm_scan_rows(rows, n, x, stats, stats + rows);
+    l_sums = (double *)mlk__alloc((size_t)rows * (sizeof(double) + sizeof(float)));
+    if (!l_sums) return MLK_ERR_NOMEM;
+    row_maxes = (float *)(void *)(l_sums + rows);
+    st = mlk__sm_scan_rows(rows, n, x, row_maxes, l_sums);
     if (st == MLK_OK) {
         MLK__OMP(omp parallel for schedule(static) if (count > 32768))
         for (int r = 0; r < rows; r++) {
             const float *x_row = x + (size_t)r * (size_t)n;
             float *y_row = y + (size_t)r * (size_t)n;
-            float row_max = stats[r], l_sum = stats[rows + r], log_l = logf(l_sum);
+            float row_max = row_maxes[r], l_sum = (float)l_sums[r], log_l = (float)log(l_sums[r]);
             int i = 0;
 #if defined(MLK__AVX2)
             const __m256 mv = _mm256_set1_ps(row_max), lv = _mm256_set1_ps(log_out ? log_l : l_sum);
-            for (; i + 8 <= n; i += 8) {
+            for (; i <= n - 8; i += 8) {
                 __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x_row + i), mv);
                 _mm256_storeu_ps(y_row + i, log_out ? _mm256_sub_ps(d, lv) : _mm256_div_ps(mlk__exp8(d), lv));
             }
@@ -1945,7 +1990,7 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
             }
         }
     }
-    mlk__free(stats);
+    mlk__free(l_sums);
     return st;
 }
 
@@ -1989,7 +2034,8 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_best best;
-        float row_max, l_sum, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
+        float row_max, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
+        double l_sum;
         best.key = keys + (size_t)mlk__thread_id() * room;
         best.cap = k;
         best.room = room;
@@ -1998,10 +2044,10 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
             continue;
         }
         mlk__sm_best_sort(&best, val, top_idx + (size_t)r * k);
-        log_l = logf(l_sum);
+        log_l = (float)log(l_sum);
         for (int j = 0; j < k; j++) {
             float d = (val[j] - row_max) * inv_t;
-            val[j] = log_out ? d - log_l : expf(d) / l_sum;
+            val[j] = log_out ? d - log_l : (float)(exp((double)d) / l_sum);
         }
     }
     if (n_bad == 0) {
@@ -2031,7 +2077,8 @@ MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
 static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, double u,
                                   mlk__sm_best *best, float *val, int32_t *idx)
 {
-    float row_max, l_sum, inv_t;
+    float row_max, inv_t;
+    double l_sum;
     int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : 0;
     if (s->temperature == 0.0f) { /* greedy: the best one is the argmax, ties to the lower index */
         best->cap = 1;
@@ -4961,39 +5008,56 @@ MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
 {
     size_t x_count, w_count, w_bytes, need = 0;
     mlk__arena arena;
+    mlk__sgemm_plan dx_plan, dw_plan;
     int8_t *xq = NULL;
-    float *xscale = NULL, *x_hat = NULL, *w_hat = NULL, wscale = 0;
+    float *xscale = NULL, *x_hat = NULL, *w_hat = NULL, *dx_scratch = NULL, *dw_scratch = NULL, wscale = 0;
     uint8_t *wpacked = NULL;
     mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
     if (st != MLK_OK) return st;
     if (!x || !w || !dy) return MLK_ERR_NULL;
     if (!dx && !dw) return MLK_OK;
     w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
-    if (dx) need = mlk__arena_need(mlk__arena_need(need, w_bytes), w_count * sizeof(float));
-    if (dw) need = mlk__arena_need(mlk__arena_need(mlk__arena_need(need, x_count),
-                                   (size_t)m * sizeof(float)), x_count * sizeof(float));
+    /* both products are planned (with w and x standing in for W^ and x^) and
+       all scratch is taken up front: nothing can fail once dx is written */
+    if (dx) { /* dx [m, k] = dy [m, n] * W^ [n, k] */
+        if ((st = mlk__sgemm_plan_make(0, 0, m, k, n, 1.0f, dy, n, w, k, 0.0f, dx, k, &dx_plan)) != MLK_OK) return st;
+        need = mlk__arena_need(mlk__arena_need(mlk__arena_need(need, w_bytes), w_count * sizeof(float)),
+                               dx_plan.scratch_bytes);
+    }
+    if (dw) { /* dw [n, k] = dy^T [n, m] * x^ [m, k] */
+        if ((st = mlk__sgemm_plan_make(1, 0, n, k, m, 1.0f, dy, n, x, k, 0.0f, dw, k, &dw_plan)) != MLK_OK) return st;
+        need = mlk__arena_need(mlk__arena_need(mlk__arena_need(mlk__arena_need(need, x_count),
+                               (size_t)m * sizeof(float)), x_count * sizeof(float)), dw_plan.scratch_bytes);
+    }
     st = mlk__arena_init(&arena, NULL, need);
     if (st != MLK_OK) return st;
-    /* quantise both first: a bad value fails before any output is written */
     if (dx) {
         wpacked = (uint8_t *)mlk__arena_take(&arena, w_bytes);
         w_hat = (float *)mlk__arena_take(&arena, w_count * sizeof(float));
+        dx_scratch = (float *)mlk__arena_take(&arena, dx_plan.scratch_bytes);
+        dx_plan.g.b = w_hat;
+    }
+    if (dw) {
+        xq = (int8_t *)mlk__arena_take(&arena, x_count);
+        xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
+        x_hat = (float *)mlk__arena_take(&arena, x_count * sizeof(float));
+        dw_scratch = (float *)mlk__arena_take(&arena, dw_plan.scratch_bytes);
+        dw_plan.g.b = x_hat;
+    }
+    /* quantise both first: a bad value fails before any output is written */
+    if (dx) {
         st = mlk_ternary_quant(n, k, w, wpacked, &wscale);
         if (st == MLK_OK) st = mlk_ternary_dequant(n, k, wpacked, wscale, w_hat);
     }
     if (dw && st == MLK_OK) {
-        size_t i;
-        xq = (int8_t *)mlk__arena_take(&arena, x_count);
-        xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
-        x_hat = (float *)mlk__arena_take(&arena, x_count * sizeof(float));
         st = mlk_act_quant_i8(m, k, x, xq, xscale);
         if (st == MLK_OK)
-            for (i = 0; i < x_count; i++) x_hat[i] = (float)xq[i] * xscale[i / (size_t)k];
+            for (size_t i = 0; i < x_count; i++) x_hat[i] = (float)xq[i] * xscale[i / (size_t)k];
     }
-    if (dx && st == MLK_OK) /* dx [m, k] = dy [m, n] * W^ [n, k] */
-        st = mlk_sgemm(0, 0, m, k, n, 1.0f, dy, n, w_hat, k, 0.0f, dx, k);
-    if (dw && st == MLK_OK) /* dw [n, k] = dy^T [n, m] * x^ [m, k] */
-        st = mlk_sgemm(1, 0, n, k, m, 1.0f, dy, n, x_hat, k, 0.0f, dw, k);
+    if (st == MLK_OK) {
+        if (dx) mlk__sgemm_run(&dx_plan, dx_scratch);
+        if (dw) mlk__sgemm_run(&dw_plan, dw_scratch);
+    }
     mlk__arena_done(&arena);
     return st;
 }

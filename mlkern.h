@@ -162,7 +162,9 @@ MLKERN_DEF mlk_status mlk_softmax(int rows, int n, const float *x, float *y);
 MLKERN_DEF mlk_status mlk_log_softmax(int rows, int n, const float *x, float *y);
 /* The k (1..n) most probable tokens of softmax(logits / temperature) over the
    full row, in one pass over the logits: probs / idx [rows, k], sorted by
-   descending probability, ties to the lower index. temperature > 0. */
+   descending probability, ties to the lower index. temperature must be
+   positive with 1 / temperature finite (>= 2.94e-39, about 1 / FLT_MAX;
+   else MLK_ERR_ARG). Rows up to n = INT_MAX keep an accurate sum. */
 MLKERN_DEF mlk_status mlk_topk_softmax(int rows, int n, const float *logits,
     float temperature, int k, float *probs, int32_t *idx);
 /* The same with log-probabilities (temperature 1). */
@@ -171,7 +173,8 @@ MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
 
 /* Sampler settings, applied in this order, each on what the previous left. */
 typedef struct mlk_sampler {
-    float temperature; /* 0 = greedy (argmax, ties to the lower index) */
+    float temperature; /* 0 = greedy (argmax, ties to the lower index); else
+                          1 / temperature finite (>= 2.94e-39), else MLK_ERR_ARG */
     int top_k;         /* keep the k most probable; 0 (or >= n) = off */
     float top_p;       /* keep the fewest most probable tokens reaching top_p of the mass; >= 1 = off */
     float min_p;       /* keep tokens with p >= min_p * p_max; 0 = off */
@@ -256,6 +259,12 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q,
    pool; forks share blocks and copy one on its first write (copy-on-write).
    A contiguous cache is block_size = the longest context.
 
+   Threads: calls that only read a cache (mlk_kv_load, mlk_kv_attn,
+   mlk_kv_seq_len, mlk_kv_get_stats) may run concurrently with each other;
+   every other call changes it and needs exclusive access (no reader or
+   writer at the same time), as with any container. Distinct caches are
+   independent.
+
    Storage and bytes per token per layer (both K and V, Hkv kv heads, head
    dim D, nb = ceil(D / 32) quantisation blocks of one float scale each):
        MLK_KV_F32  2 * Hkv * 4 * D                          (D=128: 1024 B/head)
@@ -263,8 +272,9 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q,
        MLK_KV_Q8   2 * Hkv * (4 * nb + D rounded up to 4)       (D=128: 288 B/head)
        MLK_KV_Q4   2 * Hkv * (4 * nb + D/2 rounded up to 4)     (D=128: 160 B/head)
    mlk_kv_bytes_per_token computes it. F16 rounds to nearest even and
-   saturates at +-65504; Q8/Q4 are symmetric (scale = max|x| / 127 or / 7)
-   with every element within half a step of its input. */
+   saturates at +-65504; Q8/Q4 are symmetric (scale = max|x| / 127 or / 7,
+   rounded up for blocks below 2^-100) with every element within half a
+   step (scale / 2) of its input, up to one float rounding of q * scale. */
 typedef enum mlk_kv_type { MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8, MLK_KV_Q4 } mlk_kv_type;
 typedef struct mlk_kv_config {
     int layers, kv_heads, head_dim;
@@ -273,8 +283,9 @@ typedef struct mlk_kv_config {
 } mlk_kv_config;
 typedef struct mlk_kv_cache mlk_kv_cache;
 
-/* Bytes one position takes in one layer (K and V, all kv heads); 0 if the
-   config is invalid or the size overflows. Pool bytes = this * layers *
+/* Bytes one position takes in one layer (K and V, all kv heads); 0 if any
+   field of the config is invalid (a size < 1, an unknown type) or the size
+   overflows. Pool bytes = this * layers *
    block_size * num_blocks. */
 MLKERN_DEF size_t     mlk_kv_bytes_per_token(const mlk_kv_config *cfg);
 /* Allocates the pool and tables; every size >= 1, type one of mlk_kv_type
@@ -342,7 +353,9 @@ MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st);
 typedef int (*mlk_logits_fn)(void *user, int n, const int *parent,
     const int32_t *const *seqs, const int *lens, float *logits);
 /* eos_id: the end token in [0, vocab), or -1 for none. num_return <= beam_width.
-   score = logprob / len^length_penalty, len counting generated tokens with EOS. */
+   score = logprob / len^length_penalty, len counting generated tokens with EOS;
+   max_new_tokens^length_penalty must lie in [2^-200, 2^200] (any sane
+   penalty; else MLK_ERR_ARG) so that every score is finite. */
 typedef struct mlk_beam_config {
     int beam_width, vocab, eos_id, max_new_tokens, num_return;
     float length_penalty;
@@ -437,8 +450,10 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
 
 /* Per-row absmax quantisation: xscale[r] = max|x[r, :]| / 127 and
    xq = round(x * (127 / max|x|)) rounding half away from zero, so codes are
-   in [-127, 127]. A zero row gets xscale 0 and codes 0. NaN or infinite
-   inputs are MLK_ERR_VALUE. */
+   in [-127, 127] and |x - xq * xscale| <= xscale / 2 up to float rounding.
+   Rows with max|x| below 2^-100 are quantised in double against xscale
+   rounded up, so the codes and that bound hold down to denormals. A zero
+   row gets xscale 0 and codes 0. NaN or infinite inputs are MLK_ERR_VALUE. */
 MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     int8_t *xq, float *xscale);
 
@@ -492,8 +507,9 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #include <float.h>
 #include <limits.h>
 
-#if !defined(MLKERN_MALLOC) || !defined(MLKERN_FREE)
-#include <stdlib.h>
+#include <stdlib.h> /* malloc/free unless overridden; abort */
+#if defined(MLKERN_MALLOC) != defined(MLKERN_FREE)
+#error "mlkern.h: define both MLKERN_MALLOC and MLKERN_FREE, or neither"
 #endif
 #ifndef MLKERN_MALLOC
 #define MLKERN_MALLOC(n) malloc(n)
@@ -633,11 +649,16 @@ MLK__MAYBE_UNUSED static mlk_status mlk__arena_init(mlk__arena *a, void *workspa
     return a->base ? MLK_OK : MLK_ERR_NOMEM;
 }
 
+/* The next aligned piece. Overrunning the arena would write past a caller's
+   workspace, so the check stays in release builds (a bug, never input). */
 MLK__MAYBE_UNUSED static void *mlk__arena_take(mlk__arena *a, size_t bytes)
 {
     size_t r = (bytes + MLK__ALIGN - 1) / MLK__ALIGN * MLK__ALIGN;
     void *p = a->base + a->used;
-    MLKERN_ASSERT(a->used + r <= a->cap);
+    if (r < bytes || r > a->cap - a->used) {
+        MLKERN_ASSERT(!"mlkern: arena overrun");
+        abort();
+    }
     a->used += r;
     return p;
 }
@@ -718,6 +739,67 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
     return _mm256_and_ps(p, valid); /* x <= -87.3, -inf or NaN -> 0 */
 }
 #endif
+
+/* ---- symmetric quantisation (KV cache Q8/Q4 rows, int8 activations) ---- */
+
+/* max |x[i]| over n values */
+MLK__MAYBE_UNUSED static float mlk__absmax(const float *x, int n)
+{
+    float amax = 0;
+    int i = 0;
+#if defined(MLK__AVX2)
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 vmax = _mm256_setzero_ps();
+    __m128 m4;
+    for (; i <= n - 8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+    m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    amax = _mm_cvtss_f32(m4);
+#endif
+    for (; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    return amax;
+}
+
+/* Blocks whose max|x| is below this quantise in double: qmax / amax would
+   overflow float near 1e-38, and the scale loses digits among denormals. */
+#define MLK__QUANT_TINY 7.888609052210118e-31f /* 2^-100 */
+
+/* Symmetric quantisation of n finite values with max |x| = amax to codes
+   in [-qmax, qmax], rounding half away from zero; returns the scale (0 for
+   an all-zero block). |x - q * scale| <= scale / 2 up to one float rounding
+   of the product. The scale is amax / qmax, rounded up for tiny blocks so
+   that no code needs clamping and the bound holds down to denormals. */
+MLK__MAYBE_UNUSED static float mlk__quant_sym(int n, int qmax, float amax, const float *x, int8_t *q)
+{
+    if (amax == 0.0f) {
+        memset(q, 0, (size_t)n);
+        return 0.0f;
+    }
+    if (amax >= MLK__QUANT_TINY) {
+        /* t truncates v and v - t is exact, so the halves are decided
+           exactly (and the loop vectorises, unlike roundf) */
+        const float inv = (float)qmax / amax;
+        for (int i = 0; i < n; i++) {
+            float v = x[i] * inv, frac;
+            int t = (int)v;
+            frac = v - (float)t;
+            t += (frac >= 0.5f) - (frac <= -0.5f);
+            q[i] = (int8_t)(t > qmax ? qmax : (t < -qmax ? -qmax : t));
+        }
+        return amax / (float)qmax;
+    } else {
+        double exact = (double)amax / qmax, scale_d;
+        float scale = (float)exact;
+        if ((double)scale < exact) scale = nextafterf(scale, INFINITY);
+        scale_d = scale;
+        for (int i = 0; i < n; i++) {
+            double v = (double)x[i] / scale_d; /* |v| <= qmax */
+            q[i] = (int8_t)(v >= 0 ? floor(v + 0.5) : -floor(0.5 - v));
+        }
+        return scale;
+    }
+}
 
 #ifdef __cplusplus
 }
@@ -972,7 +1054,7 @@ static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, in
     __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps(), s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
     __m256 h01, h23, h45, h67, h0123, h4567;
     int p = 0;
-    for (; p + 8 <= k; p += 8) {
+    for (; p <= k - 8; p += 8) {
         const __m256 xv = _mm256_loadu_ps(x + p);
         s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + p), s0);
         s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + p), s1);
@@ -1018,7 +1100,7 @@ static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const floa
     __m256 s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps(), s12 = _mm256_setzero_ps(), s13 = _mm256_setzero_ps();
     __m256 h0, h1;
     int p = 0;
-    for (; p + 8 <= k; p += 8) {
+    for (; p <= k - 8; p += 8) {
         const __m256 xv0 = _mm256_loadu_ps(x0 + p), xv1 = _mm256_loadu_ps(x1 + p);
         __m256 wv;
         wv = _mm256_loadu_ps(w0 + p); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
@@ -1046,7 +1128,7 @@ static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
 {
     const __m256 xv = _mm256_set1_ps(x_p);
     int j = 0;
-    for (; j + 8 <= cols; j += 8)
+    for (; j <= cols - 8; j += 8)
         _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_loadu_ps(b + j), _mm256_loadu_ps(acc + j)));
     if (j < cols)
         _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_maskload_ps(b + j, mlk__gemv_tail_mask(cols - j)),
@@ -1061,7 +1143,7 @@ static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ld
     const __m256 x2 = _mm256_set1_ps(x4[2]), x3 = _mm256_set1_ps(x4[3]);
     const float *b1 = b + ldb, *b2 = b + 2 * ldb, *b3 = b + 3 * ldb;
     int j = 0;
-    for (; j + 8 <= cols; j += 8) {
+    for (; j <= cols - 8; j += 8) {
         __m256 a = _mm256_loadu_ps(acc + j);
         a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b + j), a);
         a = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b1 + j), a);
@@ -1121,12 +1203,12 @@ static void mlk__gemv_part(const mlk__gemm_args *g, int j0, int cols)
 {
     if (g->b_rs == 1) { /* op(B)'s columns are contiguous: B^T (or one column) */
         float dots[8];
-        for (int jb = 0; jb < cols; jb += MLK__GEMV_ROWS) {
-            const int rows = mlk__gemm_min(MLK__GEMV_ROWS, cols - jb);
+        for (int jb = 0, rows; jb < cols; jb += rows) {
+            rows = mlk__gemm_min(MLK__GEMV_ROWS, cols - jb);
             const float *w = g->b + (size_t)(j0 + jb) * g->b_cs;
             float *c_jb = g->c + (size_t)(j0 + jb);
             int i = 0;
-            for (; i + 2 <= g->m; i += 2) /* A rows in pairs; the B rows stay in L1/L2 */
+            for (; i <= g->m - 2; i += 2) /* A rows in pairs; the B rows stay in L1/L2 */
                 for (int half = 0; half < rows; half += 4) {
                     const int rows4 = mlk__gemm_min(4, rows - half);
                     mlk__gemv_dot4x2(g->k, g->a + (size_t)i * g->a_rs, g->a + (size_t)(i + 1) * g->a_rs,
@@ -1148,7 +1230,7 @@ static void mlk__gemv_part(const mlk__gemm_args *g, int j0, int cols)
             const int nb = mlk__gemm_min(chunk, cols - jc);
             memset(acc, 0, sizeof acc);
             int p = 0;
-            for (; p + 4 <= g->k; p += 4) { /* B rows p..p+3, read once for all A rows */
+            for (; p <= g->k - 4; p += 4) { /* B rows p..p+3, read once for all A rows */
                 const float *b_rows = g->b + (size_t)p * g->b_rs + (size_t)(j0 + jc);
                 for (int i = 0; i < g->m; i++) {
                     const float *a_i = g->a + (size_t)i * g->a_rs + (size_t)p * g->a_cs;
@@ -1359,6 +1441,11 @@ static float mlk__norm_hsum8(__m256 v)
    accumulator per lane would lose digits linearly with the row length). */
 #define MLK__NORM_BLOCK 128
 
+#if !defined(MLK__AVX2)
+/* pairwise sum of 8 lanes */
+static float mlk__norm_sum8(const float *v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+#endif
+
 /* Length of the block at i of a row of n: no i + BLOCK that could overflow. */
 static int mlk__norm_block_len(int n, int i) { return n - i < MLK__NORM_BLOCK ? n - i : MLK__NORM_BLOCK; }
 
@@ -1381,6 +1468,16 @@ static void mlk__norm_block_moments(const float *x, int n, float c, float *s1, f
     }
     sum = mlk__norm_hsum8(_mm256_add_ps(acc0, acc1));
     sum_sq = mlk__norm_hsum8(_mm256_add_ps(sq0, sq1));
+#else
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (; i <= n - 8; i += 8) /* eight lanes, as the vector path: short add chains */
+        for (int l = 0; l < 8; l++) {
+            float d = x[i + l] - c;
+            acc[l] += d;
+            sq[l] += d * d;
+        }
+    sum = mlk__norm_sum8(acc);
+    sum_sq = mlk__norm_sum8(sq);
 #endif
     for (; i < n; i++) {
         float d = x[i] - c;
@@ -1468,7 +1565,7 @@ static void mlk__norm_apply(const float *x, int n, float c, float delta, float r
 static void mlk__norm_prefetch(const float *row, int n)
 {
 #if defined(MLK__AVX2)
-    for (int i = 0; i < n; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
+    for (size_t i = 0; i < (size_t)n; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
 #else
     (void)row;
     (void)n;
@@ -1539,6 +1636,18 @@ static void mlk__norm_block_bwd_sums(const float *x, const float *dy, const floa
     s_d = mlk__norm_hsum8(acc_d);
     s_g = mlk__norm_hsum8(acc_g);
     s_gd = mlk__norm_hsum8(acc_gd);
+#else
+    float acc_d[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc_g[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc_gd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (; i <= n - 8; i += 8)
+        for (int l = 0; l < 8; l++) {
+            float d = x[i + l] - mean, g = gamma ? gamma[i + l] * dy[i + l] : dy[i + l];
+            acc_d[l] += d;
+            acc_g[l] += g;
+            acc_gd[l] += g * d;
+        }
+    s_d = mlk__norm_sum8(acc_d);
+    s_g = mlk__norm_sum8(acc_g);
+    s_gd = mlk__norm_sum8(acc_gd);
 #endif
     for (; i < n; i++) {
         float d = x[i] - mean, g = gamma ? gamma[i] * dy[i] : dy[i];
@@ -2392,7 +2501,7 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const flo
 {
     for (int j = 0; j < n; j += MLK__ATTN_NR) {
         int i = 0;
-        for (; i + MLK__ATTN_MR <= m; i += MLK__ATTN_MR)
+        for (; i <= m - MLK__ATTN_MR; i += MLK__ATTN_MR)
             mlk__attn_kernel(MLK__ATTN_MR, k, a + (size_t)i * lda, lda, b + j, ldb,
                              c + (size_t)i * ldc + j, ldc, accumulate);
         if (i < m) /* the last m % 6 rows (all of a 4-row decode group) in one pass */
@@ -2580,7 +2689,7 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
     int e = 0;
 #if defined(MLK__AVX2)
     const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
-    for (; e + 16 <= dim; e += 16) {
+    for (; e <= dim - 16; e += 16) {
         __m256 lo8, hi8;
         mlk__attn_row_load16(type, row, data, e, &lo8, &hi8);
         _mm256_storeu_ps(x + e, lo8);
@@ -2666,7 +2775,7 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
     int nb = mlk__attn_qblocks(dim), e0 = 0;
     (void)nb;
 #if defined(MLK__AVX2)
-    for (; e0 + 16 <= dim; e0 += 16) {
+    for (; e0 <= dim - 16; e0 += 16) {
         __m256 a0 = _mm256_loadu_ps(acc[0] + e0), b0 = _mm256_loadu_ps(acc[0] + e0 + 8);
         __m256 a1 = _mm256_loadu_ps(acc[1] + e0), b1 = _mm256_loadu_ps(acc[1] + e0 + 8);
         __m256 a2 = _mm256_loadu_ps(acc[2] + e0), b2 = _mm256_loadu_ps(acc[2] + e0 + 8);
@@ -2703,7 +2812,7 @@ static float mlk__attn_row_max(const float *s, int n)
 #if defined(MLK__AVX2)
     __m256 vm = _mm256_set1_ps(-INFINITY);
     float lanes[8];
-    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+    for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
     _mm256_storeu_ps(lanes, vm);
     for (int l = 0; l < 8; l++) m = lanes[l] > m ? lanes[l] : m;
 #endif
@@ -2719,7 +2828,7 @@ static float mlk__attn_exp_sum(float *s, int n, float shift)
 #if defined(MLK__AVX2)
     __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
     float lanes[8];
-    for (; j + 8 <= n; j += 8) {
+    for (; j <= n - 8; j += 8) {
         __m256 e = mlk__exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));
         _mm256_storeu_ps(s + j, e);
         vsum = _mm256_add_ps(vsum, e);
@@ -3506,7 +3615,7 @@ static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
     int j = 0;
 #if defined(MLK__AVX2) && defined(__F16C__)
     const __m256 lo = _mm256_set1_ps(-65504.0f), hi = _mm256_set1_ps(65504.0f);
-    for (; j + 8 <= d; j += 8) { /* min/max return their 2nd operand on NaN: NaN survives */
+    for (; j <= d - 8; j += 8) { /* min/max return their 2nd operand on NaN: NaN survives */
         __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + j)));
         _mm_storeu_si128((__m128i *)(h + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     }
@@ -3514,25 +3623,11 @@ static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
     for (; j < d; j++) h[j] = mlk__kv_f16_from_f32(x[j]);
 }
 
-/* Symmetric quantisation of n <= 32 values to [-qmax, qmax]; returns the
-   scale max|x| / qmax. |x - q * scale| <= scale / 2 up to float rounding. */
-static float mlk__kv_quant_block(int n, int qmax, const float *x, signed char *q)
-{
-    float amax = 0.0f, inv;
-    for (int j = 0; j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-    inv = amax > 0.0f ? (float)qmax / amax : 0.0f;
-    for (int j = 0; j < n; j++) {
-        float r = roundf(x[j] * inv);
-        q[j] = (signed char)(r > (float)qmax ? qmax : r < (float)-qmax ? -qmax : (int)r);
-    }
-    return amax / (float)qmax;
-}
-
 static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
 {
     float *scales = (float *)(void *)row;
     unsigned char *data = row + 4 * mlk__attn_qblocks(d);
-    signed char qb[MLK__ATTN_QBLOCK];
+    int8_t qb[MLK__ATTN_QBLOCK];
     if (type == MLK_KV_F32) {
         memcpy(row, x, (size_t)d * 4);
         return;
@@ -3543,7 +3638,7 @@ static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned
     }
     for (int b0 = 0; b0 < d; b0 += MLK__ATTN_QBLOCK) {
         int n = d - b0 < MLK__ATTN_QBLOCK ? d - b0 : MLK__ATTN_QBLOCK;
-        scales[b0 / MLK__ATTN_QBLOCK] = mlk__kv_quant_block(n, type == MLK_KV_Q8 ? 127 : 7, x + b0, qb);
+        scales[b0 / MLK__ATTN_QBLOCK] = mlk__quant_sym(n, type == MLK_KV_Q8 ? 127 : 7, mlk__absmax(x + b0, n), x + b0, qb);
         if (type == MLK_KV_Q8) {
             memcpy(data + b0, qb, (size_t)n);
             continue;
@@ -3564,7 +3659,9 @@ static void mlk__kv_decode_rows(mlk_kv_type type, int d, size_t row_bytes, int n
 MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
 {
     size_t row, n;
-    if (!cfg || cfg->kv_heads < 1 || cfg->head_dim < 1) return 0;
+    if (!cfg || cfg->layers < 1 || cfg->kv_heads < 1 || cfg->head_dim < 1 || cfg->block_size < 1 ||
+        cfg->num_blocks < 1 || cfg->max_seqs < 1)
+        return 0;
     if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
         cfg->type != MLK_KV_Q4)
         return 0;
@@ -4332,6 +4429,10 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
     if (batch < 1 || bw < 1 || vocab < 1 || max_new < 1 || cfg->num_return < 1 || cfg->num_return > bw)
         return MLK_ERR_SHAPE;
     if (cfg->eos_id < -1 || cfg->eos_id >= vocab || !isfinite(cfg->length_penalty)) return MLK_ERR_ARG;
+    {
+        double pen_max = pow((double)max_new, (double)cfg->length_penalty); /* len^p is monotonic in len >= 1 */
+        if (!(pen_max >= ldexp(1.0, -200) && pen_max <= ldexp(1.0, 200))) return MLK_ERR_ARG;
+    }
     for (int b = 0; b < batch; b++) {
         size_t item;
         if (!prompts[b]) return MLK_ERR_NULL;
@@ -4655,43 +4756,6 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
 
 /* ---- activation quantisation ---- */
 
-static float mlk__tern_row_absmax(const float *x, int cols)
-{
-    float amax = 0;
-    int c = 0;
-#if defined(MLK__AVX2)
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    __m256 vmax = _mm256_setzero_ps();
-    __m128 m4;
-    for (; c + 8 <= cols; c += 8)
-        vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + c), abs_mask));
-    m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    amax = _mm_cvtss_f32(m4);
-#endif
-    for (; c < cols; c++) {
-        float a = fabsf(x[c]);
-        amax = a > amax ? a : amax;
-    }
-    return amax;
-}
-
-/* q = round(x * inv) half away from zero, clamped to [-127, 127]: t is
-   the truncation and x * inv - t is exact, so the halves are decided
-   exactly (and the loop vectorises, unlike roundf). */
-static void mlk__tern_quant_row(const float *x, int cols, float inv, int8_t *q)
-{
-    int c;
-    for (c = 0; c < cols; c++) {
-        float v = x[c] * inv;
-        int t = (int)v;
-        float frac = v - (float)t;
-        t += (frac >= 0.5f) - (frac <= -0.5f);
-        q[c] = (int8_t)(t > 127 ? 127 : (t < -127 ? -127 : t));
-    }
-}
-
 MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     int8_t *xq, float *xscale)
 {
@@ -4705,10 +4769,8 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     if (!finite) return MLK_ERR_VALUE;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
     for (r = 0; r < rows; r++) {
-        float amax = mlk__tern_row_absmax(x + (size_t)r * cols, cols);
-        mlk__tern_quant_row(x + (size_t)r * cols, cols, amax > 0 ? 127.0f / amax : 0.0f,
-                            xq + (size_t)r * cols);
-        xscale[r] = amax / 127.0f;
+        const float *x_row = x + (size_t)r * cols;
+        xscale[r] = mlk__quant_sym(cols, 127, mlk__absmax(x_row, cols), x_row, xq + (size_t)r * cols);
     }
     return MLK_OK;
 }
@@ -4904,7 +4966,7 @@ static void mlk__tern_gemm_panels(int m, int n, int k, const int8_t *xp, size_t 
             memset(tails[j - j0], 0, 32);
             memcpy(tails[j - j0], wpacked + (size_t)j * row_bytes + 32 * full, tail);
         }
-        for (; i + MLK__TERN_MR <= m; i += MLK__TERN_MR)
+        for (; i <= m - MLK__TERN_MR; i += MLK__TERN_MR)
             for (j = j0; j < j1; j++) {
                 mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
                                    xp + (size_t)i * kpad, kpad, MLK__TERN_MR, dot);

@@ -6,6 +6,7 @@
 static int fail_alloc; /* makes the library's allocations fail (MLK_ERR_NOMEM) */
 static void *test_malloc(size_t n) { return fail_alloc ? NULL : malloc(n); }
 #define MLKERN_MALLOC(n) test_malloc(n)
+#define MLKERN_FREE(p) free(p)
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
@@ -63,10 +64,11 @@ static void ref_order(const float *x, int n, int *order)
     qsort(order, (size_t)n, sizeof(int), cmp_desc);
 }
 
-/* error bound: 2x the naive float32 error plus a few ulps of the scale */
+/* mlkt.h's tolerance rule with this file's floor: 4 float ulps of the
+   output's scale */
 static int within_naive(double err, double naive_err, double scale)
 {
-    return err <= 2 * naive_err + 4 * FLT_EPSILON * (scale > 1e-30 ? scale : 1e-30);
+    return mlkt_within_naive(err, naive_err, mlkt_ulps(4, scale > 1e-30 ? scale : 1e-30));
 }
 
 /* ---- row generators ---- */
@@ -106,7 +108,7 @@ static void check_full(int rows, int n, int kind)
         naive_softmax_row(x + r * n, n, 1.0f, naive, lnaive);
         e = mlkt_max_abs_err(y + r * n, p, (size_t)n);
         e_naive = mlkt_max_abs_err(naive, p, (size_t)n);
-        CHECKF(within_naive(e, e_naive, 1.0), "softmax %dx%d kind %d: err %.3g naive %.3g", rows, n, kind, e, e_naive);
+        CHECK_NAIVE(e, e_naive, mlkt_ulps(4, 1.0), "softmax %dx%d kind %d", rows, n, kind);
         for (i = 0; i < n; i++) {
             if (lp[i] == -INFINITY) {
                 CHECK(ly[r * n + i] == -INFINITY);

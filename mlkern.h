@@ -73,6 +73,7 @@
 #define MLKERN_VERSION_MINOR 1
 #define MLKERN_VERSION_PATCH 0
 
+#ifndef MLKERN_DEF
 #ifdef MLKERN_STATIC
 #if defined(__GNUC__) || defined(__clang__)
 #define MLKERN_DEF static __attribute__((unused)) /* a file uses only some */
@@ -81,6 +82,7 @@
 #endif
 #else
 #define MLKERN_DEF extern
+#endif
 #endif
 
 #ifdef __cplusplus
@@ -377,7 +379,8 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
 /* A draft tree of n nodes in topological order: parent[i] < i, -1 for a
    root. mask [n, n]: mask[i*n + j] = 1 iff node j is an ancestor-or-self of i. */
 MLKERN_DEF mlk_status mlk_tree_mask(int n, const int *parent, uint8_t *mask);
-/* depth [n]: 0 for roots; node i sits at position prefix_len + depth[i]. */
+/* depth [n]: 0 for roots, else the parent's depth + 1; after a prefix of P
+   positions, node i sits at position P + depth[i]. */
 MLKERN_DEF mlk_status mlk_tree_depth(int n, const int *parent, int *depth);
 /* Verifies draft [n] against target [n + 1] (target[0]: greedy token after the
    prefix, target[1 + i]: after node i). Node i is checked against
@@ -526,9 +529,6 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #if !defined(MLKERN_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #define MLK__AVX2 1
 #include <immintrin.h>
-#elif !defined(MLKERN_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
-#define MLK__NEON 1
-#include <arm_neon.h>
 #endif
 
 /* OpenMP only through pragmas; MLK__OMP(omp parallel for) is nothing
@@ -551,6 +551,7 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #ifdef __cplusplus
 extern "C" {
 #endif
+
 
 MLKERN_DEF const char *mlk_status_str(mlk_status s)
 {
@@ -689,6 +690,18 @@ MLK__MAYBE_UNUSED static int mlk__thread_id(void)
 #endif
 }
 
+/* When a call is worth waking the OpenMP team. Starting a team costs
+   microseconds; below these sizes one thread is done first (measured with
+   make bench on the development machines; each is a size of the work, so
+   results never depend on it). */
+#define MLK__PAR_NORM_FLOATS 16384        /* norms: x elements; rows are memory-bound */
+#define MLK__PAR_SOFTMAX_FLOATS 32768     /* softmax, top-k, sampling: logits read */
+#define MLK__PAR_GEMV_FLOATS 32768        /* sgemm, m <= 8: elements of B, read once */
+#define MLK__PAR_GEMM_FLOPS 4e6           /* sgemm, packed path: 2 m n k */
+#define MLK__PAR_ATTN_MACS 1048576.0      /* attention: multiply-adds of Q K^T (a short decode step is less) */
+#define MLK__PAR_ELEMS ((size_t)1 << 16)  /* element-wise passes: ternary quantisers, AdamW */
+#define MLK__PAR_TERN_MACS 1048576.0      /* ternary GEMM: m n k */
+
 /* ---- exp: e^x = 2^n * e^r, x = n ln2 + r, |r| <= ln2/2; degree-6
    polynomial for e^r (rel. error < 5e-7, tested). -inf and x < -87.3 give
    0; x > 88.38 gives inf (2^128), a little early: callers pass x <= 0. ---- */
@@ -737,6 +750,36 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
     e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
     return _mm256_and_ps(p, valid); /* x <= -87.3, -inf or NaN -> 0 */
+}
+
+/* Clears the upper register halves before a scalar tail: gcc omits the
+   vzeroupper before calls to local functions (mlk__row_get), and the dirty
+   state then slows every legacy-SSE instruction after the return (libm's
+   exp: 6x on the development machine). */
+static inline void mlk__avx_done(void) { _mm256_zeroupper(); }
+
+/* Lanes 0..count-1 set: masked loads and stores of a row's last values,
+   which touch nothing past the row. */
+static __m256i mlk__mask8(int count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* The sum and the max of the 8 lanes (pairwise). */
+static float mlk__hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static float mlk__hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
 }
 #endif
 
@@ -801,9 +844,224 @@ MLK__MAYBE_UNUSED static float mlk__quant_sym(int n, int qmax, float amax, const
     }
 }
 
-#ifdef __cplusplus
+
+/* ======================================================================
+   shared kernels: tree checks and the KV row formats, used by several
+   families below
+   ====================================================================== */
+
+/* ---- trees: draft trees in topological order ----
+   parent[i] is -1 for a root, else an index < i. Attention's tree mask, the
+   KV cache's tree attention and the speculative-decoding section all take
+   trees in this form, checked and measured here once. */
+
+/* MLK_ERR_TREE unless every parent[i] lies in [-1, i). */
+static mlk_status mlk__tree_check(int n, const int *parent)
+{
+    for (int i = 0; i < n; i++)
+        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
+    return MLK_OK;
+}
+
+/* depth[i]: 0 for a root, else its parent's depth + 1 (a checked tree). */
+static void mlk__tree_depths(int n, const int *parent, int *depth)
+{
+    for (int i = 0; i < n; i++) depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+}
+
+/* ---- KV row formats: one row = head_dim values of one head ----
+   The KV cache stores rows in these formats and attention reads them in
+   place ("typed rows"), so encoding and decoding live here, once.
+   F32/F16: the values. Q8/Q4: ceil(D / 32) float scales, then int8 values
+   or 4-bit values biased by 8 (element e in byte e / 2, low nibble first). */
+
+#define MLK__ROW_QBLOCK 32 /* quantisation block along head_dim */
+
+static int mlk__row_qblocks(int dim) { return dim / MLK__ROW_QBLOCK + (dim % MLK__ROW_QBLOCK != 0); }
+
+/* Bytes of one row of dim values stored as type. */
+static size_t mlk__row_bytes(mlk_kv_type type, int dim)
+{
+    size_t nb = (size_t)mlk__row_qblocks(dim), n = (size_t)dim;
+    switch (type) {
+    case MLK_KV_F32: return 4 * n;
+    case MLK_KV_F16: return 2 * n;
+    case MLK_KV_Q8: return 4 * nb + (n + 3) / 4 * 4;
+    case MLK_KV_Q4: return 4 * nb + ((n + 1) / 2 + 3) / 4 * 4;
+    }
+    return 0;
+}
+
+static float mlk__row_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    float f;
+    if (e == 0) {
+        f = (float)m * 5.9604644775390625e-08f; /* m * 2^-24 */
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* Element e of a row of dim values stored as type. */
+static float mlk__row_get(mlk_kv_type type, int dim, const unsigned char *row, int e)
+{
+    const unsigned char *data = row + 4 * (size_t)mlk__row_qblocks(dim);
+    float scale, x;
+    uint16_t h;
+    if (type == MLK_KV_F32) {
+        memcpy(&x, row + 4 * (size_t)e, 4);
+        return x;
+    }
+    if (type == MLK_KV_F16) {
+        memcpy(&h, row + 2 * (size_t)e, 2);
+        return mlk__row_f16_to_f32(h);
+    }
+    memcpy(&scale, row + 4 * (size_t)(e / MLK__ROW_QBLOCK), 4);
+    if (type == MLK_KV_Q8) return scale * (float)(signed char)data[e];
+    return scale * (float)(((data[e >> 1] >> ((e & 1) * 4)) & 15) - 8);
+}
+
+#if defined(MLK__AVX2)
+/* Elements e .. e+15 of a row (e a multiple of 16, e + 16 <= dim) in two
+   registers; data points past the nb scales of a quantised row (16
+   elements never straddle two 32-blocks). Inlined with a constant type, the
+   switch folds away. */
+static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
+                                        __m256 *lo8, __m256 *hi8)
+{
+    __m256 scale;
+    __m128i bytes, lo, hi;
+    switch (type) {
+    case MLK_KV_F16:
+#if defined(__F16C__)
+        *lo8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
+        *hi8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e + 16)));
+#else
+    {
+        float x[16];
+        for (int i = 0; i < 16; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * (size_t)(e + i), 2);
+            x[i] = mlk__row_f16_to_f32(h);
+        }
+        *lo8 = _mm256_loadu_ps(x);
+        *hi8 = _mm256_loadu_ps(x + 8);
+    }
+#endif
+        return;
+    case MLK_KV_Q8: /* two 8-byte loads fold into the sign extensions */
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ROW_QBLOCK);
+        *lo8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e))));
+        *hi8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e + 8))));
+        *lo8 = _mm256_mul_ps(*lo8, scale);
+        *hi8 = _mm256_mul_ps(*hi8, scale);
+        return;
+    case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
+        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ROW_QBLOCK);
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
+        lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
+        hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
+        bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+        break;
+    default:
+        *lo8 = _mm256_loadu_ps((const float *)(const void *)row + e);
+        *hi8 = _mm256_loadu_ps((const float *)(const void *)row + e + 8);
+        return;
+    }
+    *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
+    *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
 }
 #endif
+
+/* x[e] = element e of a typed row, e < dim. */
+static void mlk__row_decode(mlk_kv_type type, int dim, const unsigned char *row, float *x)
+{
+    int e = 0;
+#if defined(MLK__AVX2)
+    const unsigned char *data = row + 4 * (size_t)mlk__row_qblocks(dim);
+    for (; e <= dim - 16; e += 16) {
+        __m256 lo8, hi8;
+        mlk__row_load16(type, row, data, e, &lo8, &hi8);
+        _mm256_storeu_ps(x + e, lo8);
+        _mm256_storeu_ps(x + e + 8, hi8);
+    }
+    if (e < dim) mlk__avx_done();
+#endif
+    for (; e < dim; e++) x[e] = mlk__row_get(type, dim, row, e);
+}
+
+/* f32 -> f16, round to nearest even, clamped to +-65504 (NaN stays NaN). */
+static uint16_t mlk__row_f16_from_f32(float f)
+{
+    uint32_t x, sign, mant, q, rem, half;
+    int shift;
+    if (f > 65504.0f) f = 65504.0f;
+    if (f < -65504.0f) f = -65504.0f;
+    memcpy(&x, &f, 4);
+    sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (x >= 0x38800000u) { /* normal half: rebias the exponent, round 13 bits */
+        x -= 0x38000000u;
+        return (uint16_t)(sign | ((x + 0xfffu + ((x >> 13) & 1u)) >> 13));
+    }
+    if (x < 0x33000000u) return (uint16_t)sign; /* below half the smallest subnormal */
+    mant = (x & 0x7fffffu) | 0x800000u;          /* value = mant * 2^(e-150) */
+    shift = 126 - (int)(x >> 23);                /* in units of 2^-24 */
+    q = mant >> shift;
+    rem = mant & ((1u << shift) - 1u);
+    half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+}
+
+static void mlk__row_f16_encode(int d, const float *x, uint16_t *h)
+{
+    int j = 0;
+#if defined(MLK__AVX2) && defined(__F16C__)
+    const __m256 lo = _mm256_set1_ps(-65504.0f), hi = _mm256_set1_ps(65504.0f);
+    for (; j <= d - 8; j += 8) { /* min/max return their 2nd operand on NaN: NaN survives */
+        __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + j)));
+        _mm_storeu_si128((__m128i *)(h + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
+#endif
+    for (; j < d; j++) h[j] = mlk__row_f16_from_f32(x[j]);
+}
+
+static void mlk__row_encode(mlk_kv_type type, int d, const float *x, unsigned char *row)
+{
+    float *scales = (float *)(void *)row;
+    unsigned char *data = row + 4 * mlk__row_qblocks(d);
+    int8_t qb[MLK__ROW_QBLOCK];
+    if (type == MLK_KV_F32) {
+        memcpy(row, x, (size_t)d * 4);
+        return;
+    }
+    if (type == MLK_KV_F16) {
+        mlk__row_f16_encode(d, x, (uint16_t *)(void *)row);
+        return;
+    }
+    for (int b0 = 0; b0 < d; b0 += MLK__ROW_QBLOCK) {
+        int n = d - b0 < MLK__ROW_QBLOCK ? d - b0 : MLK__ROW_QBLOCK;
+        scales[b0 / MLK__ROW_QBLOCK] = mlk__quant_sym(n, type == MLK_KV_Q8 ? 127 : 7, mlk__absmax(x + b0, n), x + b0, qb);
+        if (type == MLK_KV_Q8) {
+            memcpy(data + b0, qb, (size_t)n);
+            continue;
+        }
+        for (int j = 0; j < n; j += 2) /* b0 is even: element pairs share a byte */
+            data[(b0 + j) / 2] = (unsigned char)((qb[j] + 8) | (j + 1 < n ? (qb[j + 1] + 8) << 4 : 0));
+    }
+}
+
+/* Decodes n consecutive rows (row_bytes apart) into n * d floats. */
+static void mlk__row_decode_run(mlk_kv_type type, int d, size_t row_bytes, int n, const unsigned char *row, float *x)
+{
+    for (int i = 0; i < n; i++, row += row_bytes, x += d) mlk__row_decode(type, d, row, x);
+}
+
 
 /* ======================================================================
    gemm
@@ -1030,18 +1288,10 @@ enum {
     MLK__GEMV_MAX_M = 8,  /* m up to this takes the small path: 1.4-2x the packed
                              path at m = 8, even with it at m = 16-18 (1 thread) */
     MLK__GEMV_ROWS = 8,   /* B rows per dot block; columns per thread share */
-    MLK__GEMV_ACC = 4096, /* floats of the L1 accumulator (trans_b = 0): m rows of C chunks */
-    MLK__GEMV_PARALLEL = 1 << 15 /* n * k from which threads share the columns */
+    MLK__GEMV_ACC = 4096  /* floats of the L1 accumulator (trans_b = 0): m rows of C chunks */
 };
 
 #if defined(MLK__AVX2)
-/* Lanes 0..count-1 set: loads of a row's last (k mod 8) values, which read
-   nothing past the row. */
-static __m256i mlk__gemv_tail_mask(int count)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* dots[r] = sum_p x[p] * w[r * ldw + p] for r < rows (1..8); rows past the
    last repeat it so that every B row gets the same arithmetic. */
 static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, int rows, float *dots)
@@ -1066,7 +1316,7 @@ static void mlk__gemv_dot8(int k, const float *x, const float *w, size_t ldw, in
         s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w7 + p), s7);
     }
     if (p < k) { /* masked lanes load 0 from x and B: no NaN * 0 from the gap */
-        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256i mask = mlk__mask8(k - p);
         const __m256 xv = _mm256_maskload_ps(x + p, mask);
         s0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w0 + p, mask), s0);
         s1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w1 + p, mask), s1);
@@ -1109,7 +1359,7 @@ static void mlk__gemv_dot4x2(int k, const float *x0, const float *x1, const floa
         wv = _mm256_loadu_ps(w3 + p); s03 = _mm256_fmadd_ps(xv0, wv, s03); s13 = _mm256_fmadd_ps(xv1, wv, s13);
     }
     if (p < k) {
-        const __m256i mask = mlk__gemv_tail_mask(k - p);
+        const __m256i mask = mlk__mask8(k - p);
         const __m256 xv0 = _mm256_maskload_ps(x0 + p, mask), xv1 = _mm256_maskload_ps(x1 + p, mask);
         __m256 wv;
         wv = _mm256_maskload_ps(w0 + p, mask); s00 = _mm256_fmadd_ps(xv0, wv, s00); s10 = _mm256_fmadd_ps(xv1, wv, s10);
@@ -1131,7 +1381,7 @@ static void mlk__gemv_axpy(int cols, float x_p, const float *b, float *acc)
     for (; j <= cols - 8; j += 8)
         _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_loadu_ps(b + j), _mm256_loadu_ps(acc + j)));
     if (j < cols)
-        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_maskload_ps(b + j, mlk__gemv_tail_mask(cols - j)),
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(xv, _mm256_maskload_ps(b + j, mlk__mask8(cols - j)),
                                                   _mm256_loadu_ps(acc + j)));
 }
 
@@ -1152,7 +1402,7 @@ static void mlk__gemv_axpy4(int cols, const float *x4, const float *b, size_t ld
         _mm256_storeu_ps(acc + j, a);
     }
     if (j < cols) {
-        const __m256i mask = mlk__gemv_tail_mask(cols - j);
+        const __m256i mask = mlk__mask8(cols - j);
         __m256 a = _mm256_loadu_ps(acc + j);
         a = _mm256_fmadd_ps(x0, _mm256_maskload_ps(b + j, mask), a);
         a = _mm256_fmadd_ps(x1, _mm256_maskload_ps(b1 + j, mask), a);
@@ -1361,7 +1611,7 @@ static mlk_status mlk__sgemm_plan_make(int trans_a, int trans_b, int m, int n, i
         return MLK_OK;
     }
     /* one thread for small products: the team costs more than it saves */
-    p->nth = 2.0 * m * n * k < 4e6 ? 1 : mlk__max_threads();
+    p->nth = 2.0 * m * n * k < MLK__PAR_GEMM_FLOPS ? 1 : mlk__max_threads();
     tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
     if (tiles < p->nth) p->nth = (int)tiles;
     p->b_floats = mlk__gemm_b_floats(n, k);
@@ -1381,9 +1631,9 @@ static void mlk__sgemm_run(const mlk__sgemm_plan *p, float *scratch)
     }
     if (g.m <= MLK__GEMV_MAX_M) {
         /* fixed contiguous column runs, whole 8-column blocks each; one thread
-           until B is big enough (MLK__GEMV_PARALLEL floats) to pay for waking the team */
+           until B is big enough (MLK__PAR_GEMV_FLOATS) to pay for waking the team */
         if (mlk__gemv_a_floats(&g) > 0) mlk__gemv_copy_a(&g, scratch);
-        MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__GEMV_PARALLEL))
+        MLK__OMP(omp parallel if((size_t)g.n * (size_t)g.k >= MLK__PAR_GEMV_FLOATS))
         {
             int j0, cols;
             mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
@@ -1413,8 +1663,11 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
     mlk__free(scratch);
     return MLK_OK;
 }
-/* ---- norms: implementation ----
-   Forward, per row (the row stays in L1 after the first read), the
+/* ======================================================================
+   norms
+   ====================================================================== */
+
+/* Forward, per row (the row stays in L1 after the first read), the
    corrected two-pass algorithm (Chan, Golub and LeVeque 1983):
      m1    = sum(x) / dim
      delta = sum(x - m1) / dim,  var = sum((x - m1)^2) / dim - delta^2
@@ -1424,16 +1677,6 @@ MLKERN_DEF mlk_status mlk_sgemm(int trans_a, int trans_b, int m, int n, int k,
    x and y cross memory once. The cached mean is rounded to float (by up to
    half an ulp of 1e4 in that example); the backward pass uses it as m1 and
    re-derives delta from x, so it keeps full precision too. */
-
-#if defined(MLK__AVX2)
-static float mlk__norm_hsum8(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
 
 /* Row sums are taken in blocks of MLK__NORM_BLOCK values, each summed in
    float lanes and the block sums added in double: the rounding error of a
@@ -1466,8 +1709,8 @@ static void mlk__norm_block_moments(const float *x, int n, float c, float *s1, f
         sq0 = _mm256_fmadd_ps(d0, d0, sq0);
         sq1 = _mm256_fmadd_ps(d1, d1, sq1);
     }
-    sum = mlk__norm_hsum8(_mm256_add_ps(acc0, acc1));
-    sum_sq = mlk__norm_hsum8(_mm256_add_ps(sq0, sq1));
+    sum = mlk__hsum8(_mm256_add_ps(acc0, acc1));
+    sum_sq = mlk__hsum8(_mm256_add_ps(sq0, sq1));
 #else
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (; i <= n - 8; i += 8) /* eight lanes, as the vector path: short add chains */
@@ -1515,20 +1758,15 @@ static int mlk__norm_first_group(const float *out, int n, int stream)
     return head < n ? head : n;
 }
 
-static __m256i mlk__norm_mask(int len)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 static __m256 mlk__norm_load(const float *p, int len)
 {
-    return len == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mlk__norm_mask(len));
+    return len == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mlk__mask8(len));
 }
 
 /* stream: non-temporal store, for a full group at a 32-byte aligned address */
 static void mlk__norm_store(float *p, __m256 v, int len, int stream)
 {
-    if (len < 8) _mm256_maskstore_ps(p, mlk__norm_mask(len), v);
+    if (len < 8) _mm256_maskstore_ps(p, mlk__mask8(len), v);
     else if (stream && (uintptr_t)p % 32 == 0) _mm256_stream_ps(p, v);
     else _mm256_storeu_ps(p, v);
 }
@@ -1585,7 +1823,7 @@ static mlk_status mlk__norm_fwd(int rows, int dim, const float *x, const float *
     if (rows < 1 || dim < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, dim, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
     if (!(eps >= 0.0f) || eps == INFINITY) return MLK_ERR_ARG;
-    MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_NORM_FLOATS))
     for (int r = 0; r < rows; r++) {
         const float *x_row = x + (size_t)r * (size_t)dim;
         float m1 = 0.0f, delta = 0.0f, row_rstd;
@@ -1633,9 +1871,9 @@ static void mlk__norm_block_bwd_sums(const float *x, const float *dy, const floa
         acc_g = _mm256_add_ps(acc_g, g);
         acc_gd = _mm256_fmadd_ps(g, d, acc_gd);
     }
-    s_d = mlk__norm_hsum8(acc_d);
-    s_g = mlk__norm_hsum8(acc_g);
-    s_gd = mlk__norm_hsum8(acc_gd);
+    s_d = mlk__hsum8(acc_d);
+    s_g = mlk__hsum8(acc_g);
+    s_gd = mlk__hsum8(acc_gd);
 #else
     float acc_d[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc_g[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc_gd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (; i <= n - 8; i += 8)
@@ -1729,7 +1967,7 @@ static mlk_status mlk__norm_bwd(int rows, int dim, const float *x, const float *
         parts = (float *)mlk__alloc(part_count * sizeof(float));
         if (!parts) return MLK_ERR_NOMEM;
     }
-    MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_NORM_FLOATS))
     for (int c = 0; c < n_chunks; c++) {
         float *dgamma_acc = NULL, *dbeta_acc = NULL;
         int r_end = (c + 1) * chunk_rows < rows ? (c + 1) * chunk_rows : rows;
@@ -1748,7 +1986,7 @@ static mlk_status mlk__norm_bwd(int rows, int dim, const float *x, const float *
     }
     if (parts) { /* column blocks in parallel, chunks in order within each */
         int n_cols = n_parts * dim, n_blocks = (n_cols + 63) / 64;
-        MLK__OMP(omp parallel for schedule(static) if (count > 16384))
+        MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_NORM_FLOATS))
         for (int blk = 0; blk < n_blocks; blk++) {
             double col_sum[64];
             int j0 = blk * 64, width = n_cols - j0 < 64 ? n_cols - j0 : 64;
@@ -1795,8 +2033,11 @@ MLKERN_DEF mlk_status mlk_rmsnorm_bwd(int rows, int dim, const float *x,
 {
     return mlk__norm_bwd(rows, dim, x, gamma, NULL, rstd, dy, dx, dgamma, NULL);
 }
-/* ---- softmax, top-k, sampling: implementation ----
-   mlk__sm_scan reads a row once: a running max m and a running sum l of
+/* ======================================================================
+   softmax, top-k, sampling
+   ====================================================================== */
+
+/* mlk__sm_scan reads a row once: a running max m and a running sum l of
    exp((x - m) / T), rescaled by exp((m_old - m_new) / T) when the max grows,
    while a candidate buffer keeps the k largest logits. The scan goes in
    blocks of 64 logits; after warm-up almost no block holds a logit above the
@@ -2058,7 +2299,7 @@ static double mlk__sm_uniform(uint64_t state, uint64_t draw)
 static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, double *l_sum)
 {
     int n_bad = 0;
-    MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > 32768) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++)
         n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
     return n_bad ? MLK_ERR_VALUE : MLK_OK;
@@ -2080,7 +2321,7 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
     row_maxes = (float *)(void *)(l_sums + rows);
     st = mlk__sm_scan_rows(rows, n, x, row_maxes, l_sums);
     if (st == MLK_OK) {
-        MLK__OMP(omp parallel for schedule(static) if (count > 32768))
+        MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS))
         for (int r = 0; r < rows; r++) {
             const float *x_row = x + (size_t)r * (size_t)n;
             float *y_row = y + (size_t)r * (size_t)n;
@@ -2140,7 +2381,7 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     keys = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * room * sizeof(uint64_t));
     top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
     top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_best best;
         float row_max, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
@@ -2268,7 +2509,7 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     cand_val = (float *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(float));
     cand_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(int32_t));
     tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (count > 32768) reduction(+:n_bad))
+    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_best best;
         size_t slot = (size_t)mlk__thread_id() * cand_cap;
@@ -2287,12 +2528,9 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     return n_bad ? MLK_ERR_VALUE : MLK_OK;
 }
 /* ======================================================================
-   attention: implementation
+   attention
    ====================================================================== */
 
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 /* ---- streaming interface: the one attention kernel ------------------------
 
@@ -2302,8 +2540,8 @@ extern "C" {
 
        mlk__attn_mask m;               (visibility of one batch item)
        m.n_keys = n_keys;  m.n_q = n_q_total;  m.causal = 1;  m.window = 0;
-       m.tree_parent = parent or NULL; m.tree_depth = depth (filled by
-       mlk__attn_tree_depth(n_q_total, parent, depth), which also validates);
+       m.tree_parent = parent or NULL; m.tree_depth = depth (checked by
+       mlk__tree_check, filled by mlk__tree_depths);
 
        bytes = mlk__attn_rows_scratch(nq * group, head_dim, tile_kv);
        mlk__attn_rows st;
@@ -2341,16 +2579,6 @@ typedef struct mlk__attn_mask {
     const int *tree_parent; /* NULL or [n_q]: replaces causal; key off + t is node t */
     const int *tree_depth;  /* [n_q] when tree_parent is set */
 } mlk__attn_mask;
-
-/* Validates parent (parent[i] in [-1, i)) and writes each node's depth
-   (roots 0). Returns MLK_ERR_TREE for a bad array. */
-static mlk_status mlk__attn_tree_depth(int n, const int *parent, int *depth)
-{
-    for (int i = 0; i < n; i++)
-        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
-    for (int i = 0; i < n; i++) depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
-    return MLK_OK;
-}
 
 /* Positions and bounds are long long: a window of INT_MAX ("unbounded")
    plus a position must not overflow. */
@@ -2567,114 +2795,10 @@ static void mlk__attn_copy_rows(int rows, int cols, const float *src, size_t ld_
    ceil(D / 32) float scales, then int8 values or 4-bit values biased by 8
    (element e in byte e / 2, low nibble first). */
 
-#define MLK__ATTN_QBLOCK 32 /* quantisation block along head_dim */
 #define MLK__ATTN_GROUP_ROWS 4 /* query rows sharing each K/V row load */
 #define MLK__ATTN_PREFETCH 8    /* key rows between a prefetch and its use */
 
-static int mlk__attn_qblocks(int dim) { return dim / MLK__ATTN_QBLOCK + (dim % MLK__ATTN_QBLOCK != 0); }
-
-/* Bytes of one row of dim values stored as type. */
-static size_t mlk__attn_row_bytes(mlk_kv_type type, int dim)
-{
-    size_t nb = (size_t)mlk__attn_qblocks(dim), n = (size_t)dim;
-    switch (type) {
-    case MLK_KV_F32: return 4 * n;
-    case MLK_KV_F16: return 2 * n;
-    case MLK_KV_Q8: return 4 * nb + (n + 3) / 4 * 4;
-    case MLK_KV_Q4: return 4 * nb + ((n + 1) / 2 + 3) / 4 * 4;
-    }
-    return 0;
-}
-
-static float mlk__attn_f32_from_f16(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-    float f;
-    if (e == 0) {
-        f = (float)m * 5.9604644775390625e-08f; /* m * 2^-24 */
-        return sign ? -f : f;
-    }
-    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
-    memcpy(&f, &x, 4);
-    return f;
-}
-
-/* Element e of a row of dim values stored as type. */
-static float mlk__attn_row_get(mlk_kv_type type, int dim, const unsigned char *row, int e)
-{
-    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
-    float scale, x;
-    uint16_t h;
-    if (type == MLK_KV_F32) {
-        memcpy(&x, row + 4 * (size_t)e, 4);
-        return x;
-    }
-    if (type == MLK_KV_F16) {
-        memcpy(&h, row + 2 * (size_t)e, 2);
-        return mlk__attn_f32_from_f16(h);
-    }
-    memcpy(&scale, row + 4 * (size_t)(e / MLK__ATTN_QBLOCK), 4);
-    if (type == MLK_KV_Q8) return scale * (float)(signed char)data[e];
-    return scale * (float)(((data[e >> 1] >> ((e & 1) * 4)) & 15) - 8);
-}
-
 #if defined(MLK__AVX2)
-/* Elements e .. e+15 of a row (e a multiple of 16, e + 16 <= dim) in two
-   registers; data points past the nb scales of a quantised row (16
-   elements never straddle two 32-blocks). Inlined with a constant type, the
-   switch folds away. */
-static inline void mlk__attn_row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
-                                        __m256 *lo8, __m256 *hi8)
-{
-    __m256 scale;
-    __m128i bytes, lo, hi;
-    switch (type) {
-    case MLK_KV_F16:
-#if defined(__F16C__)
-        *lo8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e)));
-        *hi8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)e + 16)));
-#else
-    {
-        float x[16];
-        for (int i = 0; i < 16; i++) {
-            uint16_t h;
-            memcpy(&h, row + 2 * (size_t)(e + i), 2);
-            x[i] = mlk__attn_f32_from_f16(h);
-        }
-        *lo8 = _mm256_loadu_ps(x);
-        *hi8 = _mm256_loadu_ps(x + 8);
-    }
-#endif
-        return;
-    case MLK_KV_Q8: /* two 8-byte loads fold into the sign extensions */
-        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
-        *lo8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e))));
-        *hi8 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(data + e + 8))));
-        *lo8 = _mm256_mul_ps(*lo8, scale);
-        *hi8 = _mm256_mul_ps(*hi8, scale);
-        return;
-    case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
-        scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ATTN_QBLOCK);
-        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
-        lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
-        hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
-        bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
-        break;
-    default:
-        *lo8 = _mm256_loadu_ps((const float *)(const void *)row + e);
-        *hi8 = _mm256_loadu_ps((const float *)(const void *)row + e + 8);
-        return;
-    }
-    *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
-    *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
-}
-
-/* Clears the upper register halves before a scalar tail: gcc omits the
-   vzeroupper before calls to local functions (mlk__attn_row_get), and the
-   dirty state then slows every legacy-SSE instruction after the return
-   (libm's exp: 6x on this machine). */
-static inline void mlk__attn_avx_done(void) { _mm256_zeroupper(); }
-
 /* Asks for a row's cache lines ahead of use: cache rows come in short runs
    (one block's positions), too short for the hardware prefetcher to ramp up. */
 static inline void mlk__attn_prefetch_row(const unsigned char *row, int lines)
@@ -2682,23 +2806,6 @@ static inline void mlk__attn_prefetch_row(const unsigned char *row, int lines)
     for (int i = 0; i < lines; i++) _mm_prefetch((const char *)row + 64 * i, _MM_HINT_T0);
 }
 #endif
-
-/* x[e] = element e of a typed row, e < dim. */
-static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char *row, float *x)
-{
-    int e = 0;
-#if defined(MLK__AVX2)
-    const unsigned char *data = row + 4 * (size_t)mlk__attn_qblocks(dim);
-    for (; e <= dim - 16; e += 16) {
-        __m256 lo8, hi8;
-        mlk__attn_row_load16(type, row, data, e, &lo8, &hi8);
-        _mm256_storeu_ps(x + e, lo8);
-        _mm256_storeu_ps(x + e + 8, hi8);
-    }
-    if (e < dim) mlk__attn_avx_done();
-#endif
-    for (; e < dim; e++) x[e] = mlk__attn_row_get(type, dim, row, e);
-}
 
 /* s[r][j] = q[r] . k_row[j] for the 4 rows q[0..3] (the caller repeats its
    last row to fill 4; repeated rows compute and store identical values).
@@ -2709,9 +2816,9 @@ static void mlk__attn_row_decode(mlk_kv_type type, int dim, const unsigned char 
 static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *k_row,
                                        const unsigned char *const *v_row, const float *const *q, float *const *s)
 {
-    int nb = mlk__attn_qblocks(dim), vec_end = 0;
+    int nb = mlk__row_qblocks(dim), vec_end = 0;
 #if defined(MLK__AVX2)
-    int lines = (int)((mlk__attn_row_bytes(type, dim) + 63) / 64);
+    int lines = (int)((mlk__row_bytes(type, dim) + 63) / 64);
     vec_end = dim / 16 * 16;
 #else
     (void)v_row;
@@ -2732,8 +2839,8 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         mlk__attn_prefetch_row(v_row[j1], lines);
         for (int e = 0; e < vec_end; e += 16) {
             __m256 xa, xb, ya, yb, qe;
-            mlk__attn_row_load16(type, ka, da, e, &xa, &xb);
-            mlk__attn_row_load16(type, kb, db, e, &ya, &yb);
+            mlk__row_load16(type, ka, da, e, &xa, &xb);
+            mlk__row_load16(type, kb, db, e, &ya, &yb);
             qe = _mm256_loadu_ps(q[0] + e), a0 = _mm256_fmadd_ps(qe, xa, a0), b0 = _mm256_fmadd_ps(qe, ya, b0);
             qe = _mm256_loadu_ps(q[1] + e), a1 = _mm256_fmadd_ps(qe, xa, a1), b1 = _mm256_fmadd_ps(qe, ya, b1);
             qe = _mm256_loadu_ps(q[2] + e), a2 = _mm256_fmadd_ps(qe, xa, a2), b2 = _mm256_fmadd_ps(qe, ya, b2);
@@ -2748,12 +2855,12 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         h2 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1)));
         h3 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1)));
         _mm256_storeu_ps(dot, _mm256_insertf128_ps(h2, _mm256_castps256_ps128(h3), 1));
-        if (vec_end < dim) mlk__attn_avx_done();
+        if (vec_end < dim) mlk__avx_done();
 #else
         for (int i = 0; i < 8; i++) dot[i] = 0.0f;
 #endif
         for (int e = vec_end; e < dim; e++) {
-            float xa = mlk__attn_row_get(type, dim, ka, e), xb = mlk__attn_row_get(type, dim, kb, e);
+            float xa = mlk__row_get(type, dim, ka, e), xb = mlk__row_get(type, dim, kb, e);
             for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
                 dot[2 * r] += q[r][e] * xa;
                 dot[2 * r + 1] += q[r][e] * xb;
@@ -2772,7 +2879,7 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
 static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const unsigned char *const *v_row,
                                       int n_rows, const float *const *p, float *const *acc)
 {
-    int nb = mlk__attn_qblocks(dim), e0 = 0;
+    int nb = mlk__row_qblocks(dim), e0 = 0;
     (void)nb;
 #if defined(MLK__AVX2)
     for (; e0 <= dim - 16; e0 += 16) {
@@ -2783,7 +2890,7 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         for (int j = 0; j < nk; j++) {
             const unsigned char *vj = v_row[j];
             __m256 x, y, pr;
-            mlk__attn_row_load16(type, vj, vj + 4 * (size_t)nb, e0, &x, &y);
+            mlk__row_load16(type, vj, vj + 4 * (size_t)nb, e0, &x, &y);
             pr = _mm256_broadcast_ss(p[0] + j), a0 = _mm256_fmadd_ps(pr, x, a0), b0 = _mm256_fmadd_ps(pr, y, b0);
             pr = _mm256_broadcast_ss(p[1] + j), a1 = _mm256_fmadd_ps(pr, x, a1), b1 = _mm256_fmadd_ps(pr, y, b1);
             pr = _mm256_broadcast_ss(p[2] + j), a2 = _mm256_fmadd_ps(pr, x, a2), b2 = _mm256_fmadd_ps(pr, y, b2);
@@ -2794,11 +2901,11 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         _mm256_storeu_ps(acc[2] + e0, a2), _mm256_storeu_ps(acc[2] + e0 + 8, b2);
         _mm256_storeu_ps(acc[3] + e0, a3), _mm256_storeu_ps(acc[3] + e0 + 8, b3);
     }
-    if (e0 < dim) mlk__attn_avx_done();
+    if (e0 < dim) mlk__avx_done();
 #endif
     for (int j = 0; j < nk; j++)
         for (int e = e0; e < dim; e++) {
-            float x = mlk__attn_row_get(type, dim, v_row[j], e);
+            float x = mlk__row_get(type, dim, v_row[j], e);
             for (int r = 0; r < n_rows; r++) acc[r][e] += p[r][j] * x;
         }
 }
@@ -2811,10 +2918,8 @@ static float mlk__attn_row_max(const float *s, int n)
     int j = 0;
 #if defined(MLK__AVX2)
     __m256 vm = _mm256_set1_ps(-INFINITY);
-    float lanes[8];
     for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
-    _mm256_storeu_ps(lanes, vm);
-    for (int l = 0; l < 8; l++) m = lanes[l] > m ? lanes[l] : m;
+    m = mlk__hmax8(vm);
 #endif
     for (; j < n; j++) m = s[j] > m ? s[j] : m;
     return m;
@@ -2827,14 +2932,12 @@ static float mlk__attn_exp_sum(float *s, int n, float shift)
     int j = 0;
 #if defined(MLK__AVX2)
     __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
-    float lanes[8];
     for (; j <= n - 8; j += 8) {
         __m256 e = mlk__exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));
         _mm256_storeu_ps(s + j, e);
         vsum = _mm256_add_ps(vsum, e);
     }
-    _mm256_storeu_ps(lanes, vsum);
-    for (int l = 0; l < 8; l++) sum += lanes[l];
+    sum = mlk__hsum8(vsum);
 #endif
     for (; j < n; j++) {
         s[j] = mlk__expf(s[j] - shift);
@@ -3090,7 +3193,7 @@ static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk
         for (int r = 0; r < st->n_rows; r++)
             if (mlk__attn_visible(st->mask, st->q0 + r / st->group, kv0 + j)) {
                 float p_rj = st->scores[(size_t)r * st->kv_pad + j], *acc = st->acc + (size_t)r * st->dpad;
-                for (int e = 0; e < st->head_dim; e++) acc[e] += p_rj * mlk__attn_row_get(type, st->head_dim, st->k_row[j], e);
+                for (int e = 0; e < st->head_dim; e++) acc[e] += p_rj * mlk__row_get(type, st->head_dim, st->k_row[j], e);
             }
     }
 }
@@ -3231,10 +3334,7 @@ static mlk_status mlk__attn_validate(const mlk_attn_desc *d, mlk__attn_geom *g)
         int n_b = mlk__attn_item_len(d, g, b);
         if (n_b < 0 || n_b > g->len_kv || (d->tree_parent && n_b < g->len_q)) return MLK_ERR_SHAPE;
     }
-    if (d->tree_parent)
-        for (int i = 0; i < g->len_q; i++)
-            if (d->tree_parent[i] < -1 || d->tree_parent[i] >= i) return MLK_ERR_TREE;
-    return MLK_OK;
+    return d->tree_parent ? mlk__tree_check(g->len_q, d->tree_parent) : MLK_OK;
 }
 
 /* The call's arena: the caller's workspace or one allocation, holding the
@@ -3256,7 +3356,7 @@ static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, const 
     st = mlk__arena_init(ar, d->workspace, mlk__attn_cap(shared, slab, threads));
     if (st != MLK_OK) return st;
     *depth = (int *)mlk__arena_take(ar, (size_t)g->len_q * sizeof(int));
-    if (d->tree_parent) mlk__attn_tree_depth(g->len_q, d->tree_parent, *depth);
+    if (d->tree_parent) mlk__tree_depths(g->len_q, d->tree_parent, *depth);
     *extra = shared > g->fwd_shared ? mlk__arena_take(ar, shared - g->fwd_shared) : NULL;
     *slabs = (unsigned char *)mlk__arena_take(ar, slab * (size_t)threads);
     *team = threads;
@@ -3270,9 +3370,8 @@ MLKERN_DEF size_t mlk_attn_workspace_size(const mlk_attn_desc *d)
     return (g.fwd_cap > g.bwd_cap ? g.fwd_cap : g.bwd_cap) + MLK__ALIGN;
 }
 
-/* 1 when a call of about `macs` multiply-adds is worth waking the OpenMP
-   team: below ~1M (a short decode step) the wake-up costs more than it saves. */
-MLK__MAYBE_UNUSED static int mlk__attn_fan_out(double macs) { return macs >= 1048576.0; }
+/* 1 when a call of about `macs` multiply-adds is worth waking the team. */
+MLK__MAYBE_UNUSED static int mlk__attn_fan_out(double macs) { return macs >= MLK__PAR_ATTN_MACS; }
 
 /* One forward task: tile_q queries of the `group` heads sharing kv head kvh. */
 static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, const int *depth, int task,
@@ -3347,7 +3446,7 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
     if ((st = mlk__arena_init(&ar, NULL, mlk__arena_need(g.fwd_shared, (size_t)g.len_kv * sizeof(double)))) != MLK_OK)
         return st;
     depth = (int *)mlk__arena_take(&ar, (size_t)g.len_q * sizeof(int));
-    if (d->tree_parent) mlk__attn_tree_depth(g.len_q, d->tree_parent, depth);
+    if (d->tree_parent) mlk__tree_depths(g.len_q, d->tree_parent, depth);
     s = (double *)mlk__arena_take(&ar, (size_t)g.len_kv * sizeof(double));
     for (int b = 0; b < g.batch; b++) {
         mlk__attn_mask m;
@@ -3554,16 +3653,10 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
     return MLK_OK;
 }
 
-#ifdef __cplusplus
-}
-#endif
 /* ======================================================================
-   KV cache: implementation
+   KV cache
    ====================================================================== */
 
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 struct mlk_kv_cache {
     mlk_kv_config cfg;
@@ -3579,81 +3672,6 @@ struct mlk_kv_cache {
     int live_seqs;
 };
 
-/* ---- storage formats: one row = head_dim values of one head ----
-   F32/F16: the values. Q8/Q4: nb float scales, then int8 values or
-   4-bit values biased by 8 (element j in byte j/2, low nibble first).
-   The attention section reads this layout ("typed rows"), so decoding
-   lives there (mlk__attn_row_decode); encoding lives here. */
-
-/* f32 -> f16, round to nearest even, clamped to +-65504 (NaN stays NaN). */
-static uint16_t mlk__kv_f16_from_f32(float f)
-{
-    uint32_t x, sign, mant, q, rem, half;
-    int shift;
-    if (f > 65504.0f) f = 65504.0f;
-    if (f < -65504.0f) f = -65504.0f;
-    memcpy(&x, &f, 4);
-    sign = (x >> 16) & 0x8000u;
-    x &= 0x7fffffffu;
-    if (x > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
-    if (x >= 0x38800000u) { /* normal half: rebias the exponent, round 13 bits */
-        x -= 0x38000000u;
-        return (uint16_t)(sign | ((x + 0xfffu + ((x >> 13) & 1u)) >> 13));
-    }
-    if (x < 0x33000000u) return (uint16_t)sign; /* below half the smallest subnormal */
-    mant = (x & 0x7fffffu) | 0x800000u;          /* value = mant * 2^(e-150) */
-    shift = 126 - (int)(x >> 23);                /* in units of 2^-24 */
-    q = mant >> shift;
-    rem = mant & ((1u << shift) - 1u);
-    half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u))) q++;
-    return (uint16_t)(sign | q);
-}
-
-static void mlk__kv_f16_encode(int d, const float *x, uint16_t *h)
-{
-    int j = 0;
-#if defined(MLK__AVX2) && defined(__F16C__)
-    const __m256 lo = _mm256_set1_ps(-65504.0f), hi = _mm256_set1_ps(65504.0f);
-    for (; j <= d - 8; j += 8) { /* min/max return their 2nd operand on NaN: NaN survives */
-        __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + j)));
-        _mm_storeu_si128((__m128i *)(h + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-    }
-#endif
-    for (; j < d; j++) h[j] = mlk__kv_f16_from_f32(x[j]);
-}
-
-static void mlk__kv_encode_row(mlk_kv_type type, int d, const float *x, unsigned char *row)
-{
-    float *scales = (float *)(void *)row;
-    unsigned char *data = row + 4 * mlk__attn_qblocks(d);
-    int8_t qb[MLK__ATTN_QBLOCK];
-    if (type == MLK_KV_F32) {
-        memcpy(row, x, (size_t)d * 4);
-        return;
-    }
-    if (type == MLK_KV_F16) {
-        mlk__kv_f16_encode(d, x, (uint16_t *)(void *)row);
-        return;
-    }
-    for (int b0 = 0; b0 < d; b0 += MLK__ATTN_QBLOCK) {
-        int n = d - b0 < MLK__ATTN_QBLOCK ? d - b0 : MLK__ATTN_QBLOCK;
-        scales[b0 / MLK__ATTN_QBLOCK] = mlk__quant_sym(n, type == MLK_KV_Q8 ? 127 : 7, mlk__absmax(x + b0, n), x + b0, qb);
-        if (type == MLK_KV_Q8) {
-            memcpy(data + b0, qb, (size_t)n);
-            continue;
-        }
-        for (int j = 0; j < n; j += 2) /* b0 is even: element pairs share a byte */
-            data[(b0 + j) / 2] = (unsigned char)((qb[j] + 8) | (j + 1 < n ? (qb[j + 1] + 8) << 4 : 0));
-    }
-}
-
-/* Decodes n consecutive rows (row_bytes apart) into n * d floats. */
-static void mlk__kv_decode_rows(mlk_kv_type type, int d, size_t row_bytes, int n, const unsigned char *row, float *x)
-{
-    for (int i = 0; i < n; i++, row += row_bytes, x += d) mlk__attn_row_decode(type, d, row, x);
-}
-
 /* ---- pool and block tables ---- */
 
 MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
@@ -3665,7 +3683,7 @@ MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
     if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
         cfg->type != MLK_KV_Q4)
         return 0;
-    row = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
+    row = mlk__row_bytes(cfg->type, cfg->head_dim);
     if (!mlk__count4(2, cfg->kv_heads, 1, 1, row, &n)) return 0;
     return n * row;
 }
@@ -3690,7 +3708,7 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     if (!c) return MLK_ERR_NOMEM;
     memset(c, 0, sizeof *c);
     c->cfg = *cfg;
-    c->row_bytes = mlk__attn_row_bytes(cfg->type, cfg->head_dim);
+    c->row_bytes = mlk__row_bytes(cfg->type, cfg->head_dim);
     c->block_bytes = positions * tok;
     c->pool = (unsigned char *)mlk__alloc(pool_bytes);
     c->refcount = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
@@ -3907,8 +3925,8 @@ MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
     for (int i = 0; i < n; i++)
         for (int h = 0; h < hkv; h++) {
             size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
-            mlk__kv_encode_row(c->cfg.type, d, k + off, mlk__kv_row(c, seq, layer, 0, h, pos + i));
-            mlk__kv_encode_row(c->cfg.type, d, v + off, mlk__kv_row(c, seq, layer, 1, h, pos + i));
+            mlk__row_encode(c->cfg.type, d, k + off, mlk__kv_row(c, seq, layer, 0, h, pos + i));
+            mlk__row_encode(c->cfg.type, d, v + off, mlk__kv_row(c, seq, layer, 1, h, pos + i));
         }
     return MLK_OK;
 }
@@ -3927,8 +3945,8 @@ MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int
     for (int i = 0; i < n; i++)
         for (int h = 0; h < hkv; h++) {
             size_t off = ((size_t)i * (size_t)hkv + (size_t)h) * (size_t)d;
-            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 0, h, pos + i), k + off);
-            mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 1, h, pos + i), v + off);
+            mlk__row_decode_run(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 0, h, pos + i), k + off);
+            mlk__row_decode_run(c->cfg.type, d, c->row_bytes, 1, mlk__kv_row(c, seq, layer, 1, h, pos + i), v + off);
         }
     return MLK_OK;
 }
@@ -4015,9 +4033,9 @@ static void mlk__kv_tile(const mlk_kv_cache *c, int seq, int layer, int head, in
     for (int j = 0, run; j < nk; j += run) {
         run = bs - (kv0 + j) % bs;
         run = run < nk - j ? run : nk - j;
-        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 0, head, kv0 + j),
+        mlk__row_decode_run(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 0, head, kv0 + j),
                             k_buf + (size_t)j * d);
-        mlk__kv_decode_rows(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 1, head, kv0 + j),
+        mlk__row_decode_run(c->cfg.type, d, c->row_bytes, run, mlk__kv_row(c, seq, layer, 1, head, kv0 + j),
                             v_buf + (size_t)j * d);
     }
     *k_rows = k_buf;
@@ -4138,10 +4156,11 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     q_off = (size_t *)mlk__arena_take(&ar, (size_t)n_seqs * sizeof(size_t));
     task_base = (int *)mlk__arena_take(&ar, ((size_t)n_seqs + 1) * sizeof(int));
     slab0 = (unsigned char *)mlk__arena_take(&ar, slabs);
-    if (tree_parent && (st = mlk__attn_tree_depth(n_q[0], tree_parent, depth)) != MLK_OK) {
+    if (tree_parent && (st = mlk__tree_check(n_q[0], tree_parent)) != MLK_OK) {
         mlk__arena_done(&ar); /* a bad parent array: nothing written */
         return st;
     }
+    if (tree_parent) mlk__tree_depths(n_q[0], tree_parent, depth);
     job.tree_depth = tree_parent ? depth : NULL;
     q_off[0] = 0;
     task_base[0] = 0;
@@ -4170,16 +4189,10 @@ MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st)
     return MLK_OK;
 }
 
-#ifdef __cplusplus
-}
-#endif
 /* ======================================================================
    beam search
    ====================================================================== */
 
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 /* One hypothesis of an item's pool; the pool is kept sorted, so a slot's
    index is its rank. */
@@ -4469,9 +4482,7 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
             st = MLK_ERR_CALLBACK;
             break;
         }
-        st = mlk_topk_log_softmax(n_live, vocab, s.logits, s.k, s.top_lp, s.top_idx);
-        for (size_t i = 0; st == MLK_OK && i < (size_t)n_live * (size_t)s.k; i++)
-            if (s.top_lp[i] != s.top_lp[i]) st = MLK_ERR_VALUE; /* a +inf logit */
+        st = mlk_topk_log_softmax(n_live, vocab, s.logits, s.k, s.top_lp, s.top_idx); /* NaN, +inf: MLK_ERR_VALUE */
         if (st != MLK_OK) break;
         for (int b = 0; b < batch; b++) mlk__beam_select(&s, cur, b, len_pen);
         cur = 1 - cur;
@@ -4481,24 +4492,10 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
     return st;
 }
 
-#ifdef __cplusplus
-}
-#endif
 /* ======================================================================
    tree speculative decoding
    ====================================================================== */
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/* Topological order with -1 for roots is what every tree function relies on. */
-static mlk_status mlk__tree_check(int n, const int *parent)
-{
-    for (int i = 0; i < n; i++)
-        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
-    return MLK_OK;
-}
 
 MLKERN_DEF mlk_status mlk_tree_mask(int n, const int *parent, uint8_t *mask)
 {
@@ -4526,9 +4523,8 @@ MLKERN_DEF mlk_status mlk_tree_depth(int n, const int *parent, int *depth)
     if (!parent || !depth) return MLK_ERR_NULL;
     if (n < 1) return MLK_ERR_SHAPE;
     st = mlk__tree_check(n, parent);
-    if (st != MLK_OK) return st;
-    for (int i = 0; i < n; i++) depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
-    return MLK_OK;
+    if (st == MLK_OK) mlk__tree_depths(n, parent, depth);
+    return st;
 }
 
 MLKERN_DEF mlk_status mlk_tree_accept(int n, const int *parent, const int32_t *draft,
@@ -4631,20 +4627,10 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
     return st;
 }
 
-#ifdef __cplusplus
-}
-#endif
 /* ======================================================================
-   ternary (BitNet b1.58): implementation
+   ternary (BitNet b1.58)
    ====================================================================== */
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/* Below this many elements (or multiply-adds for the GEMM) a kernel runs on
-   one thread: waking a team costs more than the work. */
-#define MLK__TERN_PAR_MIN ((size_t)1 << 16)
 
 MLKERN_DEF size_t mlk_ternary_row_bytes(int cols)
 {
@@ -4662,7 +4648,7 @@ static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
     int chunk_ok[MLK__TERN_CHUNKS], ok = 1;
     size_t per = (count + MLK__TERN_CHUNKS - 1) / MLK__TERN_CHUNKS;
     int ch;
-    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
     for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
         size_t lo = (size_t)ch * per, hi = lo + per, i;
         double s = 0;
@@ -4724,7 +4710,7 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
     s = (float)(abs_sum / (double)count);
     if (!(s >= MLK_TERNARY_EPS)) s = MLK_TERNARY_EPS;
     half = 0.5f * s;
-    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
     for (r = 0; r < rows; r++)
         mlk__tern_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
     *scale = s;
@@ -4743,7 +4729,7 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
         return MLK_ERR_OVERFLOW;
     for (b = 0; b < packed_bytes; b++) /* a code 3 has both bits of a pair set */
         if (packed[b] & (packed[b] >> 1) & 0x55) return MLK_ERR_VALUE;
-    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
     for (r = 0; r < rows; r++) {
         const uint8_t *row = packed + (size_t)r * row_bytes;
         float *out = w + (size_t)r * cols;
@@ -4767,7 +4753,7 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     for (i = 0; i < count; i++)
         finite &= fabsf(x[i]) <= FLT_MAX;
     if (!finite) return MLK_ERR_VALUE;
-    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
     for (r = 0; r < rows; r++) {
         const float *x_row = x + (size_t)r * cols;
         xscale[r] = mlk__quant_sym(cols, 127, mlk__absmax(x_row, cols), x_row, xq + (size_t)r * cols);
@@ -4780,7 +4766,7 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
 /* Whether an m x n x k ternary GEMM is worth a thread team (OpenMP only). */
 MLK__MAYBE_UNUSED static int mlk__tern_parallel(int m, int n, int k)
 {
-    return (double)m * n * k >= 16.0 * MLK__TERN_PAR_MIN;
+    return (double)m * n * k >= MLK__PAR_TERN_MACS;
 }
 
 static float mlk__tern_output(int32_t dot, float xscale, float wscale)
@@ -4999,7 +4985,7 @@ static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, con
     if (st != MLK_OK) return st;
     xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
     row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__PAR_ELEMS))
     for (i = 0; i < m; i++)
         mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
     mlk__tern_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
@@ -5124,7 +5110,11 @@ MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
     return st;
 }
 
-/* ---- AdamW ---- */
+/* ======================================================================
+   optimiser
+   ====================================================================== */
+
+/* AdamW, as torch.optim.AdamW: decoupled weight decay, bias-corrected moments. */
 
 MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     float *m, float *v, const mlk_adamw_config *cfg, int step)
@@ -5144,7 +5134,7 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     decay = (float)(1.0 - (double)cfg->lr * cfg->weight_decay);
     step_size = (float)((double)cfg->lr / (1.0 - pow((double)beta1, (double)step)));
     bc2_sqrt = (float)sqrt(1.0 - pow((double)beta2, (double)step));
-    MLK__OMP(omp parallel for schedule(static) if ((size_t)n >= MLK__TERN_PAR_MIN))
+    MLK__OMP(omp parallel for schedule(static) if ((size_t)n >= MLK__PAR_ELEMS))
     for (i = 0; i < n; i++) {
         float g = grad[i], p = param[i] * decay;
         float m1 = beta1 * m[i] + (1.0f - beta1) * g;
@@ -5155,6 +5145,7 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     }
     return MLK_OK;
 }
+
 
 #ifdef __cplusplus
 }

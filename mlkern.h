@@ -670,6 +670,38 @@ MLK__MAYBE_UNUSED static void mlk__arena_done(mlk__arena *a)
     a->owned = NULL;
 }
 
+/* One piece of a call's scratch: its size in, its address out. A call lists
+   its pieces once; mlk__arena_carve sizes the arena from that list and hands
+   the pieces out in order, so the sizes and the carving cannot drift apart. */
+typedef struct mlk__piece { size_t bytes; void *ptr; } mlk__piece;
+
+/* Arena bytes of n pieces; SIZE_MAX on overflow. */
+MLK__MAYBE_UNUSED static size_t mlk__pieces_bytes(const mlk__piece *p, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total = mlk__arena_need(total, p[i].bytes);
+    return total;
+}
+
+/* Sets up the arena for the pieces (in workspace, or one allocation when it
+   is NULL) and fills in their addresses. */
+MLK__MAYBE_UNUSED static mlk_status mlk__arena_carve(mlk__arena *a, void *workspace, mlk__piece *p, int n)
+{
+    mlk_status st = mlk__arena_init(a, workspace, mlk__pieces_bytes(p, n));
+    if (st != MLK_OK) return st;
+    for (int i = 0; i < n; i++) p[i].ptr = mlk__arena_take(a, p[i].bytes);
+    return MLK_OK;
+}
+
+/* A pieces table entry, for the table initialisers. */
+MLK__MAYBE_UNUSED static mlk__piece mlk__piece_of(size_t bytes)
+{
+    mlk__piece p;
+    p.bytes = bytes;
+    p.ptr = NULL;
+    return p;
+}
+
 /* ---- threading ---- */
 
 MLK__MAYBE_UNUSED static int mlk__max_threads(void)
@@ -846,9 +878,91 @@ MLK__MAYBE_UNUSED static float mlk__quant_sym(int n, int qmax, float amax, const
 
 
 /* ======================================================================
-   shared kernels: tree checks and the KV row formats, used by several
-   families below
+   shared kernels: the micro-kernel, tree checks and the KV row formats,
+   used by several families below
    ====================================================================== */
+
+/* ---- the register-tiled micro-kernel of sgemm and the attention tiles ----
+   C[mr x NR] = alpha * sum_p A[:, p] B[p, :] + beta * C, p < k (beta == 0:
+   C is not read, its NaNs do not propagate). Row r of A is read at
+   a + r * a_rs, step p at + p * a_ks: a packed sliver of sgemm has a_rs = 1,
+   a_ks = MR; an attention tile in rows has a_rs = lda, a_ks = 1. Row p of B
+   is the NR floats at b + p * ldb. Rows past mr (<= MR) are neither read nor
+   written. Every C element is one FMA chain over p in order, so the result
+   depends on k only, never on how callers block m and n. */
+
+enum {
+    MLK__MR = 6, /* micro-tile rows: 6 x 2 ymm accumulators */
+    MLK__NR = 16 /* micro-tile columns */
+};
+
+#if defined(MLK__AVX2)
+/* Named accumulators, not an array, keep the block in registers; inlined
+   with mr = MR (sgemm) the row guards fold away. */
+static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                              float *c, size_t ldc, float alpha, float beta)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const size_t o1 = a_rs, o2 = 2 * a_rs, o3 = 3 * a_rs, o4 = 4 * a_rs, o5 = 5 * a_rs; /* A row offsets */
+    float *r0 = c, *r1 = c + ldc, *r2 = r1 + ldc, *r3 = r2 + ldc, *r4 = r3 + ldc, *r5 = r4 + ldc;
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < mr; r++) { /* the C tile arrives while k runs */
+        _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__NR - 1), _MM_HINT_T0);
+    }
+    for (int p = 0; p < k; p++, a += a_ks, b += ldb) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ar;
+        ar = _mm256_broadcast_ss(a), c00 = _mm256_fmadd_ps(ar, b0, c00), c01 = _mm256_fmadd_ps(ar, b1, c01);
+        if (mr > 1) ar = _mm256_broadcast_ss(a + o1), c10 = _mm256_fmadd_ps(ar, b0, c10), c11 = _mm256_fmadd_ps(ar, b1, c11);
+        if (mr > 2) ar = _mm256_broadcast_ss(a + o2), c20 = _mm256_fmadd_ps(ar, b0, c20), c21 = _mm256_fmadd_ps(ar, b1, c21);
+        if (mr > 3) ar = _mm256_broadcast_ss(a + o3), c30 = _mm256_fmadd_ps(ar, b0, c30), c31 = _mm256_fmadd_ps(ar, b1, c31);
+        if (mr > 4) ar = _mm256_broadcast_ss(a + o4), c40 = _mm256_fmadd_ps(ar, b0, c40), c41 = _mm256_fmadd_ps(ar, b1, c41);
+        if (mr > 5) ar = _mm256_broadcast_ss(a + o5), c50 = _mm256_fmadd_ps(ar, b0, c50), c51 = _mm256_fmadd_ps(ar, b1, c51);
+    }
+    if (beta != 0.0f) {
+        c00 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r0), _mm256_mul_ps(va, c00));
+        c01 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r0 + 8), _mm256_mul_ps(va, c01));
+        if (mr > 1) c10 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r1), _mm256_mul_ps(va, c10)),
+                    c11 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r1 + 8), _mm256_mul_ps(va, c11));
+        if (mr > 2) c20 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r2), _mm256_mul_ps(va, c20)),
+                    c21 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r2 + 8), _mm256_mul_ps(va, c21));
+        if (mr > 3) c30 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r3), _mm256_mul_ps(va, c30)),
+                    c31 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r3 + 8), _mm256_mul_ps(va, c31));
+        if (mr > 4) c40 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r4), _mm256_mul_ps(va, c40)),
+                    c41 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r4 + 8), _mm256_mul_ps(va, c41));
+        if (mr > 5) c50 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r5), _mm256_mul_ps(va, c50)),
+                    c51 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r5 + 8), _mm256_mul_ps(va, c51));
+    } else {
+        c00 = _mm256_mul_ps(va, c00), c01 = _mm256_mul_ps(va, c01), c10 = _mm256_mul_ps(va, c10);
+        c11 = _mm256_mul_ps(va, c11), c20 = _mm256_mul_ps(va, c20), c21 = _mm256_mul_ps(va, c21);
+        c30 = _mm256_mul_ps(va, c30), c31 = _mm256_mul_ps(va, c31), c40 = _mm256_mul_ps(va, c40);
+        c41 = _mm256_mul_ps(va, c41), c50 = _mm256_mul_ps(va, c50), c51 = _mm256_mul_ps(va, c51);
+    }
+    _mm256_storeu_ps(r0, c00), _mm256_storeu_ps(r0 + 8, c01);
+    if (mr > 1) _mm256_storeu_ps(r1, c10), _mm256_storeu_ps(r1 + 8, c11);
+    if (mr > 2) _mm256_storeu_ps(r2, c20), _mm256_storeu_ps(r2 + 8, c21);
+    if (mr > 3) _mm256_storeu_ps(r3, c30), _mm256_storeu_ps(r3 + 8, c31);
+    if (mr > 4) _mm256_storeu_ps(r4, c40), _mm256_storeu_ps(r4 + 8, c41);
+    if (mr > 5) _mm256_storeu_ps(r5, c50), _mm256_storeu_ps(r5 + 8, c51);
+}
+#else
+static void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                       float *c, size_t ldc, float alpha, float beta)
+{
+    float acc[MLK__MR][MLK__NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < k; p++)
+        for (int r = 0; r < mr; r++) {
+            const float a_rp = a[(size_t)r * a_rs + (size_t)p * a_ks];
+            for (int j = 0; j < MLK__NR; j++) acc[r][j] += a_rp * b[(size_t)p * ldb + j];
+        }
+    for (int r = 0; r < mr; r++) {
+        float *cr = c + (size_t)r * ldc;
+        for (int j = 0; j < MLK__NR; j++) cr[j] = beta != 0.0f ? alpha * acc[r][j] + beta * cr[j] : alpha * acc[r][j];
+    }
+}
+#endif
 
 /* ---- trees: draft trees in topological order ----
    parent[i] is -1 for a root, else an index < i. Attention's tree mask, the
@@ -1083,8 +1197,6 @@ static void mlk__row_decode_run(mlk_kv_type type, int d, size_t row_bytes, int n
    validated product, mlk__sgemm_run computes it in that scratch. */
 
 enum {
-    MLK__GEMM_MR = 6,    /* micro-tile rows: 6 x 2 ymm accumulators */
-    MLK__GEMM_NR = 16,   /* micro-tile columns */
     MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
     MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
     MLK__GEMM_NC = 4096  /* columns of B per packed panel (L3) */
@@ -1138,97 +1250,24 @@ static void mlk__gemm_pack_sliver(const float *src, size_t w_stride, size_t k_st
     }
 }
 
-/* C[MR x NR] = alpha * (A sliver . B sliver) + beta * C over kc steps;
-   beta == 0 never reads C. ap: kc x MR, bp: kc x NR (packed). */
-#if defined(MLK__AVX2)
-static void mlk__gemm_micro(int kc, const float *ap, const float *bp, float *c, size_t ldc,
-                            float alpha, float beta)
-{
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    __m256 acc[12];
-    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    for (int r = 0; r < MLK__GEMM_MR; r++) { /* the C tile arrives while k runs */
-        _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__GEMM_NR - 1), _MM_HINT_T0);
-    }
-    for (int p = 0; p < kc; p++) {
-        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-        __m256 a;
-        a = _mm256_broadcast_ss(ap + 0);
-        c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(ap + 1);
-        c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(ap + 2);
-        c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(ap + 3);
-        c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
-        a = _mm256_broadcast_ss(ap + 4);
-        c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
-        a = _mm256_broadcast_ss(ap + 5);
-        c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
-        ap += MLK__GEMM_MR;
-        bp += MLK__GEMM_NR;
-    }
-    acc[0] = c00; acc[1] = c01; acc[2] = c10; acc[3] = c11; acc[4] = c20; acc[5] = c21;
-    acc[6] = c30; acc[7] = c31; acc[8] = c40; acc[9] = c41; acc[10] = c50; acc[11] = c51;
-    for (int r = 0; r < MLK__GEMM_MR; r++) {
-        float *cr = c + (size_t)r * ldc;
-        __m256 lo = _mm256_mul_ps(va, acc[2 * r]), hi = _mm256_mul_ps(va, acc[2 * r + 1]);
-        if (beta != 0.0f) {
-            lo = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), lo);
-            hi = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), hi);
-        }
-        _mm256_storeu_ps(cr, lo);
-        _mm256_storeu_ps(cr + 8, hi);
-    }
-}
-#else
-static void mlk__gemm_micro(int kc, const float *ap, const float *bp, float *c, size_t ldc,
-                            float alpha, float beta)
-{
-    float acc[MLK__GEMM_MR * MLK__GEMM_NR];
-    memset(acc, 0, sizeof acc);
-    for (int p = 0; p < kc; p++) {
-        for (int r = 0; r < MLK__GEMM_MR; r++) {
-            const float a_rp = ap[r];
-            for (int j = 0; j < MLK__GEMM_NR; j++) acc[r * MLK__GEMM_NR + j] += a_rp * bp[j];
-        }
-        ap += MLK__GEMM_MR;
-        bp += MLK__GEMM_NR;
-    }
-    for (int r = 0; r < MLK__GEMM_MR; r++) {
-        float *cr = c + (size_t)r * ldc;
-        for (int j = 0; j < MLK__GEMM_NR; j++) {
-            const float ab = alpha * acc[r * MLK__GEMM_NR + j];
-            cr[j] = beta != 0.0f ? ab + beta * cr[j] : ab;
-        }
-    }
-}
-#endif
-
 /* One rows x cols (<= MR x NR) tile of C; edge tiles go through a full-size
    staging tile so they get exactly the arithmetic of interior ones. */
 static void mlk__gemm_tile(int kc, const float *ap, const float *bp, float *c, size_t ldc,
                            int rows, int cols, float alpha, float beta)
 {
-    float stage[MLK__GEMM_MR * MLK__GEMM_NR];
-    if (rows == MLK__GEMM_MR && cols == MLK__GEMM_NR) {
-        mlk__gemm_micro(kc, ap, bp, c, ldc, alpha, beta);
+    float stage[MLK__MR * MLK__NR];
+    if (rows == MLK__MR && cols == MLK__NR) {
+        mlk__micro(MLK__MR, kc, ap, 1, MLK__MR, bp, MLK__NR, c, ldc, alpha, beta);
         return;
     }
     if (beta != 0.0f) {
         memset(stage, 0, sizeof stage);
         for (int r = 0; r < rows; r++)
-            memcpy(stage + r * MLK__GEMM_NR, c + (size_t)r * ldc, (size_t)cols * sizeof(float));
+            memcpy(stage + r * MLK__NR, c + (size_t)r * ldc, (size_t)cols * sizeof(float));
     }
-    mlk__gemm_micro(kc, ap, bp, stage, MLK__GEMM_NR, alpha, beta);
+    mlk__micro(MLK__MR, kc, ap, 1, MLK__MR, bp, MLK__NR, stage, MLK__NR, alpha, beta);
     for (int r = 0; r < rows; r++)
-        memcpy(c + (size_t)r * ldc, stage + r * MLK__GEMM_NR, (size_t)cols * sizeof(float));
+        memcpy(c + (size_t)r * ldc, stage + r * MLK__NR, (size_t)cols * sizeof(float));
 }
 
 /* C = beta * C (k == 0 or alpha == 0: A and B are not read, as BLAS). */
@@ -1253,22 +1292,22 @@ static void mlk__gemm_blocked(const mlk__gemm_args *g, float *b_pack, float *a_p
         for (int pc = 0; pc < g->k; pc += kc) {
             const float beta = pc == 0 ? g->beta : 1.0f;
             kc = mlk__gemm_min(MLK__GEMM_KC, g->k - pc);
-            for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR)
+            for (int j0 = 0; j0 < nc; j0 += MLK__NR)
                 mlk__gemm_pack_sliver(g->b + (size_t)pc * g->b_rs + (size_t)(jc + j0) * g->b_cs,
-                                      g->b_cs, g->b_rs, mlk__gemm_min(MLK__GEMM_NR, nc - j0),
-                                      MLK__GEMM_NR, kc, b_pack + (size_t)j0 * kc);
+                                      g->b_cs, g->b_rs, mlk__gemm_min(MLK__NR, nc - j0),
+                                      MLK__NR, kc, b_pack + (size_t)j0 * kc);
             for (int ic = 0; ic < g->m; ic += mc) {
                 mc = mlk__gemm_min(MLK__GEMM_MC, g->m - ic);
-                for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
+                for (int ir = 0; ir < mc; ir += MLK__MR)
                     mlk__gemm_pack_sliver(g->a + (size_t)(ic + ir) * g->a_rs + (size_t)pc * g->a_cs,
-                                          g->a_rs, g->a_cs, mlk__gemm_min(MLK__GEMM_MR, mc - ir),
-                                          MLK__GEMM_MR, kc, a_pack + (size_t)ir * kc);
-                for (int j0 = 0; j0 < nc; j0 += MLK__GEMM_NR) /* B sliver stays in L1 */
-                    for (int ir = 0; ir < mc; ir += MLK__GEMM_MR)
+                                          g->a_rs, g->a_cs, mlk__gemm_min(MLK__MR, mc - ir),
+                                          MLK__MR, kc, a_pack + (size_t)ir * kc);
+                for (int j0 = 0; j0 < nc; j0 += MLK__NR) /* B sliver stays in L1 */
+                    for (int ir = 0; ir < mc; ir += MLK__MR)
                         mlk__gemm_tile(kc, a_pack + (size_t)ir * kc, b_pack + (size_t)j0 * kc,
                                        g->c + (size_t)(ic + ir) * g->ldc + (size_t)(jc + j0), g->ldc,
-                                       mlk__gemm_min(MLK__GEMM_MR, mc - ir),
-                                       mlk__gemm_min(MLK__GEMM_NR, nc - j0), g->alpha, beta);
+                                       mlk__gemm_min(MLK__MR, mc - ir),
+                                       mlk__gemm_min(MLK__NR, nc - j0), g->alpha, beta);
             }
         }
     }
@@ -1522,13 +1561,13 @@ static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
 static size_t mlk__gemm_b_floats(int n, int k)
 {
     const int nc = mlk__gemm_min(n, MLK__GEMM_NC);
-    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(nc, MLK__GEMM_NR) * MLK__GEMM_NR);
+    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(nc, MLK__NR) * MLK__NR);
 }
 
 static size_t mlk__gemm_a_floats(int m, int k)
 {
     const int mc = mlk__gemm_min(m, MLK__GEMM_MC);
-    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(mc, MLK__GEMM_MR) * MLK__GEMM_MR);
+    return (size_t)mlk__gemm_min(k, MLK__GEMM_KC) * (size_t)(mlk__gemm_ceil_div(mc, MLK__MR) * MLK__MR);
 }
 
 /* Part i of `parts` of `size` elements cut at multiples of `tile`:
@@ -1548,18 +1587,18 @@ static void mlk__gemm_split(int size, int tile, int parts, int i, int *start, in
 static mlk__gemm_args mlk__gemm_thread_part(const mlk__gemm_args *g, int tid, int team)
 {
     mlk__gemm_args part = *g;
-    const int mt = mlk__gemm_ceil_div(g->m, MLK__GEMM_MR), nt = mlk__gemm_ceil_div(g->n, MLK__GEMM_NR);
+    const int mt = mlk__gemm_ceil_div(g->m, MLK__MR), nt = mlk__gemm_ceil_div(g->n, MLK__NR);
     int by_cols = g->n >= g->m;
     if (by_cols && nt < team && mt > nt) by_cols = 0;
     if (!by_cols && mt < team && nt > mt) by_cols = 1;
     if (by_cols) {
         int j0;
-        mlk__gemm_split(g->n, MLK__GEMM_NR, team, tid, &j0, &part.n);
+        mlk__gemm_split(g->n, MLK__NR, team, tid, &j0, &part.n);
         part.b = g->b + (size_t)j0 * g->b_cs;
         part.c = g->c + j0;
     } else {
         int i0;
-        mlk__gemm_split(g->m, MLK__GEMM_MR, team, tid, &i0, &part.m);
+        mlk__gemm_split(g->m, MLK__MR, team, tid, &i0, &part.m);
         part.a = g->a + (size_t)i0 * g->a_rs;
         part.c = g->c + (size_t)i0 * g->ldc;
     }
@@ -1612,7 +1651,7 @@ static mlk_status mlk__sgemm_plan_make(int trans_a, int trans_b, int m, int n, i
     }
     /* one thread for small products: the team costs more than it saves */
     p->nth = 2.0 * m * n * k < MLK__PAR_GEMM_FLOPS ? 1 : mlk__max_threads();
-    tiles = (long long)mlk__gemm_ceil_div(m, MLK__GEMM_MR) * mlk__gemm_ceil_div(n, MLK__GEMM_NR);
+    tiles = (long long)mlk__gemm_ceil_div(m, MLK__MR) * mlk__gemm_ceil_div(n, MLK__NR);
     if (tiles < p->nth) p->nth = (int)tiles;
     p->b_floats = mlk__gemm_b_floats(n, k);
     p->a_floats = mlk__gemm_a_floats(m, k);
@@ -2361,6 +2400,7 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
 {
     size_t count, out_count, need;
     mlk__arena arena;
+    mlk__piece pc[3];
     int threads = mlk__max_threads(), room;
     uint64_t *keys;
     float *top_val;
@@ -2374,14 +2414,14 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     if (!(temperature > 0.0f && 1.0f / temperature < INFINITY) || temperature == INFINITY) return MLK_ERR_ARG;
     room = mlk__sm_room(k, n);
     if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
-    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(uint64_t)),
-                                           out_count * sizeof(float)), out_count * sizeof(int32_t));
-    st = mlk__arena_init(&arena, NULL, need);
-    if (st != MLK_OK) return st;
-    keys = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * room * sizeof(uint64_t));
-    top_val = (float *)mlk__arena_take(&arena, out_count * sizeof(float));
-    top_idx = (int32_t *)mlk__arena_take(&arena, out_count * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
+    pc[0] = mlk__piece_of(need * sizeof(uint64_t)); /* candidate keys, one buffer per thread */
+    pc[1] = mlk__piece_of(out_count * sizeof(float));
+    pc[2] = mlk__piece_of(out_count * sizeof(int32_t));
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 3)) != MLK_OK) return st;
+    keys = (uint64_t *)pc[0].ptr;
+    top_val = (float *)pc[1].ptr;
+    top_idx = (int32_t *)pc[2].ptr;
+    MLK__OMP(omp parallel for schedule(static) num_threads(threads) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_best best;
         float row_max, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
@@ -2485,6 +2525,7 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
 {
     size_t count, need;
     mlk__arena arena;
+    mlk__piece pc[4];
     int threads = mlk__max_threads(), cand_cap, room, n_bad = 0;
     uint64_t *cand_key;
     float *cand_val;
@@ -2500,16 +2541,16 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     cand_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
     room = mlk__sm_room(cand_cap, n);
     if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
-    need = mlk__arena_need(mlk__arena_need(mlk__arena_need(mlk__arena_need(0, need * sizeof(uint64_t)),
-                           (size_t)threads * cand_cap * sizeof(float)), (size_t)threads * cand_cap * sizeof(int32_t)),
-                           (size_t)rows * sizeof(int32_t));
-    st = mlk__arena_init(&arena, NULL, need);
-    if (st != MLK_OK) return st;
-    cand_key = (uint64_t *)mlk__arena_take(&arena, (size_t)threads * room * sizeof(uint64_t));
-    cand_val = (float *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(float));
-    cand_idx = (int32_t *)mlk__arena_take(&arena, (size_t)threads * cand_cap * sizeof(int32_t));
-    tokens = (int32_t *)mlk__arena_take(&arena, (size_t)rows * sizeof(int32_t));
-    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
+    pc[0] = mlk__piece_of(need * sizeof(uint64_t)); /* per thread: candidate keys, values, indices */
+    pc[1] = mlk__piece_of((size_t)threads * cand_cap * sizeof(float));
+    pc[2] = mlk__piece_of((size_t)threads * cand_cap * sizeof(int32_t));
+    pc[3] = mlk__piece_of((size_t)rows * sizeof(int32_t));
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 4)) != MLK_OK) return st;
+    cand_key = (uint64_t *)pc[0].ptr;
+    cand_val = (float *)pc[1].ptr;
+    cand_idx = (int32_t *)pc[2].ptr;
+    tokens = (int32_t *)pc[3].ptr;
+    MLK__OMP(omp parallel for schedule(static) num_threads(threads) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
         mlk__sm_best best;
         size_t slot = (size_t)mlk__thread_id() * cand_cap;
@@ -2664,77 +2705,24 @@ static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, 
 }
 
 /* ---- tile matmuls ----
-   C[m x n] (+)= A[m x k] B[k x n], row-major, n a multiple of MLK__ATTN_NR
-   (B and C padded to it). The micro-kernel keeps an MR x 16 block of C in
-   registers (12 accumulators on AVX2) and streams a 16-wide sliver of B. */
+   C[m x n] (+)= A[m x k] B[k x n], row-major, n a multiple of MLK__NR (B
+   and C padded to it), through the shared micro-kernel: A is read as a
+   row-major tile (a_rs = lda, a_ks = 1), B rows are ldb apart. */
 
-#define MLK__ATTN_MR 6
-#define MLK__ATTN_NR 16
-
-static int mlk__attn_pad(int n) { return (n + MLK__ATTN_NR - 1) / MLK__ATTN_NR * MLK__ATTN_NR; }
-
-#if defined(MLK__AVX2)
-/* Rows past mr (1..6) are neither read nor written. Named accumulators, not
-   an array, keep the block in registers; for mr = 6 the guards fold away. */
-static inline void mlk__attn_kernel(int mr, int k, const float *a, int lda, const float *b, int ldb,
-                                    float *c, int ldc, int accumulate)
-{
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const float *a0 = a, *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda, *a4 = a3 + lda, *a5 = a4 + lda;
-    float *r0 = c, *r1 = c + ldc, *r2 = r1 + ldc, *r3 = r2 + ldc, *r4 = r3 + ldc, *r5 = r4 + ldc;
-    if (accumulate) {
-        c00 = _mm256_loadu_ps(r0), c01 = _mm256_loadu_ps(r0 + 8);
-        if (mr > 1) c10 = _mm256_loadu_ps(r1), c11 = _mm256_loadu_ps(r1 + 8);
-        if (mr > 2) c20 = _mm256_loadu_ps(r2), c21 = _mm256_loadu_ps(r2 + 8);
-        if (mr > 3) c30 = _mm256_loadu_ps(r3), c31 = _mm256_loadu_ps(r3 + 8);
-        if (mr > 4) c40 = _mm256_loadu_ps(r4), c41 = _mm256_loadu_ps(r4 + 8);
-        if (mr > 5) c50 = _mm256_loadu_ps(r5), c51 = _mm256_loadu_ps(r5 + 8);
-    }
-    for (int p = 0; p < k; p++, b += ldb) {
-        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ar;
-        ar = _mm256_broadcast_ss(a0 + p), c00 = _mm256_fmadd_ps(ar, b0, c00), c01 = _mm256_fmadd_ps(ar, b1, c01);
-        if (mr > 1) ar = _mm256_broadcast_ss(a1 + p), c10 = _mm256_fmadd_ps(ar, b0, c10), c11 = _mm256_fmadd_ps(ar, b1, c11);
-        if (mr > 2) ar = _mm256_broadcast_ss(a2 + p), c20 = _mm256_fmadd_ps(ar, b0, c20), c21 = _mm256_fmadd_ps(ar, b1, c21);
-        if (mr > 3) ar = _mm256_broadcast_ss(a3 + p), c30 = _mm256_fmadd_ps(ar, b0, c30), c31 = _mm256_fmadd_ps(ar, b1, c31);
-        if (mr > 4) ar = _mm256_broadcast_ss(a4 + p), c40 = _mm256_fmadd_ps(ar, b0, c40), c41 = _mm256_fmadd_ps(ar, b1, c41);
-        if (mr > 5) ar = _mm256_broadcast_ss(a5 + p), c50 = _mm256_fmadd_ps(ar, b0, c50), c51 = _mm256_fmadd_ps(ar, b1, c51);
-    }
-    _mm256_storeu_ps(r0, c00), _mm256_storeu_ps(r0 + 8, c01);
-    if (mr > 1) _mm256_storeu_ps(r1, c10), _mm256_storeu_ps(r1 + 8, c11);
-    if (mr > 2) _mm256_storeu_ps(r2, c20), _mm256_storeu_ps(r2 + 8, c21);
-    if (mr > 3) _mm256_storeu_ps(r3, c30), _mm256_storeu_ps(r3 + 8, c31);
-    if (mr > 4) _mm256_storeu_ps(r4, c40), _mm256_storeu_ps(r4 + 8, c41);
-    if (mr > 5) _mm256_storeu_ps(r5, c50), _mm256_storeu_ps(r5 + 8, c51);
-}
-#else
-static void mlk__attn_kernel(int mr, int k, const float *a, int lda, const float *b, int ldb,
-                             float *c, int ldc, int accumulate)
-{
-    float acc[MLK__ATTN_MR][MLK__ATTN_NR];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < MLK__ATTN_NR; j++) acc[r][j] = accumulate ? c[(size_t)r * ldc + j] : 0.0f;
-    for (int p = 0; p < k; p++)
-        for (int r = 0; r < mr; r++) {
-            float ar = a[(size_t)r * lda + p];
-            for (int j = 0; j < MLK__ATTN_NR; j++) acc[r][j] += ar * b[(size_t)p * ldb + j];
-        }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < MLK__ATTN_NR; j++) c[(size_t)r * ldc + j] = acc[r][j];
-}
-#endif
+static int mlk__attn_pad(int n) { return (n + MLK__NR - 1) / MLK__NR * MLK__NR; }
 
 static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                          float *c, int ldc, int accumulate)
 {
-    for (int j = 0; j < n; j += MLK__ATTN_NR) {
+    const float beta = accumulate ? 1.0f : 0.0f;
+    for (int j = 0; j < n; j += MLK__NR) {
         int i = 0;
-        for (; i <= m - MLK__ATTN_MR; i += MLK__ATTN_MR)
-            mlk__attn_kernel(MLK__ATTN_MR, k, a + (size_t)i * lda, lda, b + j, ldb,
-                             c + (size_t)i * ldc + j, ldc, accumulate);
+        for (; i <= m - MLK__MR; i += MLK__MR)
+            mlk__micro(MLK__MR, k, a + (size_t)i * lda, (size_t)lda, 1, b + j, (size_t)ldb,
+                       c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
         if (i < m) /* the last m % 6 rows (all of a 4-row decode group) in one pass */
-            mlk__attn_kernel(m - i, k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j, ldc,
-                             accumulate);
+            mlk__micro(m - i, k, a + (size_t)i * lda, (size_t)lda, 1, b + j, (size_t)ldb,
+                       c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
     }
 }
 
@@ -2984,7 +2972,7 @@ static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
 /* 1 when the task takes its tiles as typed rows (mlk__attn_rows_update_typed):
    fewer rows than the tile micro-kernel's height, so reading K and V
    dominates and packing them would cost as much as the products. */
-static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_MR; }
+static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__MR; }
 
 static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
                                 int head_dim, int tile_kv, float scale, float softcap, const float *q,
@@ -3122,7 +3110,7 @@ static void mlk__attn_typed_phase(mlk_kv_type type, int pv, const mlk__attn_rows
         q[i] = st->q_pack + r * st->dpad;
         s[i] = st->scores + r * st->kv_pad;
         p[i] = s[i];
-        acc[i] = st->acc + r * st->dpad;
+        acc[i] = pv ? st->acc + r * st->dpad : NULL; /* the score phase has no accumulator */
     }
     if (pv)
         mlk__attn_pv_group(type, st->head_dim, nk, st->v_row, n, p, acc);
@@ -3222,8 +3210,8 @@ typedef struct mlk__attn_geom {
     float scale, softcap;
     size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
     size_t fwd_thread_bytes, bwd_thread_bytes; /* arena bytes of one task's slab */
-    size_t fwd_shared, bwd_shared;             /* arena bytes before the slabs */
     size_t fwd_cap, bwd_cap;                   /* arena bytes of each pass on `threads` threads */
+    mlk__piece pc[3];                          /* a pass's scratch table (mlk__attn_pieces) */
 } mlk__attn_geom;
 
 /* Longest len_q / len_kv / tile: sums of two of them stay inside int. */
@@ -3245,12 +3233,16 @@ static void mlk__attn_item_mask(const mlk_attn_desc *d, const mlk__attn_geom *g,
     m->tree_depth = depth;
 }
 
-/* Arena bytes of `shared` plus `threads` slabs; SIZE_MAX on overflow. */
-static size_t mlk__attn_cap(size_t shared, size_t slab, int threads)
+
+/* The scratch table of a pass on `threads` threads: tree depths [Nq] ints,
+   the backward's D = rowsum(dO o O) [B, Hq, Nq] floats, one slab per
+   thread. Returns the number of pieces. */
+static int mlk__attn_pieces(const mlk__attn_geom *g, int backward, int threads, mlk__piece *pc)
 {
-    size_t t;
-    if (!mlk__mul_ok((size_t)threads, slab, &t)) return SIZE_MAX;
-    return mlk__arena_need(shared, t);
+    pc[0] = mlk__piece_of((size_t)g->len_q * sizeof(int));
+    pc[1] = mlk__piece_of(backward ? (size_t)g->batch * g->heads * g->len_q * sizeof(float) : 0);
+    pc[2] = mlk__piece_of((size_t)threads * (backward ? g->bwd_thread_bytes : g->fwd_thread_bytes));
+    return 3;
 }
 
 /* Checks everything that does not need the tree depths and fills g. */
@@ -3314,12 +3306,10 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     t = 2 * (size_t)g->head_dim * kp + 3 * kp * dp + 3 * rows * dp + 3 * rows * kp + 2 * rows;
     g->bwd_thread_bytes = mlk__arena_need(0, t * sizeof(float) + 2 * kp * sizeof(const unsigned char *) +
                                              kp * sizeof(int));
-    /* shared pieces: tree depths [Nq] ints, then (backward) D = rowsum(dO o O)
-       [B, Hq, Nq] floats; then one slab per thread */
-    g->fwd_shared = mlk__arena_need(0, (size_t)g->len_q * sizeof(int));
-    g->bwd_shared = mlk__arena_need(g->fwd_shared, nq_el / (size_t)g->head_dim * sizeof(float));
-    g->fwd_cap = mlk__attn_cap(g->fwd_shared, g->fwd_thread_bytes, g->threads);
-    g->bwd_cap = mlk__attn_cap(g->bwd_shared, g->bwd_thread_bytes, g->threads);
+    if (!mlk__mul_ok((size_t)g->threads, g->fwd_thread_bytes > g->bwd_thread_bytes ? g->fwd_thread_bytes
+                     : g->bwd_thread_bytes, &t)) return MLK_ERR_OVERFLOW;
+    g->fwd_cap = mlk__pieces_bytes(g->pc, mlk__attn_pieces(g, 0, g->threads, g->pc));
+    g->bwd_cap = mlk__pieces_bytes(g->pc, mlk__attn_pieces(g, 1, g->threads, g->pc));
     if (g->fwd_cap >= SIZE_MAX - MLK__ALIGN || g->bwd_cap >= SIZE_MAX - MLK__ALIGN) return MLK_ERR_OVERFLOW;
     return MLK_OK;
 }
@@ -3337,28 +3327,27 @@ static mlk_status mlk__attn_validate(const mlk_attn_desc *d, mlk__attn_geom *g)
     return d->tree_parent ? mlk__tree_check(g->len_q, d->tree_parent) : MLK_OK;
 }
 
-/* The call's arena: the caller's workspace or one allocation, holding the
-   tree depths, then `extra` (shared - fwd_shared bytes: the backward's D),
-   then one slab per thread, for as many threads as fit in workspace_bytes
-   (*team; a workspace without room for one is MLK_ERR_ARG). */
-static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, const mlk__attn_geom *g, size_t shared,
-                                  size_t slab, int **depth, void **extra, unsigned char **slabs, int *team)
+/* The call's arena (the caller's workspace or one allocation) from the
+   pass's scratch table, for as many threads as fit in workspace_bytes
+   (*team; a workspace without room for one is MLK_ERR_ARG). g->pc then
+   holds the depths (filled), D and the slabs. */
+static mlk_status mlk__attn_arena(mlk__arena *ar, const mlk_attn_desc *d, mlk__attn_geom *g, int backward, int *team)
 {
     mlk_status st;
     int threads = g->threads < mlk__max_threads() ? g->threads : mlk__max_threads();
     if (d->workspace) {
         size_t pad = (MLK__ALIGN - (uintptr_t)d->workspace % MLK__ALIGN) % MLK__ALIGN;
         size_t usable = d->workspace_bytes > pad ? d->workspace_bytes - pad : 0;
-        size_t fit = usable >= shared ? (usable - shared) / slab : 0;
+        size_t slab = backward ? g->bwd_thread_bytes : g->fwd_thread_bytes, shared, fit;
+        mlk__attn_pieces(g, backward, 0, g->pc);
+        shared = mlk__pieces_bytes(g->pc, 3);
+        fit = usable >= shared ? (usable - shared) / slab : 0;
         if (fit < 1) return MLK_ERR_ARG;
         if (fit < (size_t)threads) threads = (int)fit;
     }
-    st = mlk__arena_init(ar, d->workspace, mlk__attn_cap(shared, slab, threads));
-    if (st != MLK_OK) return st;
-    *depth = (int *)mlk__arena_take(ar, (size_t)g->len_q * sizeof(int));
-    if (d->tree_parent) mlk__tree_depths(g->len_q, d->tree_parent, *depth);
-    *extra = shared > g->fwd_shared ? mlk__arena_take(ar, shared - g->fwd_shared) : NULL;
-    *slabs = (unsigned char *)mlk__arena_take(ar, slab * (size_t)threads);
+    if ((st = mlk__arena_carve(ar, d->workspace, g->pc, mlk__attn_pieces(g, backward, threads, g->pc))) != MLK_OK)
+        return st;
+    if (d->tree_parent) mlk__tree_depths(g->len_q, d->tree_parent, (int *)g->pc[0].ptr);
     *team = threads;
     return MLK_OK;
 }
@@ -3413,12 +3402,12 @@ MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q, const
     mlk__arena ar;
     mlk_status st;
     int *depth, n_tasks, team;
-    void *unused;
     unsigned char *slabs;
     if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
-    if ((st = mlk__attn_arena(&ar, d, &g, g.fwd_shared, g.fwd_thread_bytes, &depth, &unused, &slabs, &team)) != MLK_OK)
-        return st;
+    if ((st = mlk__attn_arena(&ar, d, &g, 0, &team)) != MLK_OK) return st;
+    depth = (int *)g.pc[0].ptr;
+    slabs = (unsigned char *)g.pc[2].ptr;
     n_tasks = g.batch * g.kv_heads * g.n_q_tiles;
     /* tasks are independent (no reduction), so dynamic scheduling balances
        causal work without touching determinism */
@@ -3443,11 +3432,12 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
     if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
     /* the reference never uses the caller's workspace (not sized for it) */
-    if ((st = mlk__arena_init(&ar, NULL, mlk__arena_need(g.fwd_shared, (size_t)g.len_kv * sizeof(double)))) != MLK_OK)
-        return st;
-    depth = (int *)mlk__arena_take(&ar, (size_t)g.len_q * sizeof(int));
+    g.pc[0] = mlk__piece_of((size_t)g.len_q * sizeof(int));
+    g.pc[1] = mlk__piece_of((size_t)g.len_kv * sizeof(double));
+    if ((st = mlk__arena_carve(&ar, NULL, g.pc, 2)) != MLK_OK) return st;
+    depth = (int *)g.pc[0].ptr;
     if (d->tree_parent) mlk__tree_depths(g.len_q, d->tree_parent, depth);
-    s = (double *)mlk__arena_take(&ar, (size_t)g.len_kv * sizeof(double));
+    s = (double *)g.pc[1].ptr;
     for (int b = 0; b < g.batch; b++) {
         mlk__attn_mask m;
         mlk__attn_item_mask(d, &g, b, depth, &m);
@@ -3574,8 +3564,9 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 lse_r[r] = io->lse[li];
                 d_r[r] = io->row_d[li];
             }
-            if (n_rows < MLK__ATTN_MR) { /* the forward took this q tile as typed rows */
+            if (n_rows < MLK__MR) { /* the forward took this q tile as typed rows */
                 mlk__attn_rows view;
+                memset(&view, 0, sizeof view);
                 view.n_rows = n_rows;
                 view.head_dim = dim;
                 view.dpad = dp;
@@ -3625,16 +3616,15 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
     mlk_status st;
     mlk__attn_bwd_io io;
     int *depth, n_rowsets, team;
-    void *row_d_mem;
     float *row_d;
     unsigned char *slabs;
     if (!d || !q || !k || !v || !o || !dout || !lse) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
     if (!dq && !dk && !dv) return MLK_OK;
-    if ((st = mlk__attn_arena(&ar, d, &g, g.bwd_shared, g.bwd_thread_bytes, &depth, &row_d_mem, &slabs, &team)) !=
-        MLK_OK)
-        return st;
-    row_d = (float *)row_d_mem;
+    if ((st = mlk__attn_arena(&ar, d, &g, 1, &team)) != MLK_OK) return st;
+    depth = (int *)g.pc[0].ptr;
+    row_d = (float *)g.pc[1].ptr;
+    slabs = (unsigned char *)g.pc[2].ptr;
     n_rowsets = g.batch * g.heads;
     MLK__OMP(omp parallel for schedule(static) num_threads(team))
     for (int bh = 0; bh < n_rowsets; bh++)
@@ -4109,7 +4099,8 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     mlk__kv_attn_job job;
     mlk__arena ar;
     mlk_status st;
-    size_t q_floats = 0, row, cap, slabs;
+    size_t q_floats = 0, row, slabs;
+    mlk__piece pc[4];
     long long tasks = 0;
     int *depth, *task_base;
     size_t *q_off;
@@ -4147,15 +4138,15 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     job.slab_bytes = mlk__arena_need(job.rows_bytes, 2 * sizeof(float) * (size_t)MLK__KV_TILE * (size_t)c->cfg.head_dim);
     if (job.slab_bytes == SIZE_MAX || !mlk__mul_ok(job.slab_bytes, (size_t)mlk__max_threads(), &slabs))
         return MLK_ERR_OVERFLOW;
-    cap = mlk__arena_need(0, (size_t)n_q[0] * sizeof(int));
-    cap = mlk__arena_need(cap, (size_t)n_seqs * sizeof(size_t));
-    cap = mlk__arena_need(cap, ((size_t)n_seqs + 1) * sizeof(int));
-    cap = mlk__arena_need(cap, slabs);
-    if ((st = mlk__arena_init(&ar, NULL, cap)) != MLK_OK) return st;
-    depth = (int *)mlk__arena_take(&ar, (size_t)n_q[0] * sizeof(int));
-    q_off = (size_t *)mlk__arena_take(&ar, (size_t)n_seqs * sizeof(size_t));
-    task_base = (int *)mlk__arena_take(&ar, ((size_t)n_seqs + 1) * sizeof(int));
-    slab0 = (unsigned char *)mlk__arena_take(&ar, slabs);
+    pc[0] = mlk__piece_of((size_t)n_q[0] * sizeof(int));
+    pc[1] = mlk__piece_of((size_t)n_seqs * sizeof(size_t));
+    pc[2] = mlk__piece_of(((size_t)n_seqs + 1) * sizeof(int));
+    pc[3] = mlk__piece_of(slabs);
+    if ((st = mlk__arena_carve(&ar, NULL, pc, 4)) != MLK_OK) return st;
+    depth = (int *)pc[0].ptr;
+    q_off = (size_t *)pc[1].ptr;
+    task_base = (int *)pc[2].ptr;
+    slab0 = (unsigned char *)pc[3].ptr;
     if (tree_parent && (st = mlk__tree_check(n_q[0], tree_parent)) != MLK_OK) {
         mlk__arena_done(&ar); /* a bad parent array: nothing written */
         return st;
@@ -4341,43 +4332,41 @@ static void mlk__beam_select(mlk__beam_state *s, int cur, int b, double len_pen)
     s->pool_n[nxt][b] = n_best;
 }
 
-/* Bytes of the state's allocation, carved in mlk__beam_carve's order;
-   SIZE_MAX on overflow. */
-static size_t mlk__beam_need(size_t seq_total, int batch, size_t slots, size_t n_logits, int k, int bw)
+/* The state's one allocation, from one table of its pieces. */
+static mlk_status mlk__beam_carve(mlk__beam_state *s, mlk__arena *a, size_t seq_total, size_t slots, size_t n_logits)
 {
-    size_t need = 0;
-    need = mlk__arena_need(need, seq_total * sizeof(int32_t));
-    need = mlk__arena_need(need, seq_total * sizeof(int32_t));
-    need = mlk__arena_need(need, (size_t)batch * sizeof(size_t));
-    need = mlk__arena_need(need, (size_t)batch * sizeof(int));
-    need = mlk__arena_need(need, (size_t)batch * sizeof(int));
-    need = mlk__arena_need(need, slots * sizeof(mlk__beam_hyp));
-    need = mlk__arena_need(need, slots * sizeof(mlk__beam_hyp));
-    need = mlk__arena_need(need, slots * sizeof(int32_t *));
-    need = mlk__arena_need(need, slots * sizeof(int));
-    need = mlk__arena_need(need, slots * sizeof(int));
-    need = mlk__arena_need(need, n_logits * sizeof(float));
-    need = mlk__arena_need(need, slots * (size_t)k * sizeof(float));
-    need = mlk__arena_need(need, slots * (size_t)k * sizeof(int32_t));
-    return mlk__arena_need(need, (size_t)bw * sizeof(mlk__beam_cand));
-}
-
-static void mlk__beam_carve(mlk__beam_state *s, mlk__arena *a, size_t seq_total, size_t slots, size_t n_logits)
-{
-    s->seq[0] = (int32_t *)mlk__arena_take(a, seq_total * sizeof(int32_t));
-    s->seq[1] = (int32_t *)mlk__arena_take(a, seq_total * sizeof(int32_t));
-    s->item_off = (size_t *)mlk__arena_take(a, (size_t)s->batch * sizeof(size_t));
-    s->pool_n[0] = (int *)mlk__arena_take(a, (size_t)s->batch * sizeof(int));
-    s->pool_n[1] = (int *)mlk__arena_take(a, (size_t)s->batch * sizeof(int));
-    s->hyp[0] = (mlk__beam_hyp *)mlk__arena_take(a, slots * sizeof(mlk__beam_hyp));
-    s->hyp[1] = (mlk__beam_hyp *)mlk__arena_take(a, slots * sizeof(mlk__beam_hyp));
-    s->live_seqs = (const int32_t **)mlk__arena_take(a, slots * sizeof(int32_t *));
-    s->live_lens = (int *)mlk__arena_take(a, slots * sizeof(int));
-    s->live_parent = (int *)mlk__arena_take(a, slots * sizeof(int));
-    s->logits = (float *)mlk__arena_take(a, n_logits * sizeof(float));
-    s->top_lp = (float *)mlk__arena_take(a, slots * (size_t)s->k * sizeof(float));
-    s->top_idx = (int32_t *)mlk__arena_take(a, slots * (size_t)s->k * sizeof(int32_t));
-    s->best = (mlk__beam_cand *)mlk__arena_take(a, (size_t)s->cfg->beam_width * sizeof(mlk__beam_cand));
+    mlk__piece pc[14];
+    mlk_status st;
+    pc[0] = mlk__piece_of(seq_total * sizeof(int32_t));
+    pc[1] = mlk__piece_of(seq_total * sizeof(int32_t));
+    pc[2] = mlk__piece_of((size_t)s->batch * sizeof(size_t));
+    pc[3] = mlk__piece_of((size_t)s->batch * sizeof(int));
+    pc[4] = mlk__piece_of((size_t)s->batch * sizeof(int));
+    pc[5] = mlk__piece_of(slots * sizeof(mlk__beam_hyp));
+    pc[6] = mlk__piece_of(slots * sizeof(mlk__beam_hyp));
+    pc[7] = mlk__piece_of(slots * sizeof(int32_t *));
+    pc[8] = mlk__piece_of(slots * sizeof(int));
+    pc[9] = mlk__piece_of(slots * sizeof(int));
+    pc[10] = mlk__piece_of(n_logits * sizeof(float));
+    pc[11] = mlk__piece_of(slots * (size_t)s->k * sizeof(float));
+    pc[12] = mlk__piece_of(slots * (size_t)s->k * sizeof(int32_t));
+    pc[13] = mlk__piece_of((size_t)s->cfg->beam_width * sizeof(mlk__beam_cand));
+    if ((st = mlk__arena_carve(a, NULL, pc, 14)) != MLK_OK) return st;
+    s->seq[0] = (int32_t *)pc[0].ptr;
+    s->seq[1] = (int32_t *)pc[1].ptr;
+    s->item_off = (size_t *)pc[2].ptr;
+    s->pool_n[0] = (int *)pc[3].ptr;
+    s->pool_n[1] = (int *)pc[4].ptr;
+    s->hyp[0] = (mlk__beam_hyp *)pc[5].ptr;
+    s->hyp[1] = (mlk__beam_hyp *)pc[6].ptr;
+    s->live_seqs = (const int32_t **)pc[7].ptr;
+    s->live_lens = (int *)pc[8].ptr;
+    s->live_parent = (int *)pc[9].ptr;
+    s->logits = (float *)pc[10].ptr;
+    s->top_lp = (float *)pc[11].ptr;
+    s->top_idx = (int32_t *)pc[12].ptr;
+    s->best = (mlk__beam_cand *)pc[13].ptr;
+    return MLK_OK;
 }
 
 /* Each item's pool starts as its prompt alone. Every slot of both buffers
@@ -4452,7 +4441,7 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
         if (prompt_lens[b] < 1) return MLK_ERR_SHAPE;
         if (prompt_lens[b] > INT_MAX - max_new) return MLK_ERR_OVERFLOW;
         if (!mlk__mul_ok((size_t)bw, (size_t)(prompt_lens[b] + max_new), &item) ||
-            seq_total > SIZE_MAX / sizeof(int32_t) / 2 - item)
+            item > SIZE_MAX / sizeof(int32_t) / 2 || seq_total > SIZE_MAX / sizeof(int32_t) / 2 - item)
             return MLK_ERR_OVERFLOW;
         seq_total += item;
     }
@@ -4469,9 +4458,7 @@ MLKERN_DEF mlk_status mlk_beam_search(const mlk_beam_config *cfg, int batch,
         !mlk__count4(batch, bw, s.k, 1, sizeof(float) + sizeof(int32_t), &n_check) ||
         !mlk__count4(batch, cfg->num_return, max_new, 1, sizeof(int32_t), &n_check))
         return MLK_ERR_OVERFLOW;
-    st = mlk__arena_init(&arena, NULL, mlk__beam_need(seq_total, batch, slots, n_logits, s.k, bw));
-    if (st != MLK_OK) return st;
-    mlk__beam_carve(&s, &arena, seq_total, slots, n_logits);
+    if ((st = mlk__beam_carve(&s, &arena, seq_total, slots, n_logits)) != MLK_OK) return st;
     mlk__beam_start(&s, prompts);
 
     for (int step = 0; step < max_new; step++) {
@@ -4555,7 +4542,7 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
 {
     int max_new, max_nodes, ctx_len, gen = 0, done = 0;
     mlk_spec_stats s;
-    size_t need = 0;
+    mlk__piece pc[5];
     mlk__arena arena;
     int32_t *ctx, *tokens, *greedy;
     int *parent, *path;
@@ -4567,18 +4554,17 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
     if (prompt_len < 1 || max_new < 1 || max_nodes < 1) return MLK_ERR_SHAPE;
     if (cfg->eos_id < -1) return MLK_ERR_ARG;
     if (prompt_len > INT_MAX - max_new || max_nodes == INT_MAX) return MLK_ERR_OVERFLOW;
-    need = mlk__arena_need(need, ((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
-    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int32_t));
-    need = mlk__arena_need(need, ((size_t)max_nodes + 1) * sizeof(int32_t));
-    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int));
-    need = mlk__arena_need(need, (size_t)max_nodes * sizeof(int));
-    st = mlk__arena_init(&arena, NULL, need);
-    if (st != MLK_OK) return st;
-    ctx = (int32_t *)mlk__arena_take(&arena, ((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
-    tokens = (int32_t *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int32_t));
-    greedy = (int32_t *)mlk__arena_take(&arena, ((size_t)max_nodes + 1) * sizeof(int32_t));
-    parent = (int *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int));
-    path = (int *)mlk__arena_take(&arena, (size_t)max_nodes * sizeof(int));
+    pc[0] = mlk__piece_of(((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
+    pc[1] = mlk__piece_of((size_t)max_nodes * sizeof(int32_t));
+    pc[2] = mlk__piece_of(((size_t)max_nodes + 1) * sizeof(int32_t));
+    pc[3] = mlk__piece_of((size_t)max_nodes * sizeof(int));
+    pc[4] = mlk__piece_of((size_t)max_nodes * sizeof(int));
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 5)) != MLK_OK) return st;
+    ctx = (int32_t *)pc[0].ptr;
+    tokens = (int32_t *)pc[1].ptr;
+    greedy = (int32_t *)pc[2].ptr;
+    parent = (int *)pc[3].ptr;
+    path = (int *)pc[4].ptr;
     memcpy(ctx, prompt, (size_t)prompt_len * sizeof(int32_t));
     ctx_len = prompt_len;
     memset(&s, 0, sizeof s);
@@ -4975,16 +4961,17 @@ static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, con
 {
     size_t kpad = ((size_t)k + 127) / 128 * 128, xp_bytes;
     mlk__arena arena;
+    mlk__piece pc[2];
     int8_t *xp;
     int32_t *row_sum;
     mlk_status st;
     int i;
     if (!mlk__mul_ok((size_t)m, kpad, &xp_bytes)) return MLK_ERR_OVERFLOW;
-    st = mlk__arena_init(&arena, NULL,
-                         mlk__arena_need(mlk__arena_need(0, xp_bytes), (size_t)m * sizeof(int32_t)));
-    if (st != MLK_OK) return st;
-    xp = (int8_t *)mlk__arena_take(&arena, xp_bytes);
-    row_sum = (int32_t *)mlk__arena_take(&arena, (size_t)m * sizeof(int32_t));
+    pc[0] = mlk__piece_of(xp_bytes);
+    pc[1] = mlk__piece_of((size_t)m * sizeof(int32_t));
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 2)) != MLK_OK) return st;
+    xp = (int8_t *)pc[0].ptr;
+    row_sum = (int32_t *)pc[1].ptr;
     MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__PAR_ELEMS))
     for (i = 0; i < m; i++)
         mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
@@ -5031,6 +5018,7 @@ MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
 {
     size_t x_count, w_count, w_bytes;
     mlk__arena arena;
+    mlk__piece pc[3];
     int8_t *xq;
     float *xscale, wscale;
     uint8_t *wpacked;
@@ -5038,12 +5026,13 @@ MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
     if (st != MLK_OK) return st;
     if (!x || !w || !y) return MLK_ERR_NULL;
     w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
-    st = mlk__arena_init(&arena, NULL, mlk__arena_need(mlk__arena_need(mlk__arena_need(0,
-                         x_count), (size_t)m * sizeof(float)), w_bytes));
-    if (st != MLK_OK) return st;
-    xq = (int8_t *)mlk__arena_take(&arena, x_count);
-    xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
-    wpacked = (uint8_t *)mlk__arena_take(&arena, w_bytes);
+    pc[0] = mlk__piece_of(x_count);
+    pc[1] = mlk__piece_of((size_t)m * sizeof(float));
+    pc[2] = mlk__piece_of(w_bytes);
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 3)) != MLK_OK) return st;
+    xq = (int8_t *)pc[0].ptr;
+    xscale = (float *)pc[1].ptr;
+    wpacked = (uint8_t *)pc[2].ptr;
     st = mlk_act_quant_i8(m, k, x, xq, xscale);
     if (st == MLK_OK) st = mlk_ternary_quant(n, k, w, wpacked, &wscale);
     if (st == MLK_OK) st = mlk_ternary_gemm(m, n, k, xq, xscale, wpacked, wscale, y);
@@ -5054,12 +5043,13 @@ MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
 MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
     const float *w, const float *dy, float *dx, float *dw)
 {
-    size_t x_count, w_count, w_bytes, need = 0;
+    size_t x_count, w_count, w_bytes;
     mlk__arena arena;
+    mlk__piece pc[7];
     mlk__sgemm_plan dx_plan, dw_plan;
-    int8_t *xq = NULL;
-    float *xscale = NULL, *x_hat = NULL, *w_hat = NULL, *dx_scratch = NULL, *dw_scratch = NULL, wscale = 0;
-    uint8_t *wpacked = NULL;
+    int8_t *xq;
+    float *xscale, *x_hat, *w_hat, *dx_scratch, *dw_scratch, wscale = 0;
+    uint8_t *wpacked;
     mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
     if (st != MLK_OK) return st;
     if (!x || !w || !dy) return MLK_ERR_NULL;
@@ -5067,31 +5057,29 @@ MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
     w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
     /* both products are planned (with w and x standing in for W^ and x^) and
        all scratch is taken up front: nothing can fail once dx is written */
-    if (dx) { /* dx [m, k] = dy [m, n] * W^ [n, k] */
-        if ((st = mlk__sgemm_plan_make(0, 0, m, k, n, 1.0f, dy, n, w, k, 0.0f, dx, k, &dx_plan)) != MLK_OK) return st;
-        need = mlk__arena_need(mlk__arena_need(mlk__arena_need(need, w_bytes), w_count * sizeof(float)),
-                               dx_plan.scratch_bytes);
-    }
-    if (dw) { /* dw [n, k] = dy^T [n, m] * x^ [m, k] */
-        if ((st = mlk__sgemm_plan_make(1, 0, n, k, m, 1.0f, dy, n, x, k, 0.0f, dw, k, &dw_plan)) != MLK_OK) return st;
-        need = mlk__arena_need(mlk__arena_need(mlk__arena_need(mlk__arena_need(need, x_count),
-                               (size_t)m * sizeof(float)), x_count * sizeof(float)), dw_plan.scratch_bytes);
-    }
-    st = mlk__arena_init(&arena, NULL, need);
-    if (st != MLK_OK) return st;
-    if (dx) {
-        wpacked = (uint8_t *)mlk__arena_take(&arena, w_bytes);
-        w_hat = (float *)mlk__arena_take(&arena, w_count * sizeof(float));
-        dx_scratch = (float *)mlk__arena_take(&arena, dx_plan.scratch_bytes);
-        dx_plan.g.b = w_hat;
-    }
-    if (dw) {
-        xq = (int8_t *)mlk__arena_take(&arena, x_count);
-        xscale = (float *)mlk__arena_take(&arena, (size_t)m * sizeof(float));
-        x_hat = (float *)mlk__arena_take(&arena, x_count * sizeof(float));
-        dw_scratch = (float *)mlk__arena_take(&arena, dw_plan.scratch_bytes);
-        dw_plan.g.b = x_hat;
-    }
+    memset(&dx_plan, 0, sizeof dx_plan);
+    memset(&dw_plan, 0, sizeof dw_plan);
+    if (dx && (st = mlk__sgemm_plan_make(0, 0, m, k, n, 1.0f, dy, n, w, k, 0.0f, dx, k, &dx_plan)) != MLK_OK)
+        return st; /* dx [m, k] = dy [m, n] * W^ [n, k] */
+    if (dw && (st = mlk__sgemm_plan_make(1, 0, n, k, m, 1.0f, dy, n, x, k, 0.0f, dw, k, &dw_plan)) != MLK_OK)
+        return st; /* dw [n, k] = dy^T [n, m] * x^ [m, k] */
+    pc[0] = mlk__piece_of(dx ? w_bytes : 0);                   /* packed W */
+    pc[1] = mlk__piece_of(dx ? w_count * sizeof(float) : 0);   /* W^ */
+    pc[2] = mlk__piece_of(dx_plan.scratch_bytes);
+    pc[3] = mlk__piece_of(dw ? x_count : 0);                   /* int8 x */
+    pc[4] = mlk__piece_of(dw ? (size_t)m * sizeof(float) : 0); /* its row scales */
+    pc[5] = mlk__piece_of(dw ? x_count * sizeof(float) : 0);   /* x^ */
+    pc[6] = mlk__piece_of(dw_plan.scratch_bytes);
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 7)) != MLK_OK) return st;
+    wpacked = (uint8_t *)pc[0].ptr;
+    w_hat = (float *)pc[1].ptr;
+    dx_scratch = (float *)pc[2].ptr;
+    xq = (int8_t *)pc[3].ptr;
+    xscale = (float *)pc[4].ptr;
+    x_hat = (float *)pc[5].ptr;
+    dw_scratch = (float *)pc[6].ptr;
+    dx_plan.g.b = w_hat;
+    dw_plan.g.b = x_hat;
     /* quantise both first: a bad value fails before any output is written */
     if (dx) {
         st = mlk_ternary_quant(n, k, w, wpacked, &wscale);

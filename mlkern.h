@@ -26,15 +26,24 @@
 
    CONFIGURATION (define before the implementation include)
        MLKERN_STATIC     every function static (private to that file)
-       MLKERN_MALLOC(n)  MLKERN_FREE(p)   allocation (default malloc/free)
-       MLKERN_ASSERT(x)  internal invariants (default assert)
+       MLKERN_DEF        the linkage of every function (default extern)
+       MLKERN_MALLOC(n)  MLKERN_FREE(p)   allocation, both or neither
+                         (default malloc/free)
+       MLKERN_ASSERT(x)  debug checks (default assert); the checks that
+                         guard memory stay on in release builds
        MLKERN_NO_SIMD    force the portable scalar path
    SIMD: AVX2+FMA (x86-64) or scalar, chosen at compile time.
 
    ERRORS
    Every fallible function returns mlk_status (MLK_OK == 0; mlk_status_str
-   names each code). Arguments are validated before any output is written:
-   on error every output and cache is left exactly as it was.
+   names each code). Arguments are validated before any output is written,
+   and every allocation is made before the first output is written: on
+   error every output and cache is left exactly as it was. Caller scratch
+   (mlk_attn_desc.workspace) comes with its size and is never overrun.
+
+   THREADS
+   Kernels may run concurrently on different outputs. A KV cache allows
+   concurrent readers or one writer (see the KV cache section).
 
    EXAMPLE: the three likeliest next tokens of a toy LM head
        float x[2 * 64], h[2 * 64], w[1000 * 64], logits[2 * 1000], p[2 * 3];
@@ -62,6 +71,27 @@
                     mlk_ternary_gemm, mlk_bitlinear_fwd/bwd, mlk_adamw_step
    README.md has the tour, the semantics that differ from PyTorch/HF and the
    measured speed.
+
+   INSIDE (the implementation, top-down; each part uses only what precedes it)
+       common          status names, size and overflow checks, the arena
+                       (one table of pieces sizes and carves a call's
+                       scratch), OpenMP thresholds, exp, SIMD helpers,
+                       symmetric quantisation
+       shared kernels  the 6 x 16 FMA micro-kernel (sgemm and the attention
+                       tiles), tree checks and depths, the KV row formats
+       families        in the order of the declarations above, each under a
+                       banner of the same form, AdamW last
+   ADDING A KERNEL
+   Declare it in its family's block above with a comment that states its
+   contract (shapes, NULL rules, status codes, determinism); implement it
+   under that family's banner below, validating NULLs, then sizes, then
+   values, and taking scratch from one mlk__piece table; reuse the shared
+   pieces (mlk__micro, mlk__tree_check, mlk__row_*, mlk__quant_sym,
+   mlk__exp8, the MLK__PAR_* thresholds) instead of writing new ones. Test
+   it in tests/test_<family>.c against an independent double-precision
+   reference (plus bad inputs, allocation failure and thread counts), add a
+   benchmark to bench/bench_<family>.c with its roofline ratio, and a
+   README entry with the command and machine of every figure.
 */
 #ifndef MLKERN_H
 #define MLKERN_H
@@ -2076,7 +2106,7 @@ MLKERN_DEF mlk_status mlk_rmsnorm_bwd(int rows, int dim, const float *x,
    softmax, top-k, sampling
    ====================================================================== */
 
-/* mlk__sm_scan reads a row once: a running max m and a running sum l of
+/* mlk__softmax_scan reads a row once: a running max m and a running sum l of
    exp((x - m) / T), rescaled by exp((m_old - m_new) / T) when the max grows,
    while a candidate buffer keeps the k largest logits. The scan goes in
    blocks of 64 logits; after warm-up almost no block holds a logit above the
@@ -2087,7 +2117,7 @@ MLKERN_DEF mlk_status mlk_rmsnorm_bwd(int rows, int dim, const float *x,
    output does: the float's bits mapped to an unsigned order (-0 taken as +0)
    above the complemented index, so a larger key is a larger logit or, for
    equal logits, the lower index. Keys are unique, as indices are. */
-static uint64_t mlk__sm_key(float v, int32_t idx)
+static uint64_t mlk__softmax_key(float v, int32_t idx)
 {
     uint32_t u, negative;
     v += 0.0f; /* -0 becomes +0 */
@@ -2097,7 +2127,7 @@ static uint64_t mlk__sm_key(float v, int32_t idx)
     return (uint64_t)u << 32 | (uint32_t)~(uint32_t)idx;
 }
 
-static float mlk__sm_key_val(uint64_t key)
+static float mlk__softmax_key_val(uint64_t key)
 {
     uint32_t u = (uint32_t)(key >> 32);
     float v;
@@ -2113,12 +2143,12 @@ static float mlk__sm_key_val(uint64_t key)
    floor_val has a higher index, so it loses to the floor's key: '>' is exact.
    A heap would pay a branchy sift-down for each of the ~k(1 + ln(n/k)) logits
    above its minimum, the larger part of the time on 32000-logit rows. */
-typedef struct mlk__sm_best { uint64_t *key; int size, cap, room; float floor_val; } mlk__sm_best;
+typedef struct mlk__softmax_best { uint64_t *key; int size, cap, room; float floor_val; } mlk__softmax_best;
 
 /* Buffer length for cap kept keys of a row of n: room to append a few
-   hundred candidates, and a whole block (MLK__SM_BLOCK) more, between two
+   hundred candidates, and a whole block (MLK__SOFTMAX_BLOCK) more, between two
    selections; never more than n, as only the n - cap later logits are appended. */
-static int mlk__sm_room(int cap, int n)
+static int mlk__softmax_room(int cap, int n)
 {
     int more = cap > 448 ? cap : 448;
     return n - cap - 64 > more ? cap + more + 64 : n;
@@ -2128,7 +2158,7 @@ static int mlk__sm_room(int cap, int n)
    key[k - 1] is the k-th largest. Median-of-3 pivots; keys are distinct.
    The partition swaps unconditionally and moves its boundary by the
    comparison, so random keys cost no mispredicted branches. */
-static void mlk__sm_select(uint64_t *key, int size, int k)
+static void mlk__softmax_select(uint64_t *key, int size, int k)
 {
     int lo = 0, hi = size - 1;
     while (lo < hi) {
@@ -2154,26 +2184,26 @@ static void mlk__sm_select(uint64_t *key, int size, int k)
 }
 
 /* Keeps the cap best keys and raises the floor to the worst of them. */
-static void mlk__sm_best_flush(mlk__sm_best *b)
+static void mlk__softmax_best_flush(mlk__softmax_best *b)
 {
-    mlk__sm_select(b->key, b->size, b->cap);
+    mlk__softmax_select(b->key, b->size, b->cap);
     b->size = b->cap;
-    b->floor_val = mlk__sm_key_val(b->key[b->cap - 1]);
+    b->floor_val = mlk__softmax_key_val(b->key[b->cap - 1]);
 }
 
 /* Starts the buffer with the first cap logits, all kept whatever their value. */
-static void mlk__sm_best_start(mlk__sm_best *b, const float *x)
+static void mlk__softmax_best_start(mlk__softmax_best *b, const float *x)
 {
     uint64_t worst = ~(uint64_t)0;
     for (int i = 0; i < b->cap; i++) {
-        b->key[i] = mlk__sm_key(x[i], i);
+        b->key[i] = mlk__softmax_key(x[i], i);
         worst = b->key[i] < worst ? b->key[i] : worst;
     }
     b->size = b->cap;
-    b->floor_val = mlk__sm_key_val(worst);
+    b->floor_val = mlk__softmax_key_val(worst);
 }
 
-static void mlk__sm_sift_down(uint64_t *key, int pos, int size)
+static void mlk__softmax_sift_down(uint64_t *key, int pos, int size)
 {
     uint64_t moving = key[pos];
     for (;;) {
@@ -2189,27 +2219,27 @@ static void mlk__sm_sift_down(uint64_t *key, int pos, int size)
 
 /* Selects the cap best, heapsorts them (a min-heap, so the worst ends last)
    and unpacks the keys into val/idx from best to worst. */
-static void mlk__sm_best_sort(mlk__sm_best *b, float *val, int32_t *idx)
+static void mlk__softmax_best_sort(mlk__softmax_best *b, float *val, int32_t *idx)
 {
-    if (b->size > b->cap) mlk__sm_best_flush(b);
-    for (int pos = b->size / 2 - 1; pos >= 0; pos--) mlk__sm_sift_down(b->key, pos, b->size);
+    if (b->size > b->cap) mlk__softmax_best_flush(b);
+    for (int pos = b->size / 2 - 1; pos >= 0; pos--) mlk__softmax_sift_down(b->key, pos, b->size);
     for (int end = b->size - 1; end > 0; end--) {
         uint64_t worst = b->key[0];
         b->key[0] = b->key[end];
         b->key[end] = worst;
-        mlk__sm_sift_down(b->key, 0, end);
+        mlk__softmax_sift_down(b->key, 0, end);
     }
     for (int j = 0; j < b->size; j++) {
-        val[j] = mlk__sm_key_val(b->key[j]);
+        val[j] = mlk__softmax_key_val(b->key[j]);
         idx[j] = (int32_t)~(uint32_t)b->key[j];
     }
 }
 
-#define MLK__SM_BLOCK 64
+#define MLK__SOFTMAX_BLOCK 64
 
 #if defined(MLK__AVX2)
 /* Position of the lowest set bit of a nonzero word (de Bruijn multiply). */
-static int mlk__sm_lowest_bit(uint64_t word)
+static int mlk__softmax_lowest_bit(uint64_t word)
 {
     static const unsigned char pos[64] = {
         0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24,
@@ -2224,26 +2254,26 @@ static int mlk__sm_lowest_bit(uint64_t word)
    Returns 0 for a NaN or +inf logit or a row that is all -inf. Each block's
    sum is taken in float and added to l in double, so l keeps growing (and
    stays accurate) on rows of any length up to INT_MAX. */
-static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
+static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_best *best,
                         float *row_max, double *l_sum)
 {
     float m = -INFINITY;
     double l = 0.0;
     int bad = 0;
-    if (best) mlk__sm_best_start(best, x);
+    if (best) mlk__softmax_best_start(best, x);
 #if defined(MLK__AVX2)
     {
         const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
         __m256 m8 = _mm256_set1_ps(-INFINITY), bad8 = _mm256_setzero_ps();
         __m256d l_lo = _mm256_setzero_pd(), l_hi = _mm256_setzero_pd(); /* lanes 0-3, 4-7 */
-        float lane_m[8], tail[MLK__SM_BLOCK];
+        float lane_m[8], tail[MLK__SOFTMAX_BLOCK];
         double lane_l[8];
         for (int i = 0, len; i < n; i += len) {
             const float *block = x + i;
             __m256 v[8], block_max;
-            len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
-            if (len < MLK__SM_BLOCK) {
-                for (int j = 0; j < MLK__SM_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+            len = n - i < MLK__SOFTMAX_BLOCK ? n - i : MLK__SOFTMAX_BLOCK;
+            if (len < MLK__SOFTMAX_BLOCK) {
+                for (int j = 0; j < MLK__SOFTMAX_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
                 block = tail;
             }
             for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(block + 8 * j);
@@ -2272,14 +2302,14 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
                 _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(best->floor_val), _CMP_GT_OQ))) {
                 __m256 floor8;
                 uint64_t above = 0; /* bit b: logit i + b is above the floor (tail lanes are -inf) */
-                if (best->size > best->room - MLK__SM_BLOCK) mlk__sm_best_flush(best);
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
                 floor8 = _mm256_set1_ps(best->floor_val);
                 for (int j = 0; j < 8; j++)
                     above |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v[j], floor8, _CMP_GT_OQ)) << 8 * j;
                 if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
                 for (; above; above &= above - 1) { /* one branch per block, not per lane */
-                    int b = mlk__sm_lowest_bit(above);
-                    best->key[best->size++] = mlk__sm_key(block[b], i + b);
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
                 }
             }
         }
@@ -2296,7 +2326,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
     for (int i = 0, len; i < n; i += len) {
         const float *block = x + i;
         float block_max = -INFINITY;
-        len = n - i < MLK__SM_BLOCK ? n - i : MLK__SM_BLOCK;
+        len = n - i < MLK__SOFTMAX_BLOCK ? n - i : MLK__SOFTMAX_BLOCK;
         for (int j = 0; j < len; j++) {
             if (!(block[j] < INFINITY)) bad = 1;
             if (block[j] > block_max) block_max = block[j];
@@ -2314,8 +2344,8 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
         if (best && i + len > best->cap && block_max > best->floor_val)
             for (int j = 0; j < len; j++) /* the first cap indices were taken up front */
                 if (i + j >= best->cap && block[j] > best->floor_val) {
-                    if (best->size == best->room) mlk__sm_best_flush(best);
-                    best->key[best->size++] = mlk__sm_key(block[j], i + j);
+                    if (best->size == best->room) mlk__softmax_best_flush(best);
+                    best->key[best->size++] = mlk__softmax_key(block[j], i + j);
                 }
     }
 #endif
@@ -2325,7 +2355,7 @@ static int mlk__sm_scan(const float *x, int n, float inv_t, mlk__sm_best *best,
 }
 
 /* splitmix64 draw number `draw` (0, 1, ...) after *state, as a double in [0, 1) */
-static double mlk__sm_uniform(uint64_t state, uint64_t draw)
+static double mlk__softmax_uniform(uint64_t state, uint64_t draw)
 {
     uint64_t z = state + (draw + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -2334,19 +2364,19 @@ static double mlk__sm_uniform(uint64_t state, uint64_t draw)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* Row-wise mlk__sm_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
-static mlk_status mlk__sm_scan_rows(int rows, int n, const float *x, float *row_max, double *l_sum)
+/* Row-wise mlk__softmax_scan into row_max / l_sum; returns MLK_ERR_VALUE if any row is bad. */
+static mlk_status mlk__softmax_scan_rows(int rows, int n, const float *x, float *row_max, double *l_sum)
 {
     int n_bad = 0;
     MLK__OMP(omp parallel for schedule(static) if ((size_t)rows * n > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++)
-        n_bad += !mlk__sm_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
+        n_bad += !mlk__softmax_scan(x + (size_t)r * (size_t)n, n, 1.0f, NULL, &row_max[r], &l_sum[r]);
     return n_bad ? MLK_ERR_VALUE : MLK_OK;
 }
 
 /* Softmax needs every row's max and sum before it writes (a NaN row must
    leave y untouched), so it reads x twice: once to scan, once to write. */
-static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int log_out)
+static mlk_status mlk__softmax_full(int rows, int n, const float *x, float *y, int log_out)
 {
     size_t count;
     double *l_sums;
@@ -2358,7 +2388,7 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
     l_sums = (double *)mlk__alloc((size_t)rows * (sizeof(double) + sizeof(float)));
     if (!l_sums) return MLK_ERR_NOMEM;
     row_maxes = (float *)(void *)(l_sums + rows);
-    st = mlk__sm_scan_rows(rows, n, x, row_maxes, l_sums);
+    st = mlk__softmax_scan_rows(rows, n, x, row_maxes, l_sums);
     if (st == MLK_OK) {
         MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_SOFTMAX_FLOATS))
         for (int r = 0; r < rows; r++) {
@@ -2385,17 +2415,17 @@ static mlk_status mlk__sm_full(int rows, int n, const float *x, float *y, int lo
 
 MLKERN_DEF mlk_status mlk_softmax(int rows, int n, const float *x, float *y)
 {
-    return mlk__sm_full(rows, n, x, y, 0);
+    return mlk__softmax_full(rows, n, x, y, 0);
 }
 
 MLKERN_DEF mlk_status mlk_log_softmax(int rows, int n, const float *x, float *y)
 {
-    return mlk__sm_full(rows, n, x, y, 1);
+    return mlk__softmax_full(rows, n, x, y, 1);
 }
 
 /* Both top-k kernels: results go to scratch first and are copied out only
    when every row was valid (outputs untouched on MLK_ERR_VALUE). */
-static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float temperature,
+static mlk_status mlk__softmax_topk(int rows, int n, const float *logits, float temperature,
                                int k, float *out, int32_t *idx, int log_out)
 {
     size_t count, out_count, need;
@@ -2412,7 +2442,7 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count) ||
         !mlk__count4(rows, k, 1, 1, sizeof(float), &out_count)) return MLK_ERR_OVERFLOW;
     if (!(temperature > 0.0f && 1.0f / temperature < INFINITY) || temperature == INFINITY) return MLK_ERR_ARG;
-    room = mlk__sm_room(k, n);
+    room = mlk__softmax_room(k, n);
     if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
     pc[0] = mlk__piece_of(need * sizeof(uint64_t)); /* candidate keys, one buffer per thread */
     pc[1] = mlk__piece_of(out_count * sizeof(float));
@@ -2423,17 +2453,17 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
     top_idx = (int32_t *)pc[2].ptr;
     MLK__OMP(omp parallel for schedule(static) num_threads(threads) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
-        mlk__sm_best best;
+        mlk__softmax_best best;
         float row_max, inv_t = 1.0f / temperature, log_l, *val = top_val + (size_t)r * k;
         double l_sum;
         best.key = keys + (size_t)mlk__thread_id() * room;
         best.cap = k;
         best.room = room;
-        if (!mlk__sm_scan(logits + (size_t)r * (size_t)n, n, inv_t, &best, &row_max, &l_sum)) {
+        if (!mlk__softmax_scan(logits + (size_t)r * (size_t)n, n, inv_t, &best, &row_max, &l_sum)) {
             n_bad++;
             continue;
         }
-        mlk__sm_best_sort(&best, val, top_idx + (size_t)r * k);
+        mlk__softmax_best_sort(&best, val, top_idx + (size_t)r * k);
         log_l = (float)log(l_sum);
         for (int j = 0; j < k; j++) {
             float d = (val[j] - row_max) * inv_t;
@@ -2451,29 +2481,29 @@ static mlk_status mlk__sm_topk(int rows, int n, const float *logits, float tempe
 MLKERN_DEF mlk_status mlk_topk_softmax(int rows, int n, const float *logits,
     float temperature, int k, float *probs, int32_t *idx)
 {
-    return mlk__sm_topk(rows, n, logits, temperature, k, probs, idx, 0);
+    return mlk__softmax_topk(rows, n, logits, temperature, k, probs, idx, 0);
 }
 
 MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
     int k, float *logprobs, int32_t *idx)
 {
-    return mlk__sm_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
+    return mlk__softmax_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
 }
 
 /* One row of mlk_sample with uniform draw u; best has best->room keys, val
    and idx room for best->cap candidates. Weights are w = exp((x - max) / T),
    so the most probable token has w = 1 and min_p keeps w >= min_p. Returns
    -1 for a bad row. */
-static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, double u,
-                                  mlk__sm_best *best, float *val, int32_t *idx)
+static int32_t mlk__softmax_sample_row(const float *x, int n, const mlk_sampler *s, double u,
+                                  mlk__softmax_best *best, float *val, int32_t *idx)
 {
     float row_max, inv_t;
     double l_sum;
     int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : 0;
     if (s->temperature == 0.0f) { /* greedy: the best one is the argmax, ties to the lower index */
         best->cap = 1;
-        if (!mlk__sm_scan(x, n, 1.0f, best, &row_max, &l_sum)) return -1;
-        mlk__sm_best_sort(best, val, idx);
+        if (!mlk__softmax_scan(x, n, 1.0f, best, &row_max, &l_sum)) return -1;
+        mlk__softmax_best_sort(best, val, idx);
         return idx[0];
     }
     inv_t = 1.0f / s->temperature;
@@ -2483,8 +2513,8 @@ static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, d
         double total = 0.0, kept = 0.0, target;
         int n_keep = 0;
         best->cap = top_k ? top_k : n;
-        if (!mlk__sm_scan(x, n, inv_t, best, &row_max, &l_sum)) return -1;
-        mlk__sm_best_sort(best, val, idx);
+        if (!mlk__softmax_scan(x, n, inv_t, best, &row_max, &l_sum)) return -1;
+        mlk__softmax_best_sort(best, val, idx);
         for (int j = 0; j < best->size; j++) {
             val[j] = mlk__expf((val[j] - row_max) * inv_t);
             total += val[j];
@@ -2502,7 +2532,7 @@ static int32_t mlk__sm_sample_row(const float *x, int n, const mlk_sampler *s, d
         /* no sorting needed: draw over the tokens with w >= min_p in index order */
         double kept = 0.0, target;
         int32_t last = -1;
-        if (!mlk__sm_scan(x, n, inv_t, NULL, &row_max, &l_sum)) return -1;
+        if (!mlk__softmax_scan(x, n, inv_t, NULL, &row_max, &l_sum)) return -1;
         for (int i = 0; i < n; i++) {
             float w = mlk__expf((x[i] - row_max) * inv_t);
             if (w >= s->min_p && w > 0.0f) kept += w;
@@ -2539,7 +2569,7 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
         !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f)) return MLK_ERR_ARG;
     /* candidates per thread: the top_k, or the whole row for top_p alone */
     cand_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
-    room = mlk__sm_room(cand_cap, n);
+    room = mlk__softmax_room(cand_cap, n);
     if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
     pc[0] = mlk__piece_of(need * sizeof(uint64_t)); /* per thread: candidate keys, values, indices */
     pc[1] = mlk__piece_of((size_t)threads * cand_cap * sizeof(float));
@@ -2552,12 +2582,12 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     tokens = (int32_t *)pc[3].ptr;
     MLK__OMP(omp parallel for schedule(static) num_threads(threads) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
     for (int r = 0; r < rows; r++) {
-        mlk__sm_best best;
+        mlk__softmax_best best;
         size_t slot = (size_t)mlk__thread_id() * cand_cap;
         best.key = cand_key + (size_t)mlk__thread_id() * room;
         best.room = room;
-        tokens[r] = mlk__sm_sample_row(logits + (size_t)r * (size_t)n, n, s,
-                                       mlk__sm_uniform(*rng_state, (uint64_t)r), &best,
+        tokens[r] = mlk__softmax_sample_row(logits + (size_t)r * (size_t)n, n, s,
+                                       mlk__softmax_uniform(*rng_state, (uint64_t)r), &best,
                                        cand_val + slot, cand_idx + slot);
         n_bad += tokens[r] < 0;
     }
@@ -4627,15 +4657,15 @@ MLKERN_DEF size_t mlk_ternary_row_bytes(int cols)
 
 /* Sum of |w| in double over fixed chunks (independent of the thread
    count), summed in chunk order; *finite = 0 if any weight is NaN or inf. */
-#define MLK__TERN_CHUNKS 64
-static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
+#define MLK__TERNARY_CHUNKS 64
+static double mlk__ternary_abs_sum(const float *w, size_t count, int *finite)
 {
-    double chunk_sum[MLK__TERN_CHUNKS], total = 0;
-    int chunk_ok[MLK__TERN_CHUNKS], ok = 1;
-    size_t per = (count + MLK__TERN_CHUNKS - 1) / MLK__TERN_CHUNKS;
+    double chunk_sum[MLK__TERNARY_CHUNKS], total = 0;
+    int chunk_ok[MLK__TERNARY_CHUNKS], ok = 1;
+    size_t per = (count + MLK__TERNARY_CHUNKS - 1) / MLK__TERNARY_CHUNKS;
     int ch;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
-    for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
+    for (ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
         size_t lo = (size_t)ch * per, hi = lo + per, i;
         double s = 0;
         int good = 1;
@@ -4649,7 +4679,7 @@ static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
         chunk_sum[ch] = s;
         chunk_ok[ch] = good;
     }
-    for (ch = 0; ch < MLK__TERN_CHUNKS; ch++) {
+    for (ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
         total += chunk_sum[ch];
         ok &= chunk_ok[ch];
     }
@@ -4659,12 +4689,12 @@ static double mlk__tern_abs_sum(const float *w, size_t count, int *finite)
 
 /* Code q + 1 of one weight; half = s / 2 is exact, so this is round half
    away from zero of the exact quotient w / s, clamped to [-1, 1]. */
-static unsigned mlk__tern_code(float w, float half)
+static unsigned mlk__ternary_code(float w, float half)
 {
     return w >= half ? 2u : (w <= -half ? 0u : 1u);
 }
 
-static void mlk__tern_pack_row(const float *w, int cols, float half, uint8_t *out)
+static void mlk__ternary_pack_row(const float *w, int cols, float half, uint8_t *out)
 {
     size_t row_bytes = mlk_ternary_row_bytes(cols), b;
     for (b = 0; b < row_bytes; b++) {
@@ -4672,7 +4702,7 @@ static void mlk__tern_pack_row(const float *w, int cols, float half, uint8_t *ou
         int j;
         for (j = 0; j < 4; j++) {
             size_t c = 4 * b + (size_t)j;
-            unsigned code = c < (size_t)cols ? mlk__tern_code(w[c], half) : 1u;
+            unsigned code = c < (size_t)cols ? mlk__ternary_code(w[c], half) : 1u;
             byte |= code << (2 * j);
         }
         out[b] = (uint8_t)byte;
@@ -4686,19 +4716,19 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
     double abs_sum;
     float s, half;
     int finite, r;
-    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!w || !packed || !scale) return MLK_ERR_NULL;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
         !mlk__mul_ok((size_t)rows, row_bytes, &packed_bytes))
         return MLK_ERR_OVERFLOW;
-    abs_sum = mlk__tern_abs_sum(w, count, &finite);
+    abs_sum = mlk__ternary_abs_sum(w, count, &finite);
     if (!finite) return MLK_ERR_VALUE;
     s = (float)(abs_sum / (double)count);
     if (!(s >= MLK_TERNARY_EPS)) s = MLK_TERNARY_EPS;
     half = 0.5f * s;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
     for (r = 0; r < rows; r++)
-        mlk__tern_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
+        mlk__ternary_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
     *scale = s;
     return MLK_OK;
 }
@@ -4708,8 +4738,8 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
 {
     size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes, b;
     int r;
-    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!packed || !w) return MLK_ERR_NULL;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
         !mlk__mul_ok((size_t)rows, row_bytes, &packed_bytes))
         return MLK_ERR_OVERFLOW;
@@ -4733,8 +4763,8 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
 {
     size_t count, i;
     int r, finite = 1;
-    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!x || !xq || !xscale) return MLK_ERR_NULL;
+    if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
     for (i = 0; i < count; i++)
         finite &= fabsf(x[i]) <= FLT_MAX;
@@ -4750,19 +4780,19 @@ MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
 /* ---- ternary GEMM ---- */
 
 /* Whether an m x n x k ternary GEMM is worth a thread team (OpenMP only). */
-MLK__MAYBE_UNUSED static int mlk__tern_parallel(int m, int n, int k)
+MLK__MAYBE_UNUSED static int mlk__ternary_parallel(int m, int n, int k)
 {
     return (double)m * n * k >= MLK__PAR_TERN_MACS;
 }
 
-static float mlk__tern_output(int32_t dot, float xscale, float wscale)
+static float mlk__ternary_output(int32_t dot, float xscale, float wscale)
 {
     return (float)dot * (xscale * wscale);
 }
 
 /* Reference dot product of one int8 row with one packed row: exact int32,
    a byte (four weights) at a time, then the last partial byte. */
-MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_t *wrow, int k)
+MLK__MAYBE_UNUSED static int32_t mlk__ternary_dot_ref(const int8_t *x, const uint8_t *wrow, int k)
 {
     int32_t acc = 0;
     int b, c;
@@ -4778,18 +4808,18 @@ MLK__MAYBE_UNUSED static int32_t mlk__tern_dot_ref(const int8_t *x, const uint8_
 }
 
 /* Reference GEMM: one output column (weight row) per iteration. */
-MLK__MAYBE_UNUSED static void mlk__tern_gemm_ref(int m, int n, int k, const int8_t *xq,
+MLK__MAYBE_UNUSED static void mlk__ternary_gemm_ref(int m, int n, int k, const int8_t *xq,
     const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k);
     int j;
-    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
+    MLK__OMP(omp parallel for schedule(static) if (mlk__ternary_parallel(m, n, k)))
     for (j = 0; j < n; j++) {
         const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
         int i;
         for (i = 0; i < m; i++)
-            y[(size_t)i * n + j] = mlk__tern_output(
-                mlk__tern_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
+            y[(size_t)i * n + j] = mlk__ternary_output(
+                mlk__ternary_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
     }
 }
 
@@ -4800,17 +4830,17 @@ MLK__MAYBE_UNUSED static void mlk__tern_gemm_ref(int m, int n, int k, const int8
    once per call to match (xp[128t + 32s + j] = x[128t + 4j + s], zero
    padded), then maddubs(codes as u8, x as s8) gives exact int16 pair sums
    (|c0 x0 + c1 x1| <= 512), and sum c * x - sum x = sum q * x.
-   Four pair sums per block and MLK__TERN_WIDEN blocks per int16 lane stay
+   Four pair sums per block and MLK__TERNARY_WIDEN blocks per int16 lane stay
    within 8 * 4 * 512 = 16384 < 32767 even for x = -128, then widen. */
-#define MLK__TERN_MR 4     /* activation rows per micro-kernel call */
-#define MLK__TERN_WIDEN 8  /* 128-weight blocks summed in int16 lanes */
-#define MLK__TERN_NCHUNK 16 /* weight rows per thread task */
+#define MLK__TERNARY_MR 4     /* activation rows per micro-kernel call */
+#define MLK__TERNARY_WIDEN 8  /* 128-weight blocks summed in int16 lanes */
+#define MLK__TERNARY_NCHUNK 16 /* weight rows per thread task */
 
 /* Permutes one 128-byte block: out[32s + j] = x[4j + s]. Within each
    16-byte lane, pshufb groups the bytes by s (dword s holds s of 4 j's);
    permd orders the dwords to qwords (s0 s1 s2 s3) of 8 j's each; a 4 x 4
    qword transpose then gathers qword s of every vector into out_s. */
-static void mlk__tern_permute_block(const int8_t *x, int8_t *out)
+static void mlk__ternary_permute_block(const int8_t *x, int8_t *out)
 {
     const __m256i by_s = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -4832,7 +4862,7 @@ static void mlk__tern_permute_block(const int8_t *x, int8_t *out)
 
 /* One activation row into the kernel's order (zero padded to kpad), and
    its sum. */
-static void mlk__tern_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp, int32_t *row_sum)
+static void mlk__ternary_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp, int32_t *row_sum)
 {
     size_t full = (size_t)k / 128 * 128, t;
     int8_t last[128];
@@ -4840,16 +4870,16 @@ static void mlk__tern_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp,
     int c;
     for (c = 0; c < k; c++) sum += x[c];
     *row_sum = sum;
-    for (t = 0; t < full; t += 128) mlk__tern_permute_block(x + t, xp + t);
+    for (t = 0; t < full; t += 128) mlk__ternary_permute_block(x + t, xp + t);
     if (full < kpad) {
         memset(last, 0, sizeof last);
         memcpy(last, x + full, (size_t)k - full);
-        mlk__tern_permute_block(last, xp + full);
+        mlk__ternary_permute_block(last, xp + full);
     }
 }
 
 /* acc16[r] += pair sums of one 128-weight block for rows r < rows. */
-static inline void mlk__tern_block(__m256i wbytes, const int8_t *xp, size_t x_stride,
+static inline void mlk__ternary_block(__m256i wbytes, const int8_t *xp, size_t x_stride,
                                    int rows, __m256i *acc16)
 {
     const __m256i mask = _mm256_set1_epi8(3);
@@ -4871,7 +4901,7 @@ static inline void mlk__tern_block(__m256i wbytes, const int8_t *xp, size_t x_st
 }
 
 /* dot[r] = sum of the 8 int32 lanes of acc[r], r < rows. */
-static inline void mlk__tern_hsum(const __m256i *acc, int rows, int32_t *dot)
+static inline void mlk__ternary_hsum(const __m256i *acc, int rows, int32_t *dot)
 {
     int r;
     if (rows == 4) { /* four rows at once: two rounds of pairwise adds */
@@ -4890,22 +4920,22 @@ static inline void mlk__tern_hsum(const __m256i *acc, int rows, int32_t *dot)
 
 /* dot[r] = sum_c code(c) * x_r(c) of one packed weight row (`full` whole
    32-byte blocks, then `tail`: NULL or the zero-padded last block) with
-   `rows` permuted activation rows (1 .. MLK__TERN_MR; inlined per constant). */
-static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t full, const uint8_t *tail,
+   `rows` permuted activation rows (1 .. MLK__TERNARY_MR; inlined per constant). */
+static inline void mlk__ternary_dot_avx2(const uint8_t *wrow, size_t full, const uint8_t *tail,
                                       const int8_t *xp, size_t x_stride, int rows, int32_t *dot)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc16[MLK__TERN_MR], acc32[MLK__TERN_MR];
+    __m256i acc16[MLK__TERNARY_MR], acc32[MLK__TERNARY_MR];
     size_t b0, b;
     int r;
     for (r = 0; r < rows; r++) {
         acc16[r] = _mm256_setzero_si256();
         acc32[r] = _mm256_setzero_si256();
     }
-    for (b0 = 0; b0 < full; b0 += MLK__TERN_WIDEN) {
-        size_t b1 = b0 + MLK__TERN_WIDEN < full ? b0 + MLK__TERN_WIDEN : full;
+    for (b0 = 0; b0 < full; b0 += MLK__TERNARY_WIDEN) {
+        size_t b1 = b0 + MLK__TERNARY_WIDEN < full ? b0 + MLK__TERNARY_WIDEN : full;
         for (b = b0; b < b1; b++)
-            mlk__tern_block(_mm256_loadu_si256((const __m256i *)(wrow + 32 * b)), xp + 128 * b,
+            mlk__ternary_block(_mm256_loadu_si256((const __m256i *)(wrow + 32 * b)), xp + 128 * b,
                             x_stride, rows, acc16);
         for (r = 0; r < rows; r++) {
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
@@ -4913,50 +4943,50 @@ static inline void mlk__tern_dot_avx2(const uint8_t *wrow, size_t full, const ui
         }
     }
     if (tail) {
-        mlk__tern_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride,
+        mlk__ternary_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride,
                         rows, acc16);
         for (r = 0; r < rows; r++)
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
     }
-    mlk__tern_hsum(acc32, rows, dot);
+    mlk__ternary_hsum(acc32, rows, dot);
 }
 
 /* The GEMM on permuted activations: threads take chunks of weight rows
-   (output columns); within one, MLK__TERN_MR activation rows at a time. */
-static void mlk__tern_gemm_panels(int m, int n, int k, const int8_t *xp, size_t kpad,
+   (output columns); within one, MLK__TERNARY_MR activation rows at a time. */
+static void mlk__ternary_gemm_panels(int m, int n, int k, const int8_t *xp, size_t kpad,
     const int32_t *row_sum, const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k), full = row_bytes / 32, tail = row_bytes % 32;
-    int n_chunks = (n + MLK__TERN_NCHUNK - 1) / MLK__TERN_NCHUNK, ch;
-    MLK__OMP(omp parallel for schedule(static) if (mlk__tern_parallel(m, n, k)))
+    int n_chunks = (n + MLK__TERNARY_NCHUNK - 1) / MLK__TERNARY_NCHUNK, ch;
+    MLK__OMP(omp parallel for schedule(static) if (mlk__ternary_parallel(m, n, k)))
     for (ch = 0; ch < n_chunks; ch++) {
-        int j0 = ch * MLK__TERN_NCHUNK, j1 = j0 + MLK__TERN_NCHUNK < n ? j0 + MLK__TERN_NCHUNK : n;
+        int j0 = ch * MLK__TERNARY_NCHUNK, j1 = j0 + MLK__TERNARY_NCHUNK < n ? j0 + MLK__TERNARY_NCHUNK : n;
         int i = 0, j, r;
-        int32_t dot[MLK__TERN_MR];
-        uint8_t tails[MLK__TERN_NCHUNK][32]; /* each row's last bytes, zero padded */
+        int32_t dot[MLK__TERNARY_MR];
+        uint8_t tails[MLK__TERNARY_NCHUNK][32]; /* each row's last bytes, zero padded */
         for (j = j0; tail && j < j1; j++) {
             memset(tails[j - j0], 0, 32);
             memcpy(tails[j - j0], wpacked + (size_t)j * row_bytes + 32 * full, tail);
         }
-        for (; i <= m - MLK__TERN_MR; i += MLK__TERN_MR)
+        for (; i <= m - MLK__TERNARY_MR; i += MLK__TERNARY_MR)
             for (j = j0; j < j1; j++) {
-                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
-                                   xp + (size_t)i * kpad, kpad, MLK__TERN_MR, dot);
-                for (r = 0; r < MLK__TERN_MR; r++)
+                mlk__ternary_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                                   xp + (size_t)i * kpad, kpad, MLK__TERNARY_MR, dot);
+                for (r = 0; r < MLK__TERNARY_MR; r++)
                     y[(size_t)(i + r) * n + j] =
-                        mlk__tern_output(dot[r] - row_sum[i + r], xscale[i + r], wscale);
+                        mlk__ternary_output(dot[r] - row_sum[i + r], xscale[i + r], wscale);
             }
         for (; i < m; i++)
             for (j = j0; j < j1; j++) {
-                mlk__tern_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
+                mlk__ternary_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
                                    xp + (size_t)i * kpad, kpad, 1, dot);
-                y[(size_t)i * n + j] = mlk__tern_output(dot[0] - row_sum[i], xscale[i], wscale);
+                y[(size_t)i * n + j] = mlk__ternary_output(dot[0] - row_sum[i], xscale[i], wscale);
             }
     }
 }
 
 /* Permutes the activations into scratch, then runs the panels. */
-static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, const float *xscale,
+static mlk_status mlk__ternary_gemm_avx2(int m, int n, int k, const int8_t *xq, const float *xscale,
                                       const uint8_t *wpacked, float wscale, float *y)
 {
     size_t kpad = ((size_t)k + 127) / 128 * 128, xp_bytes;
@@ -4974,8 +5004,8 @@ static mlk_status mlk__tern_gemm_avx2(int m, int n, int k, const int8_t *xq, con
     row_sum = (int32_t *)pc[1].ptr;
     MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__PAR_ELEMS))
     for (i = 0; i < m; i++)
-        mlk__tern_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
-    mlk__tern_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
+        mlk__ternary_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
+    mlk__ternary_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
     mlk__arena_done(&arena);
     return MLK_OK;
 }
@@ -4985,16 +5015,16 @@ MLKERN_DEF mlk_status mlk_ternary_gemm(int m, int n, int k, const int8_t *xq,
     const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t x_count, y_count, w_bytes, row_bytes = mlk_ternary_row_bytes(k);
-    if (m < 1 || n < 1 || k < 1) return MLK_ERR_SHAPE;
     if (!xq || !xscale || !wpacked || !y) return MLK_ERR_NULL;
+    if (m < 1 || n < 1 || k < 1) return MLK_ERR_SHAPE;
     if (k > MLK_TERNARY_MAX_K || !mlk__count4(m, k, 1, 1, 1, &x_count) ||
         !mlk__count4(m, n, 1, 1, sizeof(float), &y_count) ||
         !mlk__mul_ok((size_t)n, row_bytes, &w_bytes))
         return MLK_ERR_OVERFLOW;
 #if defined(MLK__AVX2)
-    return mlk__tern_gemm_avx2(m, n, k, xq, xscale, wpacked, wscale, y);
+    return mlk__ternary_gemm_avx2(m, n, k, xq, xscale, wpacked, wscale, y);
 #else
-    mlk__tern_gemm_ref(m, n, k, xq, xscale, wpacked, wscale, y);
+    mlk__ternary_gemm_ref(m, n, k, xq, xscale, wpacked, wscale, y);
     return MLK_OK;
 #endif
 }
@@ -5022,9 +5052,9 @@ MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
     int8_t *xq;
     float *xscale, wscale;
     uint8_t *wpacked;
-    mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
-    if (st != MLK_OK) return st;
+    mlk_status st;
     if (!x || !w || !y) return MLK_ERR_NULL;
+    if ((st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count)) != MLK_OK) return st;
     w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
     pc[0] = mlk__piece_of(x_count);
     pc[1] = mlk__piece_of((size_t)m * sizeof(float));
@@ -5050,9 +5080,9 @@ MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
     int8_t *xq;
     float *xscale, *x_hat, *w_hat, *dx_scratch, *dw_scratch, wscale = 0;
     uint8_t *wpacked;
-    mlk_status st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count);
-    if (st != MLK_OK) return st;
+    mlk_status st;
     if (!x || !w || !dy) return MLK_ERR_NULL;
+    if ((st = mlk__bitlinear_sizes(m, n, k, &x_count, &w_count)) != MLK_OK) return st;
     if (!dx && !dw) return MLK_OK;
     w_bytes = (size_t)n * mlk_ternary_row_bytes(k);
     /* both products are planned (with w and x standing in for W^ and x^) and
@@ -5109,8 +5139,8 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 {
     float decay, step_size, bc2_sqrt, beta1, beta2, eps;
     int i;
-    if (n < 1) return MLK_ERR_SHAPE;
     if (!param || !grad || !m || !v || !cfg) return MLK_ERR_NULL;
+    if (n < 1) return MLK_ERR_SHAPE;
     if (step < 1 || !(cfg->lr >= 0 && cfg->lr <= FLT_MAX) || !(cfg->eps >= 0 && cfg->eps <= FLT_MAX) ||
         !(cfg->weight_decay >= 0 && cfg->weight_decay <= FLT_MAX) ||
         !(cfg->beta1 >= 0 && cfg->beta1 < 1) || !(cfg->beta2 >= 0 && cfg->beta2 < 1))

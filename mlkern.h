@@ -63,6 +63,7 @@
                     mlk_topk_log_softmax, mlk_sample
        attention    mlk_attn_fwd, mlk_attn_bwd, mlk_attn_naive,
                     mlk_attn_workspace_size
+       rope         mlk_rope_fwd, mlk_rope_bwd (mlk_rope_config)
        KV cache     mlk_kv_create ... mlk_kv_attn, mlk_kv_get_stats
        beam search  mlk_beam_search
        speculative  mlk_tree_mask, mlk_tree_depth, mlk_tree_accept,
@@ -239,7 +240,13 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
      - window > 0: with causal or a tree, pos(j) > pos(i) - window;
        without, |pos(j) - pos(i)| < window.
    Score s = scale * q.k, then softcap, then the mask. A row that sees no
-   key gets o = 0, lse = -inf and zero gradients. */
+   key gets o = 0, lse = -inf and zero gradients.
+   Sinks (gpt-oss, StreamingLLM): sinks[h] is a logit that joins the softmax
+   denominator of every row of query head h, as one more key that carries
+   no value and is never masked or softcapped: p_j = exp(s_j) / (exp(sink)
+   + sum_k exp(s_k)), lse includes it (a row that sees no key then has
+   o = 0 and lse = sinks[h]). -inf means no sink; NaN or +inf is
+   MLK_ERR_ARG. mlk_attn_sinks_grad gives their gradient. */
 typedef enum mlk_layout { MLK_BHND = 0, MLK_BNHD = 1 } mlk_layout;
 
 typedef struct mlk_attn_desc {
@@ -250,6 +257,7 @@ typedef struct mlk_attn_desc {
     int causal;                   /* bottom-right aligned */
     int window;                   /* > 0: sliding window, in positions */
     float softcap;                /* > 0: s = softcap * tanh(s / softcap) */
+    const float *sinks;           /* NULL or [heads]: attention-sink logits */
     const int *kv_len;            /* NULL or [batch]: valid keys per item */
     const int *tree_parent;       /* NULL or [len_q]: tree mask */
     mlk_layout layout;            /* of q, k, v, o and their gradients */
@@ -282,6 +290,83 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q,
    double. Slow; for tests and for checking an engine. */
 MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q,
     const float *k, const float *v, float *o, float *lse);
+/* Gradient of the loss with respect to d->sinks (required): dsinks[h] =
+   -sum over batch items and queries of p_sink * D, with p_sink =
+   exp(sinks[h] - lse) and D = rowsum(dout * o), summed in a fixed order. */
+MLKERN_DEF mlk_status mlk_attn_sinks_grad(const mlk_attn_desc *d, const float *o, const float *dout,
+    const float *lse, float *dsinks);
+/* Merges two partial attention states over disjoint key sets into the
+   state of their union, as one pass over both would give it: for each of
+   rows rows, o = (w_a o_a + w_b o_b) / (w_a + w_b) with w = exp(lse - max),
+   lse = max + log(w_a + w_b); both -inf gives o = 0, lse = -inf. o_* are
+   [rows, head_dim] and lse_* [rows] in the same row order (mlk_kv_attn's
+   o and lse; mlk_attn_fwd's in the BHND layout). o and lse may alias a's
+   or b's. Split-KV and shared-prefix (cascade) decoding build on it. */
+MLKERN_DEF mlk_status mlk_attn_merge(int rows, int head_dim, const float *o_a, const float *lse_a,
+    const float *o_b, const float *lse_b, float *o, float *lse);
+/* ======================================================================
+   rotary position embedding
+   ====================================================================== */
+
+/* RoPE in place on x [rows, heads, head_dim] (row r: one token, all its
+   heads, at position pos[r] >= 0). Pair i < rot_dim / 2 of the first
+   rot_dim dims turns by angle pos * inv_freq[i]; dims past rot_dim pass
+   through untouched:
+       (a, b) -> (a cos - b sin, b cos + a sin)
+   MLK_ROPE_NEOX (NeoX / Llama, HF's rotate_half): pair i is dims (i,
+   i + rot_dim / 2); MLK_ROPE_GPTJ (interleaved): dims (2i, 2i + 1).
+   inv_freq[i] = theta^(-2i / rot_dim), then the scaling (as HF's
+   _compute_*_parameters, in double):
+     MLK_ROPE_SCALE_NONE    as is;
+     MLK_ROPE_SCALE_LINEAR  inv_freq / factor (positions / factor);
+     MLK_ROPE_SCALE_LLAMA3  Llama 3.1: wavelength w = 2 pi / inv_freq and
+         L = original_max_position; w < L / high_freq_factor kept, w >
+         L / low_freq_factor divided by factor, in between blended:
+         (1 - s) inv_freq / factor + s inv_freq, s = (L / w - low) / (high - low);
+     MLK_ROPE_SCALE_YARN    YaRN: d(b) = rot_dim ln(L / (2 pi b)) /
+         (2 ln theta), lo = max(floor(d(beta_fast)), 0), hi =
+         min(ceil(d(beta_slow)), rot_dim - 1) (hi += 0.001 if equal),
+         ramp = clamp((i - lo) / (hi - lo), 0, 1), inv_freq = ramp *
+         inv_freq / factor + (1 - ramp) * inv_freq; cos and sin are both
+         multiplied by attn_factor (0: HF's 0.1 ln(factor) + 1, or 1 when
+         factor <= 1).
+   Angles and cos/sin are computed in double (long positions keep their
+   digits: pos 1 << 20 is as accurate as pos 10), once per row and reused
+   across the heads; no allocation. Fields a scaling does not use are
+   ignored. Bitwise identical for any OpenMP thread count. */
+typedef enum mlk_rope_style { MLK_ROPE_NEOX = 0, MLK_ROPE_GPTJ = 1 } mlk_rope_style;
+typedef enum mlk_rope_scaling {
+    MLK_ROPE_SCALE_NONE = 0, MLK_ROPE_SCALE_LINEAR, MLK_ROPE_SCALE_LLAMA3, MLK_ROPE_SCALE_YARN
+} mlk_rope_scaling;
+typedef struct mlk_rope_config {
+    int head_dim;              /* >= 1 */
+    int rot_dim;               /* even, 2 <= rot_dim <= head_dim */
+    mlk_rope_style style;
+    float theta;               /* base, > 1 (10000, 500000, ...) */
+    mlk_rope_scaling scaling;
+    float factor;              /* LINEAR, LLAMA3, YARN: > 0 */
+    float low_freq_factor;     /* LLAMA3: > 0 (Llama 3.1: 1) */
+    float high_freq_factor;    /* LLAMA3: > low_freq_factor (Llama 3.1: 4) */
+    int original_max_position; /* LLAMA3, YARN: >= 1 (Llama 3.1: 8192) */
+    float beta_fast;           /* YARN: > 0, 0 => 32 */
+    float beta_slow;           /* YARN: > 0, 0 => 1 */
+    float attn_factor;         /* YARN: > 0, 0 => the default above */
+} mlk_rope_config;
+
+/* Rotates x [rows, heads, cfg->head_dim] in place by the angles of
+   pos [rows]. Checks NULLs (MLK_ERR_NULL), then sizes (rows, heads >= 1,
+   head_dim >= 1, rot_dim even in [2, head_dim]: MLK_ERR_SHAPE; the element
+   count: MLK_ERR_OVERFLOW), then values (theta > 1 and every used factor
+   finite and positive, known enums, every pos >= 0: MLK_ERR_ARG); on error
+   x is untouched. */
+MLKERN_DEF mlk_status mlk_rope_fwd(const mlk_rope_config *cfg, int rows, int heads,
+    const int32_t *pos, float *x);
+/* The backward pass on dy [rows, heads, head_dim] in place: the transpose
+   of the forward, rotation by -angle (times attn_factor for YaRN, so for
+   YaRN it is attn_factor^2 times the inverse; otherwise the inverse).
+   Same checks as mlk_rope_fwd. */
+MLKERN_DEF mlk_status mlk_rope_bwd(const mlk_rope_config *cfg, int rows, int heads,
+    const int32_t *pos, float *dy);
 /* ======================================================================
    KV cache
    ====================================================================== */
@@ -356,14 +441,40 @@ MLKERN_DEF mlk_status mlk_kv_truncate(mlk_kv_cache *c, int seq, int len);
    be 0. Shared blocks it rewrites are copied (MLK_ERR_CAPACITY if it can't). */
 MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
     int n_keep, const int *keep);
+/* Options of mlk_kv_attn_opt; all zero is plain causal attention. The
+   window, softcap and sink rules are mlk_attn_desc's, with a sequence's
+   positions as the key positions and its n_q newest as the queries. */
+typedef struct mlk_kv_attn_opts {
+    float scale;            /* 0 => 1/sqrt(head_dim) */
+    int window;             /* > 0: sliding window, in positions */
+    float softcap;          /* > 0: s = softcap * tanh(s / softcap) */
+    const float *sinks;     /* NULL or [heads]: attention-sink logits */
+    const int *tree_parent; /* NULL or [n_q[0]] (one sequence): the last n_q positions are a tree */
+    void *workspace;        /* NULL (allocate per call) or a caller buffer */
+    size_t workspace_bytes; /* its size: checked, never exceeded */
+    int threads;            /* most threads to use; 0 => OpenMP's maximum */
+} mlk_kv_attn_opts;
 /* Attention of each listed sequence's n_q[s] newest positions (already
    stored) over its whole cache in one layer. q, o: for each sequence in
-   order, [n_q[s], heads, head_dim]; heads a multiple of kv_heads (GQA).
-   Causal, bottom-right aligned; with tree_parent (one sequence only) the
-   last n_q positions are a tree: a node sees the prefix, its ancestors and
-   itself (a bad parent array is MLK_ERR_TREE). scale 0 means
-   1/sqrt(head_dim). Scratch: one allocation per call, about 0.4 MiB per
-   thread at head_dim 128. Bitwise identical for any thread count. */
+   order, [n_q[s], heads, head_dim]; heads a multiple of kv_heads (GQA);
+   lse: NULL or [sum n_q, heads] in o's row order (mlk_attn_merge takes
+   both). Causal, bottom-right aligned; with a tree (one sequence only) a
+   node sees the prefix, its ancestors and itself (a bad parent array is
+   MLK_ERR_TREE). The result equals mlk_attn_fwd on the same keys with the
+   same options. A decode step (n_q * heads / kv_heads < 6 rows per kv
+   head) over more than 4096 keys is split into runs of 4096 keys attended
+   in parallel and merged in a fixed order. Scratch: opts->workspace (the
+   call runs on as many threads as it has room for; too small for one is
+   MLK_ERR_ARG) or one allocation per call, about 0.4 MiB per thread at
+   head_dim 128. Bitwise identical for any thread count. */
+MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_seqs,
+    const int *seqs, const int *n_q, const float *q, int heads,
+    const mlk_kv_attn_opts *opts, float *o, float *lse);
+/* Workspace bytes of that call on opts->threads threads (0: OpenMP's
+   maximum now); 0 if the arguments are invalid. */
+MLKERN_DEF size_t mlk_kv_attn_workspace_size(const mlk_kv_cache *c, int n_seqs, const int *seqs,
+    const int *n_q, int heads, const mlk_kv_attn_opts *opts);
+/* mlk_kv_attn_opt with only scale and tree_parent set, and no lse. */
 MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     const int *seqs, const int *n_q, const float *q, int heads,
     float scale, const int *tree_parent, float *o);
@@ -3082,6 +3193,17 @@ static void mlk__attn_add_rows(const mlk__attn_mask *m, int q0, int group, int n
             }
 }
 
+/* Starts row r's softmax with the sink of its head (sinks[r % group]): the
+   running max is the sink logit and the running sum exp(0) = 1. */
+static void mlk__attn_rows_sinks(mlk__attn_rows *st, const float *sinks)
+{
+    for (int r = 0; r < st->n_rows; r++) {
+        float sink = sinks[r % st->group];
+        st->row_max[r] = sink;
+        st->l_sum[r] = sink > -INFINITY ? 1.0f : 0.0f;
+    }
+}
+
 /* The online softmax on the scores of keys kv0 .. kv0+nk-1: mask,
    m_new = max(m, rowmax S), p = exp(S - m_new), l = l exp(m - m_new) + sum p,
    acc *= exp(m - m_new). A row whose running max is still -inf (no visible
@@ -3354,6 +3476,9 @@ static mlk_status mlk__attn_validate(const mlk_attn_desc *d, mlk__attn_geom *g)
         int n_b = mlk__attn_item_len(d, g, b);
         if (n_b < 0 || n_b > g->len_kv || (d->tree_parent && n_b < g->len_q)) return MLK_ERR_SHAPE;
     }
+    if (d->sinks)
+        for (int h = 0; h < g->heads; h++)
+            if (!(d->sinks[h] < INFINITY)) return MLK_ERR_ARG; /* NaN or +inf */
     return d->tree_parent ? mlk__tree_check(g->len_q, d->tree_parent) : MLK_OK;
 }
 
@@ -3406,6 +3531,7 @@ static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     mlk__attn_item_mask(d, g, b, depth, &m);
     mlk__attn_rows_init(&st, &m, q0, nq, g->group, g->head_dim, g->tile_kv, g->scale, g->softcap, q + q_off,
                         g->q_head, g->q_tok, scratch);
+    if (d->sinks) mlk__attn_rows_sinks(&st, d->sinks + h0);
     mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
     for (int kv0 = lo; kv0 < hi; kv0 += g->tile_kv) {
         int nk = hi - kv0 < g->tile_kv ? hi - kv0 : g->tile_kv;
@@ -3475,7 +3601,7 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
             for (int i = 0; i < g.len_q; i++) {
                 size_t qo = (size_t)b * g.q_batch + (size_t)h * g.q_head + (size_t)i * g.q_tok;
                 size_t kvo = (size_t)b * g.kv_batch + (size_t)(h / g.group) * g.kv_head;
-                double row_max = -INFINITY, l_sum = 0;
+                double sink = d->sinks ? (double)d->sinks[h] : -INFINITY, row_max = sink, l_sum = 0;
                 for (int j = 0; j < g.len_kv; j++) {
                     double dot = 0;
                     if (!mlk__attn_visible(&m, i, j)) { s[j] = -INFINITY; continue; }
@@ -3485,10 +3611,11 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
                     if (s[j] > row_max) row_max = s[j];
                 }
                 for (int e = 0; e < g.head_dim; e++) o[qo + e] = 0;
-                if (row_max == -INFINITY) { /* sees nothing */
+                if (row_max == -INFINITY) { /* sees nothing, no sink */
                     if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = -INFINITY;
                     continue;
                 }
+                l_sum = sink > -INFINITY ? exp(sink - row_max) : 0;
                 for (int j = 0; j < g.len_kv; j++) l_sum += s[j] == -INFINITY ? 0 : exp(s[j] - row_max);
                 for (int e = 0; e < g.head_dim; e++) {
                     double acc = 0;
@@ -3638,6 +3765,15 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     }
 }
 
+/* D_i = rowsum(dO_i o O_i) of query i of row set bh = b * heads + h. */
+static float mlk__attn_row_d(const mlk__attn_geom *g, const float *o, const float *dout, int bh, int i)
+{
+    size_t at = (size_t)(bh / g->heads) * g->q_batch + (size_t)(bh % g->heads) * g->q_head + (size_t)i * g->q_tok;
+    float sum = 0;
+    for (int e = 0; e < g->head_dim; e++) sum += dout[at + e] * o[at + e];
+    return sum;
+}
+
 MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const float *k, const float *v,
                                    const float *o, const float *dout, const float *lse, float *dq, float *dk, float *dv)
 {
@@ -3658,12 +3794,7 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
     n_rowsets = g.batch * g.heads;
     MLK__OMP(omp parallel for schedule(static) num_threads(team))
     for (int bh = 0; bh < n_rowsets; bh++)
-        for (int i = 0; i < g.len_q; i++) { /* D_i = rowsum(dO_i o O_i) */
-            size_t at = (size_t)(bh / g.heads) * g.q_batch + (size_t)(bh % g.heads) * g.q_head + (size_t)i * g.q_tok;
-            float sum = 0;
-            for (int e = 0; e < g.head_dim; e++) sum += dout[at + e] * o[at + e];
-            row_d[(size_t)bh * g.len_q + i] = sum;
-        }
+        for (int i = 0; i < g.len_q; i++) row_d[(size_t)bh * g.len_q + i] = mlk__attn_row_d(&g, o, dout, bh, i);
     io.q = q; io.k = k; io.v = v; io.dout = dout; io.lse = lse; io.row_d = row_d;
     io.dq = dq; io.dk = dk; io.dv = dv;
     MLK__OMP(omp parallel for schedule(dynamic, 1) num_threads(team))
@@ -3671,6 +3802,311 @@ MLKERN_DEF mlk_status mlk_attn_bwd(const mlk_attn_desc *d, const float *q, const
         mlk__attn_bwd_task(d, &g, depth, t, &io, slabs + g.bwd_thread_bytes * (size_t)mlk__thread_id());
     mlk__arena_done(&ar);
     return MLK_OK;
+}
+
+/* The sink is a key whose value is 0: dS_sink = p_sink (dP_sink - D) with
+   dP_sink = 0, summed over every row of the head. */
+MLKERN_DEF mlk_status mlk_attn_sinks_grad(const mlk_attn_desc *d, const float *o, const float *dout,
+    const float *lse, float *dsinks)
+{
+    mlk__attn_geom g;
+    mlk_status st;
+    if (!d || !o || !dout || !lse || !dsinks || !d->sinks) return MLK_ERR_NULL;
+    if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
+    for (int h = 0; h < g.heads; h++) {
+        double sum = 0;
+        for (int b = 0; b < g.batch; b++)
+            for (int i = 0; i < g.len_q; i++) {
+                size_t row = ((size_t)b * g.heads + h) * g.len_q + i;
+                if (lse[row] > -INFINITY)
+                    sum += exp((double)d->sinks[h] - lse[row]) * mlk__attn_row_d(&g, o, dout, b * g.heads + h, i);
+            }
+        dsinks[h] = (float)-sum;
+    }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_attn_merge(int rows, int head_dim, const float *o_a, const float *lse_a,
+    const float *o_b, const float *lse_b, float *o, float *lse)
+{
+    size_t count;
+    if (!o_a || !lse_a || !o_b || !lse_b || !o || !lse) return MLK_ERR_NULL;
+    if (rows < 1 || head_dim < 1) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, head_dim, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
+    MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_NORM_FLOATS))
+    for (int r = 0; r < rows; r++) {
+        const double la = lse_a[r], lb = lse_b[r], m = la > lb ? la : lb;
+        const float *xa = o_a + (size_t)r * head_dim, *xb = o_b + (size_t)r * head_dim;
+        float *y = o + (size_t)r * head_dim;
+        double wa, wb;
+        if (m == -INFINITY) { /* neither side saw a key */
+            for (int e = 0; e < head_dim; e++) y[e] = 0.0f;
+            lse[r] = -INFINITY;
+            continue;
+        }
+        wa = la > -INFINITY ? exp(la - m) : 0.0;
+        wb = lb > -INFINITY ? exp(lb - m) : 0.0;
+        for (int e = 0; e < head_dim; e++) /* a side with weight 0 contributes nothing, even NaN */
+            y[e] = (float)(((wa > 0 ? wa * xa[e] : 0.0) + (wb > 0 ? wb * xb[e] : 0.0)) / (wa + wb));
+        lse[r] = (float)(m + log(wa + wb));
+    }
+    return MLK_OK;
+}
+
+/* ======================================================================
+   rope
+   ====================================================================== */
+
+/* Per row, the cos / sin of every pair come from one double-precision
+   angle pos * inv_freq[i] (float32 would keep only 24 bits of a long
+   position's angle); then each head's pairs turn in float, 8 lanes at a
+   time. Pairs go in chunks of MLK__ROPE_CHUNK: the chunk's inv_freq lives
+   on the caller's stack, its cos/sin on each thread's, so nothing is
+   allocated. rot_dim <= 2 * MLK__ROPE_CHUNK is one pass over x; wider
+   rotations take one pass per chunk. */
+#define MLK__ROPE_CHUNK 256
+#define MLK__ROPE_2PI 6.283185307179586
+
+static int mlk__rope_positive(float v) { return v > 0.0f && v <= FLT_MAX; }
+
+/* NULLs, sizes, then values, as the declarations list them. */
+static mlk_status mlk__rope_check(const mlk_rope_config *cfg, int rows, int heads, const int32_t *pos,
+                                  const float *x, size_t *count)
+{
+    if (!cfg || !pos || !x) return MLK_ERR_NULL;
+    if (rows < 1 || heads < 1 || cfg->head_dim < 1 || cfg->rot_dim < 2 || cfg->rot_dim > cfg->head_dim ||
+        cfg->rot_dim % 2 != 0)
+        return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, heads, cfg->head_dim, 1, sizeof(float), count)) return MLK_ERR_OVERFLOW;
+    if (!mlk__rope_positive(cfg->theta) || !(cfg->theta > 1.0f)) return MLK_ERR_ARG;
+    if (cfg->style != MLK_ROPE_NEOX && cfg->style != MLK_ROPE_GPTJ) return MLK_ERR_ARG;
+    switch (cfg->scaling) {
+    case MLK_ROPE_SCALE_NONE: break;
+    case MLK_ROPE_SCALE_LINEAR:
+        if (!mlk__rope_positive(cfg->factor)) return MLK_ERR_ARG;
+        break;
+    case MLK_ROPE_SCALE_LLAMA3:
+        if (!mlk__rope_positive(cfg->factor) || !mlk__rope_positive(cfg->low_freq_factor) ||
+            !mlk__rope_positive(cfg->high_freq_factor) || !(cfg->low_freq_factor < cfg->high_freq_factor) ||
+            cfg->original_max_position < 1)
+            return MLK_ERR_ARG;
+        break;
+    case MLK_ROPE_SCALE_YARN:
+        if (!mlk__rope_positive(cfg->factor) || cfg->original_max_position < 1 ||
+            !(cfg->beta_fast == 0.0f || mlk__rope_positive(cfg->beta_fast)) ||
+            !(cfg->beta_slow == 0.0f || mlk__rope_positive(cfg->beta_slow)) ||
+            !(cfg->attn_factor == 0.0f || mlk__rope_positive(cfg->attn_factor)))
+            return MLK_ERR_ARG;
+        break;
+    default: return MLK_ERR_ARG;
+    }
+    for (int r = 0; r < rows; r++)
+        if (pos[r] < 0) return MLK_ERR_ARG;
+    return MLK_OK;
+}
+
+/* YaRN's pair index with `rotations` turns over the original context:
+   d = rot_dim ln(L / (2 pi rotations)) / (2 ln theta) (HF's find_correction_dim). */
+static double mlk__rope_yarn_dim(const mlk_rope_config *cfg, double rotations)
+{
+    return cfg->rot_dim * log(cfg->original_max_position / (rotations * MLK__ROPE_2PI)) /
+           (2.0 * log((double)cfg->theta));
+}
+
+/* inv_freq of pair i: theta^(-2i / rot_dim), then the scaling's blend of
+   the original (extrapolated) and the divided-by-factor (interpolated) one. */
+static double mlk__rope_inv_freq(const mlk_rope_config *cfg, int i)
+{
+    double inv = 1.0 / pow((double)cfg->theta, 2.0 * i / cfg->rot_dim), factor = cfg->factor;
+    double len = cfg->original_max_position, blend;
+    if (cfg->scaling == MLK_ROPE_SCALE_LINEAR) return inv / factor;
+    if (cfg->scaling == MLK_ROPE_SCALE_LLAMA3) { /* by wavelength against the original context */
+        double wave = MLK__ROPE_2PI / inv, lo = cfg->low_freq_factor, hi = cfg->high_freq_factor;
+        if (wave < len / hi) return inv;
+        if (wave > len / lo) return inv / factor;
+        blend = (len / wave - lo) / (hi - lo);
+        return (1.0 - blend) * inv / factor + blend * inv;
+    }
+    if (cfg->scaling == MLK_ROPE_SCALE_YARN) { /* by pair index: a linear ramp from lo to hi */
+        double lo = floor(mlk__rope_yarn_dim(cfg, cfg->beta_fast > 0 ? cfg->beta_fast : 32.0));
+        double hi = ceil(mlk__rope_yarn_dim(cfg, cfg->beta_slow > 0 ? cfg->beta_slow : 1.0));
+        lo = lo > 0 ? lo : 0;
+        hi = hi < cfg->rot_dim - 1 ? hi : cfg->rot_dim - 1;
+        if (lo == hi) hi += 0.001;
+        blend = (i - lo) / (hi - lo);
+        blend = blend < 0 ? 0 : (blend > 1 ? 1 : blend);
+        return blend * inv / factor + (1.0 - blend) * inv;
+    }
+    return inv;
+}
+
+/* The factor on cos and sin: YaRN's attention factor, else 1. */
+static double mlk__rope_mscale(const mlk_rope_config *cfg)
+{
+    if (cfg->scaling != MLK_ROPE_SCALE_YARN) return 1.0;
+    if (cfg->attn_factor > 0) return cfg->attn_factor;
+    return cfg->factor > 1 ? 0.1 * log((double)cfg->factor) + 1.0 : 1.0;
+}
+
+/* cos / sin of a >= 0 in double: a = k pi/2 + r, |r| <= pi/4, with pi/2 in
+   two parts (the first has 31 bits: k * P1 is exact for k < 2^22, a < 6.6e6;
+   past that r keeps the rounding of a itself); Taylor series in r^2 to r^11
+   and r^12 (truncation < 1e-11); the quadrant k mod 4 swaps and negates. */
+#define MLK__ROPE_P1 1.57079632673412561417
+#define MLK__ROPE_P2 6.077100506506192e-11
+#define MLK__ROPE_2_OVER_PI 0.6366197723675814
+static const double mlk__rope_sin_poly[5] = {-1.0 / 39916800, 1.0 / 362880, -1.0 / 5040, 1.0 / 120, -1.0 / 6};
+static const double mlk__rope_cos_poly[7] = {1.0 / 479001600, -1.0 / 3628800, 1.0 / 40320, -1.0 / 720,
+                                             1.0 / 24, -0.5, 1.0};
+
+#if defined(MLK__AVX2)
+static __m256d mlk__rope_horner4(__m256d x, const double *coef, int n)
+{
+    __m256d p = _mm256_set1_pd(coef[0]);
+    for (int i = 1; i < n; i++) p = _mm256_add_pd(_mm256_mul_pd(p, x), _mm256_set1_pd(coef[i]));
+    return p;
+}
+#else
+static double mlk__rope_horner1(double x, const double *coef, int n)
+{
+    double p = coef[0];
+    for (int i = 1; i < n; i++) p = p * x + coef[i];
+    return p;
+}
+#endif
+
+/* co[i], si[i] of the angles p * inv[i], i < n (n a multiple of 4). */
+static void mlk__rope_sincos(const double *inv, int n, double p, double *co, double *si)
+{
+#if defined(MLK__AVX2)
+    const __m256d neg = _mm256_set1_pd(-0.0), two = _mm256_set1_pd(2.0), half = _mm256_set1_pd(0.5);
+    for (int i = 0; i < n; i += 4) {
+        __m256d a = _mm256_mul_pd(_mm256_set1_pd(p), _mm256_loadu_pd(inv + i));
+        __m256d k = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(a, _mm256_set1_pd(MLK__ROPE_2_OVER_PI)), half));
+        __m256d r = _mm256_sub_pd(_mm256_sub_pd(a, _mm256_mul_pd(k, _mm256_set1_pd(MLK__ROPE_P1))),
+                                  _mm256_mul_pd(k, _mm256_set1_pd(MLK__ROPE_P2)));
+        __m256d r2 = _mm256_mul_pd(r, r);
+        __m256d s = _mm256_add_pd(r, _mm256_mul_pd(_mm256_mul_pd(r, r2), mlk__rope_horner4(r2, mlk__rope_sin_poly, 5)));
+        __m256d c = mlk__rope_horner4(r2, mlk__rope_cos_poly, 7);
+        __m256d q = _mm256_sub_pd(k, _mm256_mul_pd(_mm256_set1_pd(4.0), _mm256_floor_pd(_mm256_mul_pd(k, _mm256_set1_pd(0.25)))));
+        __m256d odd = _mm256_cmp_pd(_mm256_sub_pd(q, _mm256_mul_pd(two, _mm256_floor_pd(_mm256_mul_pd(q, half)))),
+                                    _mm256_set1_pd(1.0), _CMP_EQ_OQ);
+        __m256d upper = _mm256_cmp_pd(q, two, _CMP_GE_OQ); /* q = 2, 3: sin < 0; q = 1, 2: cos < 0 */
+        _mm256_storeu_pd(co + i, _mm256_xor_pd(_mm256_blendv_pd(c, s, odd), _mm256_and_pd(_mm256_xor_pd(odd, upper), neg)));
+        _mm256_storeu_pd(si + i, _mm256_xor_pd(_mm256_blendv_pd(s, c, odd), _mm256_and_pd(upper, neg)));
+    }
+#else
+    for (int i = 0; i < n; i++) {
+        double a = p * inv[i], k = floor(a * MLK__ROPE_2_OVER_PI + 0.5);
+        double r = (a - k * MLK__ROPE_P1) - k * MLK__ROPE_P2, r2 = r * r, q = k - 4.0 * floor(k * 0.25);
+        double s = r + r * r2 * mlk__rope_horner1(r2, mlk__rope_sin_poly, 5);
+        double c = mlk__rope_horner1(r2, mlk__rope_cos_poly, 7);
+        co[i] = q == 0 ? c : q == 1 ? -s : q == 2 ? -c : s;
+        si[i] = q == 0 ? s : q == 1 ? c : q == 2 ? -s : -c;
+    }
+#endif
+}
+
+/* NeoX pairs (x1[i], x2[i]), i < n: x1 c - x2 s, x2 c + x1 s. */
+static void mlk__rope_rot_neox(float *x1, float *x2, const float *c, const float *s, int n)
+{
+#if defined(MLK__AVX2)
+    for (int i = 0; i < n; i += 8) {
+        int len = n - i < 8 ? n - i : 8;
+        __m256i m = mlk__mask8(len);
+        __m256 a = _mm256_maskload_ps(x1 + i, m), b = _mm256_maskload_ps(x2 + i, m);
+        __m256 cv = _mm256_maskload_ps(c + i, m), sv = _mm256_maskload_ps(s + i, m);
+        _mm256_maskstore_ps(x1 + i, m, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
+        _mm256_maskstore_ps(x2 + i, m, _mm256_add_ps(_mm256_mul_ps(b, cv), _mm256_mul_ps(a, sv)));
+    }
+#else
+    for (int i = 0; i < n; i++) {
+        float a = x1[i], b = x2[i];
+        x1[i] = a * c[i] - b * s[i];
+        x2[i] = b * c[i] + a * s[i];
+    }
+#endif
+}
+
+/* GPT-J pairs (x[2i], x[2i+1]) over n floats, with c = (cos, cos) and
+   s = (-sin, sin) per pair: x c + swap(x) s, swap exchanging each pair. */
+static void mlk__rope_rot_gptj(float *x, const float *c, const float *s, int n)
+{
+#if defined(MLK__AVX2)
+    for (int i = 0; i < n; i += 8) {
+        int len = n - i < 8 ? n - i : 8;
+        __m256i m = mlk__mask8(len);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        __m256 y = _mm256_add_ps(_mm256_mul_ps(v, _mm256_maskload_ps(c + i, m)),
+                                 _mm256_mul_ps(_mm256_permute_ps(v, 0xB1), _mm256_maskload_ps(s + i, m)));
+        _mm256_maskstore_ps(x + i, m, y);
+    }
+#else
+    for (int i = 0; i < n; i += 2) {
+        float a = x[i], b = x[i + 1];
+        x[i] = a * c[i] + b * s[i];
+        x[i + 1] = b * c[i + 1] + a * s[i + 1];
+    }
+#endif
+}
+
+/* One row (all heads), pairs [p0, p0 + n) of the chunk whose inv_freq is
+   inv: the cos/sin table once, then every head. sign -1 turns by -angle. */
+static void mlk__rope_row(const mlk_rope_config *cfg, int heads, float *row, int32_t p, const double *inv,
+                          int p0, int n, double mscale, double sign)
+{
+    double co[MLK__ROPE_CHUNK], si[MLK__ROPE_CHUNK];
+    float c[2 * MLK__ROPE_CHUNK], s[2 * MLK__ROPE_CHUNK];
+    int gptj = cfg->style == MLK_ROPE_GPTJ, half = cfg->rot_dim / 2;
+    mlk__rope_sincos(inv, (n + 3) / 4 * 4, (double)p, co, si);
+    for (int i = 0; i < n; i++) {
+        float cv = (float)(mscale * co[i]), sv = (float)(sign * mscale * si[i]);
+        if (gptj) {
+            c[2 * i] = c[2 * i + 1] = cv;
+            s[2 * i] = -sv;
+            s[2 * i + 1] = sv;
+        } else {
+            c[i] = cv;
+            s[i] = sv;
+        }
+    }
+    for (int h = 0; h < heads; h++) {
+        float *xh = row + (size_t)h * (size_t)cfg->head_dim;
+        if (gptj) mlk__rope_rot_gptj(xh + 2 * p0, c, s, 2 * n);
+        else mlk__rope_rot_neox(xh + p0, xh + half + p0, c, s, n);
+    }
+}
+
+/* Both directions: sign +1 forward, -1 backward. */
+static mlk_status mlk__rope(const mlk_rope_config *cfg, int rows, int heads, const int32_t *pos, float *x,
+                            double sign)
+{
+    double inv[MLK__ROPE_CHUNK], mscale;
+    size_t count;
+    int half;
+    mlk_status st = mlk__rope_check(cfg, rows, heads, pos, x, &count);
+    if (st != MLK_OK) return st;
+    half = cfg->rot_dim / 2;
+    mscale = mlk__rope_mscale(cfg);
+    for (int p0 = 0; p0 < half; p0 += MLK__ROPE_CHUNK) {
+        int n = half - p0 < MLK__ROPE_CHUNK ? half - p0 : MLK__ROPE_CHUNK;
+        for (int i = 0; i < MLK__ROPE_CHUNK; i++) inv[i] = i < n ? mlk__rope_inv_freq(cfg, p0 + i) : 0.0;
+        MLK__OMP(omp parallel for schedule(static) if (count > MLK__PAR_ELEMS))
+        for (int r = 0; r < rows; r++)
+            mlk__rope_row(cfg, heads, x + (size_t)r * (size_t)heads * (size_t)cfg->head_dim, pos[r], inv, p0, n,
+                          mscale, sign);
+    }
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_rope_fwd(const mlk_rope_config *cfg, int rows, int heads, const int32_t *pos, float *x)
+{
+    return mlk__rope(cfg, rows, heads, pos, x, 1.0);
+}
+
+MLKERN_DEF mlk_status mlk_rope_bwd(const mlk_rope_config *cfg, int rows, int heads, const int32_t *pos, float *dy)
+{
+    return mlk__rope(cfg, rows, heads, pos, dy, -1.0);
 }
 
 /* ======================================================================
@@ -4026,16 +4462,24 @@ MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
 
 #define MLK__KV_TILE 128
 
+/* Keys per split of a long decode step: its tasks attend to fixed runs of
+   keys in parallel and their partial (o, lse) are merged in order, so a
+   single long sequence uses every thread; fixed, so results depend on the
+   sequence alone, never on the thread count. */
+#define MLK__KV_SPLIT 4096
+
 typedef struct mlk__kv_attn_job {
     const mlk_kv_cache *c;
-    int layer, heads, group, q_chunk;
-    float scale;
-    const int *seqs, *n_q, *tree_parent, *tree_depth;
-    const size_t *q_off;  /* [n_seqs]: first float of each sequence's q and o */
-    const int *task_base; /* [n_seqs + 1]: first task of each sequence */
-    int n_seqs;
+    mlk_kv_attn_opts opt; /* scale resolved */
+    int layer, heads, group, q_chunk, n_seqs;
+    const int *seqs, *n_q, *tree_depth;
+    size_t *q_off;   /* [n_seqs]: first float of each sequence's q and o */
+    int *task_base;  /* [n_seqs + 1]: first task of each sequence */
+    int *splits;     /* [n_seqs]: key runs of each of the sequence's tasks (1: unsplit) */
+    float *parts;    /* [tasks][MR][head_dim + 1]: partial o and lse of split tasks */
+    int tasks;
     size_t slab_bytes, rows_bytes;
-    double macs; /* multiply-adds of the call, for the OpenMP threshold */
+    double macs;     /* multiply-adds of the call, for the OpenMP threshold */
 } mlk__kv_attn_job;
 
 /* Keys [kv0, kv0 + nk) of one head as float rows of stride head_dim: F32
@@ -4080,12 +4524,41 @@ static void mlk__kv_tile_rows(const mlk_kv_cache *c, int seq, int layer, int hea
     }
 }
 
-static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float *q, float *o,
+/* Visibility of the keys of listed sequence s to its queries. */
+static void mlk__kv_attn_mask(const mlk__kv_attn_job *job, int s, mlk__attn_mask *mask)
+{
+    mask->n_keys = job->c->seq_len[job->seqs[s]];
+    mask->n_q = job->n_q[s];
+    mask->causal = 1;
+    mask->window = job->opt.window;
+    mask->tree_parent = job->opt.tree_parent;
+    mask->tree_depth = job->tree_depth;
+}
+
+/* Key runs of sequence s: a decode-sized sequence (one task per kv head,
+   typed rows) longer than MLK__KV_SPLIT keys is split. */
+static int mlk__kv_attn_splits(const mlk__kv_attn_job *job, int s)
+{
+    mlk__attn_mask mask;
+    int lo, hi;
+    if (job->n_q[s] * job->group >= MLK__MR) return 1;
+    mlk__kv_attn_mask(job, s, &mask);
+    mlk__attn_key_range(&mask, 0, job->n_q[s], &lo, &hi);
+    return hi - lo > MLK__KV_SPLIT ? (hi - lo - 1) / MLK__KV_SPLIT + 1 : 1;
+}
+
+/* Where the partial state of task t goes: MR rows of head_dim, then MR lse. */
+static float *mlk__kv_attn_part(const mlk__kv_attn_job *job, int t)
+{
+    return job->parts + (size_t)t * MLK__MR * ((size_t)job->c->cfg.head_dim + 1);
+}
+
+static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float *q, float *o, float *lse,
                               unsigned char *slab)
 {
     const mlk_kv_cache *c = job->c;
     int lo = 0, hi = job->n_seqs, s, hkv = c->cfg.kv_heads, d = c->cfg.head_dim;
-    int head, q0, nq, key_lo, key_hi;
+    int head, q0, nq, key_lo, key_hi, local, split, n_split;
     size_t at;
     float *k_buf = (float *)(void *)(slab + job->rows_bytes), *v_buf = k_buf + (size_t)MLK__KV_TILE * d;
     mlk__attn_mask mask;
@@ -4095,22 +4568,25 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
         if (job->task_base[mid] <= task) lo = mid; else hi = mid;
     }
     s = lo;
-    head = (task - job->task_base[s]) % hkv;
-    q0 = (task - job->task_base[s]) / hkv * job->q_chunk;
+    n_split = job->splits[s];
+    local = task - job->task_base[s];
+    split = local % n_split;
+    head = local / n_split % hkv;
+    q0 = local / n_split / hkv * job->q_chunk;
     nq = job->n_q[s] - q0 < job->q_chunk ? job->n_q[s] - q0 : job->q_chunk;
-    mask.n_keys = c->seq_len[job->seqs[s]];
-    mask.n_q = job->n_q[s];
-    mask.causal = 1;
-    mask.window = 0;
-    mask.tree_parent = job->tree_parent;
-    mask.tree_depth = job->tree_depth;
+    mlk__kv_attn_mask(job, s, &mask);
     at = job->q_off[s] + ((size_t)q0 * (size_t)job->heads + (size_t)head * (size_t)job->group) * (size_t)d;
-    mlk__attn_rows_init(&st, &mask, q0, nq, job->group, d, MLK__KV_TILE, job->scale, 0.0f, q + at,
+    mlk__attn_rows_init(&st, &mask, q0, nq, job->group, d, MLK__KV_TILE, job->opt.scale, job->opt.softcap, q + at,
                         (size_t)d, (size_t)job->heads * (size_t)d, slab);
+    if (job->opt.sinks && split == 0) mlk__attn_rows_sinks(&st, job->opt.sinks + (size_t)head * job->group);
     mlk__attn_key_range(&mask, q0, q0 + nq, &key_lo, &key_hi);
-    for (int kv0 = key_lo; kv0 < key_hi; kv0 += MLK__KV_TILE) {
-        int nk = key_hi - kv0 < MLK__KV_TILE ? key_hi - kv0 : MLK__KV_TILE;
+    if (n_split > 1) { /* this task's run of keys */
+        key_lo += split * MLK__KV_SPLIT;
+        key_hi = key_hi - key_lo < MLK__KV_SPLIT ? key_hi : key_lo + MLK__KV_SPLIT;
+    }
+    for (int kv0 = key_lo, nk; kv0 < key_hi; kv0 += nk) {
         const float *k_rows, *v_rows;
+        nk = key_hi - kv0 < MLK__KV_TILE ? key_hi - kv0 : MLK__KV_TILE;
         if (mlk__attn_rows_typed(&st)) { /* decode: the kernel reads the blocks in place */
             mlk__kv_tile_rows(c, job->seqs[s], job->layer, head, kv0, nk, st.k_row, st.v_row);
             mlk__attn_rows_update_typed(&st, kv0, nk, c->cfg.type);
@@ -4119,84 +4595,166 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
         mlk__kv_tile(c, job->seqs[s], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
         mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
     }
-    mlk__attn_rows_finish(&st, o + at, (size_t)d, (size_t)job->heads * (size_t)d, NULL, 0, 0);
+    if (n_split > 1) { /* rows r = query * group + head, contiguous */
+        float *part = mlk__kv_attn_part(job, task);
+        mlk__attn_rows_finish(&st, part, (size_t)d, (size_t)job->group * d, part + (size_t)MLK__MR * d, 1,
+                              (size_t)job->group);
+        return;
+    }
+    mlk__attn_rows_finish(&st, o + at, (size_t)d, (size_t)job->heads * (size_t)d,
+                          lse ? lse + at / (size_t)d : NULL, 1, (size_t)job->heads);
+}
+
+/* Folds the split tasks of sequence s, kv head `head`, in split order into
+   o and lse (mlk_attn_merge's arithmetic, one row at a time). */
+static void mlk__kv_attn_merge_splits(const mlk__kv_attn_job *job, int s, int head, float *o, float *lse)
+{
+    const int d = job->c->cfg.head_dim, n_split = job->splits[s], rows = job->n_q[s] * job->group;
+    const int t0 = job->task_base[s] + head * n_split;
+    float *acc = mlk__kv_attn_part(job, t0), *acc_lse = acc + (size_t)MLK__MR * d;
+    for (int sp = 1; sp < n_split; sp++) {
+        const float *part = mlk__kv_attn_part(job, t0 + sp);
+        mlk_attn_merge(rows, d, acc, acc_lse, part, part + (size_t)MLK__MR * d, acc, acc_lse);
+    }
+    for (int r = 0; r < rows; r++) {
+        size_t at = job->q_off[s] + ((size_t)(r / job->group) * job->heads + (size_t)head * job->group +
+                                     (size_t)(r % job->group)) * (size_t)d;
+        memcpy(o + at, acc + (size_t)r * d, (size_t)d * sizeof(float));
+        if (lse) lse[at / (size_t)d] = acc_lse[r];
+    }
+}
+
+/* Checks the call, resolves the options into job and fills the scratch
+   table pc (5 pieces) for `threads` threads. */
+static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int *seqs, const int *n_q, int heads,
+                                    const mlk_kv_attn_opts *opts, int threads, mlk__kv_attn_job *job, mlk__piece *pc)
+{
+    size_t q_floats = 0, row, slabs;
+    long long tasks = 0, split_tasks = 0;
+    memset(job, 0, sizeof *job);
+    if (opts) job->opt = *opts;
+    if (n_seqs < 1 || heads < 1 || heads % c->cfg.kv_heads != 0) return MLK_ERR_SHAPE;
+    if (!(fabsf(job->opt.scale) <= FLT_MAX) || job->opt.window < 0 || !(job->opt.softcap >= 0) ||
+        !(job->opt.softcap <= FLT_MAX) || job->opt.threads < 0 || (job->opt.tree_parent && n_seqs != 1))
+        return MLK_ERR_ARG;
+    if (job->opt.sinks)
+        for (int h = 0; h < heads; h++)
+            if (!(job->opt.sinks[h] < INFINITY)) return MLK_ERR_ARG;
+    for (int s = 0; s < n_seqs; s++)
+        if (!mlk__kv_valid_seq(c, seqs[s])) return MLK_ERR_ARG;
+    for (int s = 0; s < n_seqs; s++)
+        if (n_q[s] < 1 || n_q[s] > c->seq_len[seqs[s]]) return MLK_ERR_SHAPE;
+    job->c = c;
+    job->heads = heads;
+    job->group = heads / c->cfg.kv_heads;
+    job->q_chunk = job->group >= 64 ? 1 : 64 / job->group; /* about 64 rows per task */
+    job->opt.scale = job->opt.scale != 0 ? job->opt.scale : 1.0f / sqrtf((float)c->cfg.head_dim);
+    job->n_seqs = n_seqs;
+    job->seqs = seqs;
+    job->n_q = n_q;
+    if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
+    for (int s = 0; s < n_seqs; s++) {
+        size_t part;
+        int n_split = mlk__kv_attn_splits(job, s);
+        if (!mlk__mul_ok((size_t)n_q[s], row, &part) || q_floats > SIZE_MAX / sizeof(float) - part)
+            return MLK_ERR_OVERFLOW;
+        q_floats += part;
+        job->macs += (double)n_q[s] * c->seq_len[seqs[s]] * heads * c->cfg.head_dim;
+        tasks += (long long)((n_q[s] + job->q_chunk - 1) / job->q_chunk) * c->cfg.kv_heads * n_split;
+        if (n_split > 1) split_tasks = tasks;
+        if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
+    }
+    job->tasks = (int)tasks;
+    job->rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch(job->q_chunk * job->group, c->cfg.head_dim,
+                                                                 MLK__KV_TILE));
+    job->slab_bytes = mlk__arena_need(job->rows_bytes, 2 * sizeof(float) * (size_t)MLK__KV_TILE * c->cfg.head_dim);
+    if (job->slab_bytes == SIZE_MAX || !mlk__mul_ok(job->slab_bytes, (size_t)threads, &slabs))
+        return MLK_ERR_OVERFLOW;
+    pc[0] = mlk__piece_of(job->opt.tree_parent ? (size_t)n_q[0] * sizeof(int) : 0);
+    pc[1] = mlk__piece_of((size_t)n_seqs * sizeof(size_t));
+    pc[2] = mlk__piece_of(((size_t)n_seqs * 2 + 1) * sizeof(int)); /* task_base, splits */
+    pc[3] = mlk__piece_of(split_tasks ? (size_t)tasks * MLK__MR * ((size_t)c->cfg.head_dim + 1) * sizeof(float) : 0);
+    pc[4] = mlk__piece_of(slabs);
+    return MLK_OK;
+}
+
+MLKERN_DEF size_t mlk_kv_attn_workspace_size(const mlk_kv_cache *c, int n_seqs, const int *seqs, const int *n_q,
+                                             int heads, const mlk_kv_attn_opts *opts)
+{
+    mlk__kv_attn_job job;
+    mlk__piece pc[5];
+    int threads = opts && opts->threads > 0 ? opts->threads : mlk__max_threads();
+    if (!c || !seqs || !n_q || mlk__kv_attn_plan(c, n_seqs, seqs, n_q, heads, opts, threads, &job, pc) != MLK_OK)
+        return 0;
+    if (job.opt.tree_parent && mlk__tree_check(n_q[0], job.opt.tree_parent) != MLK_OK) return 0;
+    return mlk__pieces_bytes(pc, 5) + MLK__ALIGN;
+}
+
+MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_seqs, const int *seqs,
+    const int *n_q, const float *q, int heads, const mlk_kv_attn_opts *opts, float *o, float *lse)
+{
+    mlk__kv_attn_job job;
+    mlk__arena ar;
+    mlk_status st;
+    mlk__piece pc[5];
+    int team = mlk__max_threads();
+    unsigned char *slab0;
+    if (!c || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
+    if (layer < 0 || layer >= c->cfg.layers) return MLK_ERR_ARG;
+    if (opts && opts->threads > 0 && opts->threads < team) team = opts->threads;
+    if ((st = mlk__kv_attn_plan(c, n_seqs, seqs, n_q, heads, opts, team, &job, pc)) != MLK_OK) return st;
+    if (job.opt.tree_parent && (st = mlk__tree_check(n_q[0], job.opt.tree_parent)) != MLK_OK) return st;
+    if (job.opt.workspace) { /* as many threads as the buffer has slabs for */
+        size_t pad = (MLK__ALIGN - (uintptr_t)job.opt.workspace % MLK__ALIGN) % MLK__ALIGN;
+        size_t usable = job.opt.workspace_bytes > pad ? job.opt.workspace_bytes - pad : 0, shared, fit;
+        pc[4].bytes = 0;
+        shared = mlk__pieces_bytes(pc, 5);
+        fit = usable >= shared ? (usable - shared) / job.slab_bytes : 0;
+        if (fit < 1) return MLK_ERR_ARG;
+        if (fit < (size_t)team) team = (int)fit;
+        pc[4].bytes = job.slab_bytes * (size_t)team;
+    }
+    job.layer = layer;
+    if ((st = mlk__arena_carve(&ar, job.opt.workspace, pc, 5)) != MLK_OK) return st;
+    job.tree_depth = (const int *)pc[0].ptr;
+    job.q_off = (size_t *)pc[1].ptr;
+    job.task_base = (int *)pc[2].ptr;
+    job.splits = job.task_base + n_seqs + 1;
+    job.parts = (float *)pc[3].ptr;
+    slab0 = (unsigned char *)pc[4].ptr;
+    if (job.opt.tree_parent) mlk__tree_depths(n_q[0], job.opt.tree_parent, (int *)pc[0].ptr);
+    job.q_off[0] = 0;
+    job.task_base[0] = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        job.splits[s] = mlk__kv_attn_splits(&job, s);
+        if (s > 0) job.q_off[s] = job.q_off[s - 1] + (size_t)n_q[s - 1] * heads * c->cfg.head_dim;
+        job.task_base[s + 1] = job.task_base[s] + (n_q[s] + job.q_chunk - 1) / job.q_chunk * c->cfg.kv_heads *
+                                                       job.splits[s];
+    }
+    /* tasks write disjoint rows of o (or their own partial state): any schedule gives the same bits */
+    MLK__OMP(omp parallel num_threads(team) if(mlk__attn_fan_out(job.macs)))
+    {
+        MLK__OMP(omp for schedule(dynamic, 1))
+        for (int t = 0; t < job.tasks; t++)
+            mlk__kv_attn_task(&job, t, q, o, lse, slab0 + job.slab_bytes * (size_t)mlk__thread_id());
+        MLK__OMP(omp for schedule(static))
+        for (int sh = 0; sh < n_seqs * c->cfg.kv_heads; sh++)
+            if (job.splits[sh / c->cfg.kv_heads] > 1)
+                mlk__kv_attn_merge_splits(&job, sh / c->cfg.kv_heads, sh % c->cfg.kv_heads, o, lse);
+    }
+    mlk__arena_done(&ar);
+    return MLK_OK;
 }
 
 MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     const int *seqs, const int *n_q, const float *q, int heads,
     float scale, const int *tree_parent, float *o)
 {
-    mlk__kv_attn_job job;
-    mlk__arena ar;
-    mlk_status st;
-    size_t q_floats = 0, row, slabs;
-    mlk__piece pc[4];
-    long long tasks = 0;
-    int *depth, *task_base;
-    size_t *q_off;
-    unsigned char *slab0;
-    if (!c || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
-    if (layer < 0 || layer >= c->cfg.layers) return MLK_ERR_ARG;
-    if (n_seqs < 1 || heads < 1 || heads % c->cfg.kv_heads != 0) return MLK_ERR_SHAPE;
-    if (!(fabsf(scale) <= FLT_MAX) || (tree_parent && n_seqs != 1)) return MLK_ERR_ARG;
-    for (int s = 0; s < n_seqs; s++)
-        if (!mlk__kv_valid_seq(c, seqs[s])) return MLK_ERR_ARG;
-    for (int s = 0; s < n_seqs; s++)
-        if (n_q[s] < 1 || n_q[s] > c->seq_len[seqs[s]]) return MLK_ERR_SHAPE;
-    job.c = c;
-    job.layer = layer;
-    job.heads = heads;
-    job.group = heads / c->cfg.kv_heads;
-    job.q_chunk = job.group >= 64 ? 1 : 64 / job.group; /* about 64 rows per task */
-    job.scale = scale != 0 ? scale : 1.0f / sqrtf((float)c->cfg.head_dim);
-    job.n_seqs = n_seqs;
-    job.tree_parent = tree_parent;
-    job.seqs = seqs;
-    job.n_q = n_q;
-    job.macs = 0;
-    if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
-    for (int s = 0; s < n_seqs; s++) {
-        size_t part;
-        if (!mlk__mul_ok((size_t)n_q[s], row, &part) || q_floats > SIZE_MAX / sizeof(float) - part)
-            return MLK_ERR_OVERFLOW;
-        q_floats += part;
-        job.macs += (double)n_q[s] * c->seq_len[seqs[s]] * heads * c->cfg.head_dim;
-        tasks += (long long)((n_q[s] + job.q_chunk - 1) / job.q_chunk) * c->cfg.kv_heads;
-        if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
-    }
-    job.rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch(job.q_chunk * job.group, c->cfg.head_dim, MLK__KV_TILE));
-    job.slab_bytes = mlk__arena_need(job.rows_bytes, 2 * sizeof(float) * (size_t)MLK__KV_TILE * (size_t)c->cfg.head_dim);
-    if (job.slab_bytes == SIZE_MAX || !mlk__mul_ok(job.slab_bytes, (size_t)mlk__max_threads(), &slabs))
-        return MLK_ERR_OVERFLOW;
-    pc[0] = mlk__piece_of((size_t)n_q[0] * sizeof(int));
-    pc[1] = mlk__piece_of((size_t)n_seqs * sizeof(size_t));
-    pc[2] = mlk__piece_of(((size_t)n_seqs + 1) * sizeof(int));
-    pc[3] = mlk__piece_of(slabs);
-    if ((st = mlk__arena_carve(&ar, NULL, pc, 4)) != MLK_OK) return st;
-    depth = (int *)pc[0].ptr;
-    q_off = (size_t *)pc[1].ptr;
-    task_base = (int *)pc[2].ptr;
-    slab0 = (unsigned char *)pc[3].ptr;
-    if (tree_parent && (st = mlk__tree_check(n_q[0], tree_parent)) != MLK_OK) {
-        mlk__arena_done(&ar); /* a bad parent array: nothing written */
-        return st;
-    }
-    if (tree_parent) mlk__tree_depths(n_q[0], tree_parent, depth);
-    job.tree_depth = tree_parent ? depth : NULL;
-    q_off[0] = 0;
-    task_base[0] = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        if (s > 0) q_off[s] = q_off[s - 1] + (size_t)n_q[s - 1] * row;
-        task_base[s + 1] = task_base[s] + (n_q[s] + job.q_chunk - 1) / job.q_chunk * c->cfg.kv_heads;
-    }
-    job.q_off = q_off;
-    job.task_base = task_base;
-    /* tasks write disjoint rows of o: any schedule gives the same bits */
-    MLK__OMP(omp parallel for schedule(dynamic, 1) if(mlk__attn_fan_out(job.macs)))
-    for (int t = 0; t < (int)tasks; t++)
-        mlk__kv_attn_task(&job, t, q, o, slab0 + job.slab_bytes * (size_t)mlk__thread_id());
-    mlk__arena_done(&ar);
-    return MLK_OK;
+    mlk_kv_attn_opts opts;
+    memset(&opts, 0, sizeof opts);
+    opts.scale = scale;
+    opts.tree_parent = tree_parent;
+    return mlk_kv_attn_opt(c, layer, n_seqs, seqs, n_q, q, heads, &opts, o, NULL);
 }
 
 MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st)

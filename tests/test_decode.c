@@ -1,0 +1,407 @@
+/* Decode-time attention: attention sinks (forward against the double
+   reference, their gradient and the other gradients against finite
+   differences of an independent double implementation), mlk_attn_merge
+   against one pass over the union of the keys, mlk_kv_attn_opt against
+   mlk_attn_fwd on the same keys for every option, split-KV decode of long
+   sequences, and caller workspaces. */
+#define MLKERN_IMPLEMENTATION
+#include "mlkern.h"
+#include "mlkt.h"
+
+static float *random_floats(size_t n, double stddev)
+{
+    float *x = mlkt_floats(n);
+    mlkt_fill_normal(x, n, stddev);
+    return x;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d != d) return INFINITY;
+        if (d > e) e = d;
+    }
+    return e;
+}
+
+/* ---- an independent double forward: BHND, causal or full, sinks, one batch item ---- */
+
+typedef struct ref_case {
+    int hq, hkv, nq, nkv, dim, causal;
+    double scale;
+    const double *q, *k, *v, *sinks; /* sinks NULL: none */
+} ref_case;
+
+/* o [hq, nq, dim] and lse [hq, nq] in double */
+static void ref_forward(const ref_case *c, double *o, double *lse)
+{
+    int group = c->hq / c->hkv, off = c->nkv - c->nq;
+    double *s = (double *)malloc((size_t)c->nkv * sizeof(double));
+    for (int h = 0; h < c->hq; h++)
+        for (int i = 0; i < c->nq; i++) {
+            const double *qi = c->q + ((size_t)h * c->nq + i) * c->dim;
+            const double *kh = c->k + (size_t)(h / group) * c->nkv * c->dim, *vh = c->v + (size_t)(h / group) * c->nkv * c->dim;
+            double m = c->sinks ? c->sinks[h] : -INFINITY, l = 0;
+            double *oi = o + ((size_t)h * c->nq + i) * c->dim;
+            int n_vis = c->causal ? i + off + 1 : c->nkv;
+            if (n_vis > c->nkv) n_vis = c->nkv;
+            for (int j = 0; j < n_vis; j++) {
+                double dot = 0;
+                for (int e = 0; e < c->dim; e++) dot += qi[e] * kh[(size_t)j * c->dim + e];
+                s[j] = dot * c->scale;
+                if (s[j] > m) m = s[j];
+            }
+            for (int e = 0; e < c->dim; e++) oi[e] = 0;
+            if (m == -INFINITY) {
+                lse[(size_t)h * c->nq + i] = -INFINITY;
+                continue;
+            }
+            if (c->sinks && c->sinks[h] > -INFINITY) l = exp(c->sinks[h] - m);
+            for (int j = 0; j < n_vis; j++) {
+                double p = exp(s[j] - m);
+                l += p;
+                for (int e = 0; e < c->dim; e++) oi[e] += p * vh[(size_t)j * c->dim + e];
+            }
+            for (int e = 0; e < c->dim; e++) oi[e] /= l;
+            lse[(size_t)h * c->nq + i] = m + log(l);
+        }
+    free(s);
+}
+
+typedef struct fd_ctx { ref_case c; const double *dout; double *o, *lse; double *which; } fd_ctx;
+
+/* L = sum(dout * o), a function of the array `which` points into (x) */
+static double fd_loss(void *ctx_, const double *x)
+{
+    fd_ctx *ctx = (fd_ctx *)ctx_;
+    double L = 0;
+    size_t n = (size_t)ctx->c.hq * ctx->c.nq * ctx->c.dim;
+    (void)x;
+    ref_forward(&ctx->c, ctx->o, ctx->lse);
+    for (size_t i = 0; i < n; i++) L += ctx->dout[i] * ctx->o[i];
+    return L;
+}
+
+static double *to_double(const float *x, size_t n)
+{
+    double *y = (double *)malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+
+/* ---- sinks: forward vs the double references, gradients vs finite differences ---- */
+
+static void check_sinks_case(int hq, int hkv, int nq, int nkv, int dim, int causal, int minus_inf_sink)
+{
+    mlk_attn_desc d;
+    size_t nqe = (size_t)hq * nq * dim, nkve = (size_t)hkv * nkv * dim, nrow = (size_t)hq * nq;
+    float *q = random_floats(nqe, 1.0), *k = random_floats(nkve, 1.0), *v = random_floats(nkve, 1.0);
+    float *dout = random_floats(nqe, 1.0), *sinks = random_floats((size_t)hq, 1.5);
+    float *o = mlkt_floats(nqe), *lse = mlkt_floats(nrow), *o_naive = mlkt_floats(nqe), *lse_naive = mlkt_floats(nrow);
+    float *dq = mlkt_floats(nqe), *dk = mlkt_floats(nkve), *dv = mlkt_floats(nkve), *dsinks = mlkt_floats((size_t)hq);
+    double *o_ref = (double *)malloc(nqe * sizeof(double)), *lse_ref = (double *)malloc(nrow * sizeof(double));
+    double *qd, *kd, *vd, *sd, *doutd, err_o, err_lse;
+    fd_ctx ctx;
+    if (minus_inf_sink) sinks[0] = -INFINITY;
+    memset(&d, 0, sizeof d);
+    d.batch = 1; d.heads = hq; d.kv_heads = hkv; d.len_q = nq; d.len_kv = nkv; d.head_dim = dim;
+    d.causal = causal; d.sinks = sinks; d.tile_kv = 5;
+    qd = to_double(q, nqe); kd = to_double(k, nkve); vd = to_double(v, nkve); sd = to_double(sinks, (size_t)hq);
+    doutd = to_double(dout, nqe);
+    ctx.c.hq = hq; ctx.c.hkv = hkv; ctx.c.nq = nq; ctx.c.nkv = nkv; ctx.c.dim = dim; ctx.c.causal = causal;
+    ctx.c.scale = (double)(1.0f / sqrtf((float)dim));
+    ctx.c.q = qd; ctx.c.k = kd; ctx.c.v = vd; ctx.c.sinks = sd;
+    ctx.dout = doutd; ctx.o = o_ref; ctx.lse = lse_ref;
+    ref_forward(&ctx.c, o_ref, lse_ref);
+    CHECK_INT(mlk_attn_fwd(&d, q, k, v, o, lse), MLK_OK);
+    CHECK_INT(mlk_attn_naive(&d, q, k, v, o_naive, lse_naive), MLK_OK);
+    err_o = mlkt_max_abs_err(o, o_ref, nqe);
+    err_lse = mlkt_max_abs_err(lse, lse_ref, nrow);
+    CHECKF(err_o <= 2e-6 * sqrt((double)nkv), "sinks fwd o: err %.3g", err_o);
+    CHECKF(err_lse <= 4e-6, "sinks fwd lse: err %.3g", err_lse);
+    CHECKF(mlkt_max_abs_err(o_naive, o_ref, nqe) <= 1e-6, "naive with sinks");
+    CHECKF(mlkt_max_abs_err(lse_naive, lse_ref, nrow) <= 1e-6, "naive lse with sinks");
+    CHECK_INT(mlk_attn_bwd(&d, q, k, v, o, dout, lse, dq, dk, dv), MLK_OK);
+    CHECK_INT(mlk_attn_sinks_grad(&d, o, dout, lse, dsinks), MLK_OK);
+    for (int h = 0; h < hq; h++) { /* d L / d sink by central differences */
+        double fd;
+        if (sd[h] == -INFINITY) {
+            CHECK(dsinks[h] == 0.0f);
+            continue;
+        }
+        fd = mlkt_fd(fd_loss, &ctx, sd, (size_t)h, 1e-4);
+        CHECKF(fabs(dsinks[h] - fd) <= 2e-4 * (fabs(fd) + 1e-2), "dsink[%d] %.7g fd %.7g", h, dsinks[h], fd);
+    }
+    for (int t = 0; t < 6; t++) { /* a few elements of dq, dk, dv */
+        size_t iq = (size_t)mlkt_int((int)nqe), ik = (size_t)mlkt_int((int)nkve);
+        double fq = mlkt_fd(fd_loss, &ctx, qd, iq, 1e-4), fk = mlkt_fd(fd_loss, &ctx, kd, ik, 1e-4);
+        double fv = mlkt_fd(fd_loss, &ctx, vd, ik, 1e-4);
+        CHECKF(fabs(dq[iq] - fq) <= 2e-4 * (fabs(fq) + 1e-2), "dq[%zu] %.7g fd %.7g", iq, dq[iq], fq);
+        CHECKF(fabs(dk[ik] - fk) <= 2e-4 * (fabs(fk) + 1e-2), "dk[%zu] %.7g fd %.7g", ik, dk[ik], fk);
+        CHECKF(fabs(dv[ik] - fv) <= 2e-4 * (fabs(fv) + 1e-2), "dv[%zu] %.7g fd %.7g", ik, dv[ik], fv);
+    }
+    mlkt_digest(o, nqe * sizeof(float));
+    mlkt_digest(dq, nqe * sizeof(float));
+    mlkt_digest(dsinks, (size_t)hq * sizeof(float));
+    free(o_ref); free(lse_ref); free(qd); free(kd); free(vd); free(sd); free(doutd);
+    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(dout); mlkt_free(sinks); mlkt_free(o); mlkt_free(lse);
+    mlkt_free(o_naive); mlkt_free(lse_naive); mlkt_free(dq); mlkt_free(dk); mlkt_free(dv); mlkt_free(dsinks);
+}
+
+static void test_sinks(void)
+{
+    check_sinks_case(4, 2, 7, 11, 8, 1, 0);  /* GQA, causal, Nq != Nkv */
+    check_sinks_case(3, 1, 1, 20, 16, 1, 1); /* decode row (typed path), one sink -inf */
+    check_sinks_case(2, 2, 9, 9, 5, 0, 0);   /* full attention */
+}
+
+/* A row that sees no key has o = 0 and lse = its sink; bad sinks are refused. */
+static void test_sinks_edges(void)
+{
+    mlk_attn_desc d;
+    int kv_len[2] = {0, 6};
+    float sinks[2] = {0.75f, -2.0f}, q[2 * 2 * 3 * 4], k[2 * 2 * 6 * 4], o[2 * 2 * 3 * 4], lse[2 * 2 * 3];
+    memset(&d, 0, sizeof d);
+    d.batch = 2; d.heads = 2; d.len_q = 3; d.len_kv = 6; d.head_dim = 4; d.kv_len = kv_len; d.sinks = sinks;
+    d.causal = 1;
+    mlkt_fill_normal(q, sizeof q / sizeof q[0], 1.0);
+    mlkt_fill_normal(k, sizeof k / sizeof k[0], 1.0);
+    CHECK_INT(mlk_attn_fwd(&d, q, k, k, o, lse), MLK_OK);
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 3; i++) {
+            CHECK(lse[h * 3 + i] == sinks[h]);
+            for (int e = 0; e < 4; e++) CHECK(o[(h * 3 + i) * 4 + e] == 0.0f);
+        }
+    sinks[1] = NAN;
+    CHECK_INT(mlk_attn_fwd(&d, q, k, k, o, lse), MLK_ERR_ARG);
+    sinks[1] = INFINITY;
+    CHECK_INT(mlk_attn_naive(&d, q, k, k, o, lse), MLK_ERR_ARG);
+    d.sinks = NULL;
+    CHECK_INT(mlk_attn_sinks_grad(&d, o, o, lse, sinks), MLK_ERR_NULL);
+}
+
+/* ---- merge: two halves of the keys give the state of all of them ---- */
+
+static void test_merge(void)
+{
+    const int hq = 3, nq = 5, nkv = 23, dim = 12, split = 9;
+    mlk_attn_desc d;
+    size_t nqe = (size_t)hq * nq * dim, nrow = (size_t)hq * nq;
+    float *q = random_floats(nqe, 1.0), *k = random_floats((size_t)hq * nkv * dim, 1.0);
+    float *v = random_floats((size_t)hq * nkv * dim, 1.0);
+    float *ka = mlkt_floats((size_t)hq * split * dim), *va = mlkt_floats((size_t)hq * split * dim);
+    float *kb = mlkt_floats((size_t)hq * (nkv - split) * dim), *vb = mlkt_floats((size_t)hq * (nkv - split) * dim);
+    float *oa = mlkt_floats(nqe), *ob = mlkt_floats(nqe), *o_all = mlkt_floats(nqe), *o = mlkt_floats(nqe);
+    float *la = mlkt_floats(nrow), *lb = mlkt_floats(nrow), *l_all = mlkt_floats(nrow), *l = mlkt_floats(nrow);
+    for (int h = 0; h < hq; h++) { /* keys [0, split) and [split, nkv) of each head */
+        memcpy(ka + (size_t)h * split * dim, k + (size_t)h * nkv * dim, (size_t)split * dim * sizeof(float));
+        memcpy(va + (size_t)h * split * dim, v + (size_t)h * nkv * dim, (size_t)split * dim * sizeof(float));
+        memcpy(kb + (size_t)h * (nkv - split) * dim, k + ((size_t)h * nkv + split) * dim,
+               (size_t)(nkv - split) * dim * sizeof(float));
+        memcpy(vb + (size_t)h * (nkv - split) * dim, v + ((size_t)h * nkv + split) * dim,
+               (size_t)(nkv - split) * dim * sizeof(float));
+    }
+    memset(&d, 0, sizeof d);
+    d.batch = 1; d.heads = hq; d.len_q = nq; d.head_dim = dim;
+    d.len_kv = nkv;
+    CHECK_INT(mlk_attn_naive(&d, q, k, v, o_all, l_all), MLK_OK);
+    d.len_kv = split;
+    CHECK_INT(mlk_attn_fwd(&d, q, ka, va, oa, la), MLK_OK);
+    d.len_kv = nkv - split;
+    CHECK_INT(mlk_attn_fwd(&d, q, kb, vb, ob, lb), MLK_OK);
+    CHECK_INT(mlk_attn_merge((int)nrow, dim, oa, la, ob, lb, o, l), MLK_OK);
+    CHECKF(max_abs_diff(o, o_all, nqe) <= 1e-5, "merged o %.3g", max_abs_diff(o, o_all, nqe));
+    CHECKF(max_abs_diff(l, l_all, nrow) <= 1e-5, "merged lse %.3g", max_abs_diff(l, l_all, nrow));
+    /* in place, one side empty (-inf, any o: even NaN contributes nothing), both empty */
+    for (int e = 0; e < dim; e++) ob[e] = NAN;
+    lb[0] = -INFINITY;
+    la[1] = lb[1] = -INFINITY;
+    memcpy(o, oa, nqe * sizeof(float));
+    memcpy(l, la, nrow * sizeof(float));
+    CHECK_INT(mlk_attn_merge((int)nrow, dim, o, l, ob, lb, o, l), MLK_OK);
+    CHECK(mlkt_same(o, oa, (size_t)dim * sizeof(float)) && l[0] == la[0]);
+    CHECK(l[1] == -INFINITY);
+    for (int e = 0; e < dim; e++) CHECK(o[dim + e] == 0.0f);
+    CHECK_INT(mlk_attn_merge(0, dim, oa, la, ob, lb, o, l), MLK_ERR_SHAPE);
+    CHECK_INT(mlk_attn_merge((int)nrow, dim, NULL, la, ob, lb, o, l), MLK_ERR_NULL);
+    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(ka); mlkt_free(va); mlkt_free(kb); mlkt_free(vb);
+    mlkt_free(oa); mlkt_free(ob); mlkt_free(o_all); mlkt_free(o); mlkt_free(la); mlkt_free(lb); mlkt_free(l_all);
+    mlkt_free(l);
+}
+
+/* ---- mlk_kv_attn_opt against mlk_attn_fwd on the same keys ---- */
+
+typedef struct kv_fixture {
+    mlk_kv_cache *c;
+    int seq, len, hkv, dim;
+    float *k, *v; /* the cache's contents as stored (dequantised), [len, hkv, dim] */
+} kv_fixture;
+
+static void kv_fixture_make(kv_fixture *f, mlk_kv_type type, int len, int hkv, int dim, int block)
+{
+    mlk_kv_config cfg;
+    size_t n = (size_t)len * hkv * dim;
+    float *k = random_floats(n, 1.0), *v = random_floats(n, 1.0);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.layers = 2; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = block;
+    cfg.num_blocks = (len + block - 1) / block + 1; cfg.max_seqs = 2; cfg.type = type;
+    f->c = NULL;
+    f->len = len; f->hkv = hkv; f->dim = dim;
+    CHECK_INT(mlk_kv_create(&cfg, &f->c), MLK_OK);
+    CHECK_INT(mlk_kv_seq_new(f->c, &f->seq), MLK_OK);
+    CHECK_INT(mlk_kv_append(f->c, f->seq, len), MLK_OK);
+    CHECK_INT(mlk_kv_store(f->c, f->seq, 1, 0, len, k, v), MLK_OK);
+    f->k = mlkt_floats(n);
+    f->v = mlkt_floats(n);
+    CHECK_INT(mlk_kv_load(f->c, f->seq, 1, 0, len, f->k, f->v), MLK_OK);
+    mlkt_free(k); mlkt_free(v);
+}
+
+static void kv_fixture_free(kv_fixture *f)
+{
+    mlk_kv_destroy(f->c);
+    mlkt_free(f->k); mlkt_free(f->v);
+}
+
+/* One call of mlk_kv_attn_opt and the same attention by mlk_attn_fwd (BNHD
+   over the loaded keys); o and lse must agree within float rounding. */
+static void check_kv_parity(kv_fixture *f, int heads, int n_q, const mlk_kv_attn_opts *opts, const char *what)
+{
+    mlk_attn_desc d;
+    size_t nqe = (size_t)n_q * heads * f->dim;
+    float *q = random_floats(nqe, 1.0), *o = mlkt_floats(nqe), *o_ref = mlkt_floats(nqe);
+    float *lse = mlkt_floats((size_t)n_q * heads), *lse_ref = mlkt_floats((size_t)n_q * heads);
+    double worst_lse = 0;
+    memset(&d, 0, sizeof d);
+    d.batch = 1; d.heads = heads; d.kv_heads = f->hkv; d.len_q = n_q; d.len_kv = f->len; d.head_dim = f->dim;
+    d.layout = MLK_BNHD; d.causal = 1; d.scale = opts->scale; d.window = opts->window; d.softcap = opts->softcap;
+    d.sinks = opts->sinks; d.tree_parent = opts->tree_parent;
+    if (d.tree_parent) d.causal = 0;
+    CHECK_INT(mlk_attn_fwd(&d, q, f->k, f->v, o_ref, lse_ref), MLK_OK);
+    CHECK_INT(mlk_kv_attn_opt(f->c, 1, 1, &f->seq, &n_q, q, heads, opts, o, lse), MLK_OK);
+    CHECKF(max_abs_diff(o, o_ref, nqe) <= 3e-6, "%s: o differs by %.3g", what, max_abs_diff(o, o_ref, nqe));
+    for (int i = 0; i < n_q; i++) /* lse: kv [n_q, heads], attn_fwd [heads, n_q] */
+        for (int h = 0; h < heads; h++) {
+            double a = lse[(size_t)i * heads + h], b = lse_ref[(size_t)h * n_q + i], e = fabs(a - b);
+            if (a == b) e = 0;
+            if (!(e <= worst_lse)) worst_lse = e;
+        }
+    CHECKF(worst_lse <= 3e-6, "%s: lse differs by %.3g", what, worst_lse);
+    mlkt_digest(o, nqe * sizeof(float));
+    mlkt_free(q); mlkt_free(o); mlkt_free(o_ref); mlkt_free(lse); mlkt_free(lse_ref);
+}
+
+static void test_kv_opts_parity(void)
+{
+    static const mlk_kv_type types[3] = {MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8};
+    static const int parent[5] = {-1, 0, 0, 1, -1};
+    float sinks[8];
+    mlkt_fill_normal(sinks, 8, 1.0);
+    for (int t = 0; t < 3; t++) {
+        kv_fixture f;
+        mlk_kv_attn_opts opts;
+        kv_fixture_make(&f, types[t], 300, 2, 24, 16);
+        memset(&opts, 0, sizeof opts);
+        check_kv_parity(&f, 8, 1, &opts, "plain decode");
+        check_kv_parity(&f, 8, 37, &opts, "chunk of 37");
+        opts.window = 50; /* Mistral */
+        check_kv_parity(&f, 8, 1, &opts, "window decode");
+        check_kv_parity(&f, 8, 37, &opts, "window chunk");
+        opts.softcap = 30.0f; /* Gemma-2: window + softcap */
+        opts.scale = 0.3f;
+        check_kv_parity(&f, 8, 3, &opts, "window + softcap");
+        opts.window = 0; opts.softcap = 0; opts.scale = 0;
+        opts.sinks = sinks; /* gpt-oss */
+        check_kv_parity(&f, 8, 1, &opts, "sinks decode");
+        check_kv_parity(&f, 4, 70, &opts, "sinks chunk");
+        opts.window = 64;
+        check_kv_parity(&f, 8, 2, &opts, "sinks + window");
+        opts.window = 0; opts.sinks = NULL; opts.tree_parent = parent;
+        check_kv_parity(&f, 8, 5, &opts, "tree");
+        opts.window = 3; opts.sinks = sinks;
+        check_kv_parity(&f, 8, 5, &opts, "tree + window + sinks");
+        kv_fixture_free(&f);
+    }
+}
+
+/* ---- split-KV decode: a long sequence in runs, merged in order ---- */
+
+static void test_split_kv(void)
+{
+    kv_fixture f;
+    mlk_kv_attn_opts opts;
+    const int heads = 4, n_q = 1;
+    float sinks[4] = {0.5f, -1.0f, 2.0f, -INFINITY};
+    float *q, *o1, *o2, *lse1, *lse2;
+    size_t nqe = (size_t)heads * 32;
+    kv_fixture_make(&f, MLK_KV_F16, 9001, 2, 32, 64); /* three runs of keys, the last short */
+    memset(&opts, 0, sizeof opts);
+    check_kv_parity(&f, heads, n_q, &opts, "split decode");
+    opts.sinks = sinks; /* counted once, not once per run */
+    check_kv_parity(&f, heads, n_q, &opts, "split decode + sinks");
+    opts.window = 5000; /* runs start at the window's first key */
+    check_kv_parity(&f, heads, n_q, &opts, "split decode + window");
+    /* any thread count: the same bits */
+    q = random_floats(nqe, 1.0);
+    o1 = mlkt_floats(nqe); o2 = mlkt_floats(nqe); lse1 = mlkt_floats((size_t)heads); lse2 = mlkt_floats((size_t)heads);
+    opts.threads = 1;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o1, lse1), MLK_OK);
+    opts.threads = 0;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, lse2), MLK_OK);
+    CHECK(mlkt_same(o1, o2, nqe * sizeof(float)) && mlkt_same(lse1, lse2, (size_t)heads * sizeof(float)));
+    mlkt_digest(o1, nqe * sizeof(float));
+    mlkt_free(q); mlkt_free(o1); mlkt_free(o2); mlkt_free(lse1); mlkt_free(lse2);
+    kv_fixture_free(&f);
+}
+
+/* ---- a caller workspace: sized once, never overrun, checked ---- */
+
+static void test_kv_workspace(void)
+{
+    kv_fixture f;
+    mlk_kv_attn_opts opts;
+    const int heads = 4, n_q = 3;
+    size_t nqe = (size_t)n_q * heads * 16, ws;
+    float *q, *o1, *o2;
+    unsigned char *buf;
+    kv_fixture_make(&f, MLK_KV_Q4, 5000, 2, 16, 32);
+    q = random_floats(nqe, 1.0);
+    o1 = mlkt_floats(nqe);
+    o2 = mlkt_floats(nqe);
+    memset(&opts, 0, sizeof opts);
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o1, NULL), MLK_OK);
+    opts.threads = 1;
+    ws = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
+    CHECK(ws > 0);
+    buf = (unsigned char *)mlkt_alloc(ws);
+    opts.threads = 0; /* more threads than the buffer was sized for: they share what fits */
+    opts.workspace = buf + 1; /* unaligned */
+    opts.workspace_bytes = ws - 1;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_OK);
+    CHECK(mlkt_same(o1, o2, nqe * sizeof(float)));
+    CHECK_GUARD(buf);
+    opts.workspace_bytes = 64;
+    memset(o2, 0x5a, nqe * sizeof(float));
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
+    CHECK(((unsigned char *)o2)[0] == 0x5a && ((unsigned char *)o2)[nqe * sizeof(float) - 1] == 0x5a);
+    opts.workspace = NULL;
+    opts.window = -1;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
+    CHECK(mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts) == 0);
+    mlkt_free(buf); mlkt_free(q); mlkt_free(o1); mlkt_free(o2);
+    kv_fixture_free(&f);
+}
+
+int main(void)
+{
+    mlkt_file = "test_decode";
+    MLKT_RUN(test_sinks, 1);
+    MLKT_RUN(test_sinks_edges, 2);
+    MLKT_RUN(test_merge, 3);
+    MLKT_RUN(test_kv_opts_parity, 4);
+    MLKT_RUN(test_split_kv, 5);
+    MLKT_RUN(test_kv_workspace, 6);
+    return mlkt_finish();
+}

@@ -484,6 +484,25 @@ typedef struct mlk_kv_stats {
 } mlk_kv_stats;
 /* Pool occupancy: a block shared by several sequences counts once. */
 MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st);
+/* The pool's byte layout, so an engine (or a device copy of the pool) can
+   address rows directly: the row of (layer, kv = 0 for K / 1 for V, head,
+   position p) of a sequence lives in block b = blocks[p / block_size] at
+   pool + b * block_bytes + layer * layer_stride + kv * kv_stride +
+   head * head_stride + (p % block_size) * row_bytes, in the row format of
+   `type` (F32/F16 values; Q8/Q4: ceil(head_dim / 32) float scales, then
+   int8 codes or 4-bit codes biased by 8, element e in byte e / 2, low
+   nibble first). */
+typedef struct mlk_kv_layout {
+    mlk_kv_type type;
+    int layers, kv_heads, head_dim, block_size, num_blocks;
+    size_t row_bytes, block_bytes, layer_stride, kv_stride, head_stride;
+    const unsigned char *pool; /* the host pool */
+} mlk_kv_layout;
+MLKERN_DEF mlk_status mlk_kv_get_layout(const mlk_kv_cache *c, mlk_kv_layout *layout);
+/* A sequence's block table: writes its first min(n, cap) block ids into
+   blocks (NULL when cap is 0) and returns n, the blocks it uses; -1 for a
+   NULL cache, a bad id or blocks NULL with cap > 0. */
+MLKERN_DEF int        mlk_kv_seq_blocks(const mlk_kv_cache *c, int seq, int *blocks, int cap);
 /* ======================================================================
    beam search
    ====================================================================== */
@@ -4011,9 +4030,15 @@ static void mlk__rope_sincos(const double *inv, int n, double p, double *co, dou
 static void mlk__rope_rot_neox(float *x1, float *x2, const float *c, const float *s, int n)
 {
 #if defined(MLK__AVX2)
-    for (int i = 0; i < n; i += 8) {
-        int len = n - i < 8 ? n - i : 8;
-        __m256i m = mlk__mask8(len);
+    int i = 0;
+    for (; i <= n - 8; i += 8) {
+        __m256 a = _mm256_loadu_ps(x1 + i), b = _mm256_loadu_ps(x2 + i);
+        __m256 cv = _mm256_loadu_ps(c + i), sv = _mm256_loadu_ps(s + i);
+        _mm256_storeu_ps(x1 + i, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
+        _mm256_storeu_ps(x2 + i, _mm256_add_ps(_mm256_mul_ps(b, cv), _mm256_mul_ps(a, sv)));
+    }
+    if (i < n) { /* the last n - i pairs, masked: the same arithmetic */
+        __m256i m = mlk__mask8(n - i);
         __m256 a = _mm256_maskload_ps(x1 + i, m), b = _mm256_maskload_ps(x2 + i, m);
         __m256 cv = _mm256_maskload_ps(c + i, m), sv = _mm256_maskload_ps(s + i, m);
         _mm256_maskstore_ps(x1 + i, m, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
@@ -4033,9 +4058,14 @@ static void mlk__rope_rot_neox(float *x1, float *x2, const float *c, const float
 static void mlk__rope_rot_gptj(float *x, const float *c, const float *s, int n)
 {
 #if defined(MLK__AVX2)
-    for (int i = 0; i < n; i += 8) {
-        int len = n - i < 8 ? n - i : 8;
-        __m256i m = mlk__mask8(len);
+    int i = 0;
+    for (; i <= n - 8; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(c + i)),
+                                              _mm256_mul_ps(_mm256_permute_ps(v, 0xB1), _mm256_loadu_ps(s + i))));
+    }
+    if (i < n) { /* the last pairs, masked */
+        __m256i m = mlk__mask8(n - i);
         __m256 v = _mm256_maskload_ps(x + i, m);
         __m256 y = _mm256_add_ps(_mm256_mul_ps(v, _mm256_maskload_ps(c + i, m)),
                                  _mm256_mul_ps(_mm256_permute_ps(v, 0xB1), _mm256_maskload_ps(s + i, m)));
@@ -4755,6 +4785,35 @@ MLKERN_DEF mlk_status mlk_kv_attn(const mlk_kv_cache *c, int layer, int n_seqs,
     opts.scale = scale;
     opts.tree_parent = tree_parent;
     return mlk_kv_attn_opt(c, layer, n_seqs, seqs, n_q, q, heads, &opts, o, NULL);
+}
+
+MLKERN_DEF mlk_status mlk_kv_get_layout(const mlk_kv_cache *c, mlk_kv_layout *layout)
+{
+    size_t plane;
+    if (!c || !layout) return MLK_ERR_NULL;
+    plane = (size_t)c->cfg.block_size * c->row_bytes; /* mlk__kv_row's arithmetic */
+    layout->type = c->cfg.type;
+    layout->layers = c->cfg.layers;
+    layout->kv_heads = c->cfg.kv_heads;
+    layout->head_dim = c->cfg.head_dim;
+    layout->block_size = c->cfg.block_size;
+    layout->num_blocks = c->cfg.num_blocks;
+    layout->row_bytes = c->row_bytes;
+    layout->block_bytes = c->block_bytes;
+    layout->head_stride = plane;
+    layout->kv_stride = plane * (size_t)c->cfg.kv_heads;
+    layout->layer_stride = 2 * layout->kv_stride;
+    layout->pool = c->pool;
+    return MLK_OK;
+}
+
+MLKERN_DEF int mlk_kv_seq_blocks(const mlk_kv_cache *c, int seq, int *blocks, int cap)
+{
+    int n;
+    if (!c || !mlk__kv_valid_seq(c, seq) || cap < 0 || (cap > 0 && !blocks)) return -1;
+    n = mlk__kv_blocks_for(c, c->seq_len[seq]);
+    if (n > 0 && cap > 0) memcpy(blocks, c->table[seq], (size_t)(n < cap ? n : cap) * sizeof(int));
+    return n;
 }
 
 MLKERN_DEF mlk_status mlk_kv_get_stats(const mlk_kv_cache *c, mlk_kv_stats *st)

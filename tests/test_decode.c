@@ -394,6 +394,61 @@ static void test_kv_workspace(void)
     kv_fixture_free(&f);
 }
 
+/* ---- the exported layout addresses exactly the rows mlk_kv_load returns ---- */
+
+static void test_kv_layout(void)
+{
+    static const mlk_kv_type types[4] = {MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8, MLK_KV_Q4};
+    for (int t = 0; t < 4; t++) {
+        kv_fixture f;
+        mlk_kv_layout lay;
+        int blocks[8], n, fork = -1, n_fork;
+        float row[20];
+        kv_fixture_make(&f, types[t], 70, 3, 20, 16);
+        memset(&lay, 0, sizeof lay);
+        CHECK_INT(mlk_kv_get_layout(f.c, &lay), MLK_OK);
+        n = mlk_kv_seq_blocks(f.c, f.seq, blocks, 8);
+        CHECK_INT(n, 5);
+        CHECK_INT(mlk_kv_seq_blocks(f.c, f.seq, NULL, 0), 5);
+        CHECK_INT(mlk_kv_seq_blocks(f.c, 1, blocks, 8), -1);
+        CHECK_INT(lay.type, types[t]);
+        for (int p = 0; p < 70; p += 9)
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < 3; h++) { /* decode the row found through the layout, independently */
+                    const unsigned char *r = lay.pool + (size_t)blocks[p / lay.block_size] * lay.block_bytes +
+                                             1 * lay.layer_stride + (size_t)kv * lay.kv_stride +
+                                             (size_t)h * lay.head_stride + (size_t)(p % lay.block_size) * lay.row_bytes;
+                    const float *want = (kv ? f.v : f.k) + ((size_t)p * 3 + h) * 20;
+                    for (int e = 0; e < 20; e++) {
+                        float scale;
+                        if (types[t] == MLK_KV_F32) {
+                            memcpy(&row[e], r + 4 * e, 4);
+                            continue;
+                        }
+                        if (types[t] == MLK_KV_F16) {
+                            uint16_t hbits;
+                            int ex, mant;
+                            memcpy(&hbits, r + 2 * e, 2);
+                            ex = (hbits >> 10) & 31;
+                            mant = hbits & 1023;
+                            row[e] = (float)((ex ? ldexp(1024 + mant, ex - 25) : ldexp(mant, -24)) * (hbits & 0x8000 ? -1 : 1));
+                            continue;
+                        }
+                        memcpy(&scale, r, 4); /* one 32-block: one scale, then the codes */
+                        row[e] = types[t] == MLK_KV_Q8 ? scale * (float)(int8_t)r[4 + e]
+                                                       : scale * (float)(((r[4 + e / 2] >> (e % 2 * 4)) & 15) - 8);
+                    }
+                    CHECKF(mlkt_same(row, want, sizeof row), "type %d pos %d kv %d head %d", t, p, kv, h);
+                }
+        CHECK_INT(mlk_kv_seq_fork(f.c, f.seq, &fork), MLK_OK);
+        n_fork = mlk_kv_seq_blocks(f.c, fork, blocks + 5, 3); /* shares the blocks; cap 3 of 5 */
+        CHECK_INT(n_fork, 5);
+        CHECK(mlkt_same(blocks, blocks + 5, 3 * sizeof(int)));
+        CHECK_INT(mlk_kv_get_layout(f.c, NULL), MLK_ERR_NULL);
+        kv_fixture_free(&f);
+    }
+}
+
 int main(void)
 {
     mlkt_file = "test_decode";
@@ -403,5 +458,6 @@ int main(void)
     MLKT_RUN(test_kv_opts_parity, 4);
     MLKT_RUN(test_split_kv, 5);
     MLKT_RUN(test_kv_workspace, 6);
+    MLKT_RUN(test_kv_layout, 7);
     return mlkt_finish();
 }

@@ -3969,7 +3969,7 @@ static double mlk__rope_mscale(const mlk_rope_config *cfg)
 
 /* cos / sin of a >= 0 in double: a = k pi/2 + r, |r| <= pi/4, with pi/2 in
    two parts (the first has 31 bits: k * P1 is exact for k < 2^22, a < 6.6e6;
-   past that r keeps the rounding of a itself); Taylor series in r^2 to r^11
+   past that it rounds by half an ulp of a, as a did); Taylor series to r^11
    and r^12 (truncation < 1e-11); the quadrant k mod 4 swaps and negates. */
 #define MLK__ROPE_P1 1.57079632673412561417
 #define MLK__ROPE_P2 6.077100506506192e-11
@@ -4508,6 +4508,13 @@ typedef struct mlk__kv_attn_job {
     int *splits;     /* [n_seqs]: key runs of each of the sequence's tasks (1: unsplit) */
     float *parts;    /* [tasks][MR][head_dim + 1]: partial o and lse of split tasks */
     int tasks;
+    /* shared-prefix (cascade) decode: the first `prefix` positions are the
+       same blocks in every listed sequence; pre_tasks tasks attend all
+       pre_rows query rows of a kv head to them at once, into pre_o/pre_lse
+       ([kv_heads][pre_rows] rows), merged with each sequence's own keys */
+    int prefix, pre_rows, pre_tasks;
+    float *pre_o, *pre_lse, *lse_out; /* lse_out: the caller's lse, or scratch for the merge */
+    size_t lse_rows;                  /* sum of n_q * heads */
     size_t slab_bytes, rows_bytes;
     double macs;     /* multiply-adds of the call, for the OpenMP threshold */
 } mlk__kv_attn_job;
@@ -4574,6 +4581,7 @@ static int mlk__kv_attn_splits(const mlk__kv_attn_job *job, int s)
     if (job->n_q[s] * job->group >= MLK__MR) return 1;
     mlk__kv_attn_mask(job, s, &mask);
     mlk__attn_key_range(&mask, 0, job->n_q[s], &lo, &hi);
+    if (lo < job->prefix) lo = job->prefix < hi ? job->prefix : hi;
     return hi - lo > MLK__KV_SPLIT ? (hi - lo - 1) / MLK__KV_SPLIT + 1 : 1;
 }
 
@@ -4608,8 +4616,10 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
     at = job->q_off[s] + ((size_t)q0 * (size_t)job->heads + (size_t)head * (size_t)job->group) * (size_t)d;
     mlk__attn_rows_init(&st, &mask, q0, nq, job->group, d, MLK__KV_TILE, job->opt.scale, job->opt.softcap, q + at,
                         (size_t)d, (size_t)job->heads * (size_t)d, slab);
-    if (job->opt.sinks && split == 0) mlk__attn_rows_sinks(&st, job->opt.sinks + (size_t)head * job->group);
+    if (job->opt.sinks && split == 0 && !job->prefix) /* with a prefix, its pass counts the sink */
+        mlk__attn_rows_sinks(&st, job->opt.sinks + (size_t)head * job->group);
     mlk__attn_key_range(&mask, q0, q0 + nq, &key_lo, &key_hi);
+    if (key_lo < job->prefix) key_lo = job->prefix < key_hi ? job->prefix : key_hi;
     if (n_split > 1) { /* this task's run of keys */
         key_lo += split * MLK__KV_SPLIT;
         key_hi = key_hi - key_lo < MLK__KV_SPLIT ? key_hi : key_lo + MLK__KV_SPLIT;
@@ -4633,6 +4643,72 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
     }
     mlk__attn_rows_finish(&st, o + at, (size_t)d, (size_t)job->heads * (size_t)d,
                           lse ? lse + at / (size_t)d : NULL, 1, (size_t)job->heads);
+}
+
+/* Prefix task pt: a chunk of the pre_rows rows of one kv head (the query
+   rows of every sequence, in order) against the shared prefix keys, all
+   of which every one of them sees; read once for all the sequences. */
+static void mlk__kv_attn_prefix_task(const mlk__kv_attn_job *job, int pt, const float *q, unsigned char *slab)
+{
+    const mlk_kv_cache *c = job->c;
+    const int hkv = c->cfg.kv_heads, d = c->cfg.head_dim, head = pt % hkv, n_virtual = job->pre_rows / job->group;
+    const int q0 = pt / hkv * job->q_chunk, nq = n_virtual - q0 < job->q_chunk ? n_virtual - q0 : job->q_chunk;
+    const size_t at = ((size_t)q0 * job->heads + (size_t)head * job->group) * (size_t)d;
+    const size_t row0 = (size_t)head * job->pre_rows + (size_t)q0 * job->group;
+    float *k_buf = (float *)(void *)(slab + job->rows_bytes), *v_buf = k_buf + (size_t)MLK__KV_TILE * d;
+    mlk__attn_mask mask;
+    mlk__attn_rows st;
+    memset(&mask, 0, sizeof mask); /* no causal or window mask: the prefix precedes every query */
+    mask.n_keys = job->prefix;
+    mask.n_q = n_virtual;
+    mlk__attn_rows_init(&st, &mask, q0, nq, job->group, d, MLK__KV_TILE, job->opt.scale, job->opt.softcap, q + at,
+                        (size_t)d, (size_t)job->heads * (size_t)d, slab);
+    if (job->opt.sinks) mlk__attn_rows_sinks(&st, job->opt.sinks + (size_t)head * job->group);
+    for (int kv0 = 0, nk; kv0 < job->prefix; kv0 += nk) {
+        const float *k_rows, *v_rows;
+        nk = job->prefix - kv0 < MLK__KV_TILE ? job->prefix - kv0 : MLK__KV_TILE;
+        if (mlk__attn_rows_typed(&st)) {
+            mlk__kv_tile_rows(c, job->seqs[0], job->layer, head, kv0, nk, st.k_row, st.v_row);
+            mlk__attn_rows_update_typed(&st, kv0, nk, c->cfg.type);
+            continue;
+        }
+        mlk__kv_tile(c, job->seqs[0], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
+        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
+    }
+    mlk__attn_rows_finish(&st, job->pre_o + row0 * d, (size_t)d, (size_t)job->group * d, job->pre_lse + row0, 1,
+                          (size_t)job->group);
+}
+
+/* Folds the prefix pass of sequence s, kv head `head` into its rows of o. */
+static void mlk__kv_attn_merge_prefix(const mlk__kv_attn_job *job, int s, int head, float *o)
+{
+    const int d = job->c->cfg.head_dim, n_q = job->n_q[s];
+    for (int r = 0; r < n_q * job->group; r++) {
+        const size_t row = (size_t)((r / job->group) * job->heads + head * job->group + r % job->group);
+        const size_t at = job->q_off[s] / (size_t)d + row;
+        const size_t pre = (size_t)head * job->pre_rows + (size_t)s * n_q * job->group + (size_t)r;
+        mlk_attn_merge(1, d, o + at * d, job->lse_out + at, job->pre_o + pre * d, job->pre_lse + pre, o + at * d,
+                       job->lse_out + at);
+    }
+}
+
+/* The shared prefix of the listed sequences, in positions: the leading
+   blocks that every table holds (the same ids), when cascading pays and
+   its rules hold: several sequences with the same n_q, all of whose
+   queries come after the prefix, no window and no tree. */
+static int mlk__kv_attn_shared_prefix(const mlk_kv_cache *c, int n_seqs, const int *seqs, const int *n_q,
+                                      const mlk__kv_attn_job *job)
+{
+    int blocks = INT_MAX, bs = c->cfg.block_size;
+    if (n_seqs < 2 || job->opt.window > 0 || job->opt.tree_parent || n_seqs * n_q[0] * job->group < MLK__MR)
+        return 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int shared = 0, limit = (c->seq_len[seqs[s]] - n_q[s]) / bs; /* whole blocks before its queries */
+        if (n_q[s] != n_q[0]) return 0;
+        while (shared < limit && shared < blocks && c->table[seqs[s]][shared] == c->table[seqs[0]][shared]) shared++;
+        blocks = shared;
+    }
+    return blocks * bs >= MLK__KV_TILE ? blocks * bs : 0;
 }
 
 /* Folds the split tasks of sequence s, kv head `head`, in split order into
@@ -4682,6 +4758,11 @@ static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int
     job->n_seqs = n_seqs;
     job->seqs = seqs;
     job->n_q = n_q;
+    job->prefix = mlk__kv_attn_shared_prefix(c, n_seqs, seqs, n_q, job);
+    if (job->prefix) {
+        job->pre_rows = n_seqs * n_q[0] * job->group; /* < INT_MAX: n_seqs * n_q * heads floats fit below */
+        job->pre_tasks = (n_seqs * n_q[0] + job->q_chunk - 1) / job->q_chunk * c->cfg.kv_heads;
+    }
     if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
     for (int s = 0; s < n_seqs; s++) {
         size_t part;
@@ -4705,6 +4786,10 @@ static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int
     pc[2] = mlk__piece_of(((size_t)n_seqs * 2 + 1) * sizeof(int)); /* task_base, splits */
     pc[3] = mlk__piece_of(split_tasks ? (size_t)tasks * MLK__MR * ((size_t)c->cfg.head_dim + 1) * sizeof(float) : 0);
     pc[4] = mlk__piece_of(slabs);
+    job->lse_rows = q_floats / (size_t)c->cfg.head_dim;
+    pc[5] = mlk__piece_of(job->prefix ? q_floats * sizeof(float) : 0);              /* pre_o */
+    pc[6] = mlk__piece_of(job->prefix ? 2 * job->lse_rows * sizeof(float) : 0); /* pre_lse, lse scratch */
+    if (tasks + job->pre_tasks > INT_MAX) return MLK_ERR_OVERFLOW;
     return MLK_OK;
 }
 
@@ -4712,12 +4797,12 @@ MLKERN_DEF size_t mlk_kv_attn_workspace_size(const mlk_kv_cache *c, int n_seqs, 
                                              int heads, const mlk_kv_attn_opts *opts)
 {
     mlk__kv_attn_job job;
-    mlk__piece pc[5];
+    mlk__piece pc[7];
     int threads = opts && opts->threads > 0 ? opts->threads : mlk__max_threads();
     if (!c || !seqs || !n_q || mlk__kv_attn_plan(c, n_seqs, seqs, n_q, heads, opts, threads, &job, pc) != MLK_OK)
         return 0;
     if (job.opt.tree_parent && mlk__tree_check(n_q[0], job.opt.tree_parent) != MLK_OK) return 0;
-    return mlk__pieces_bytes(pc, 5) + MLK__ALIGN;
+    return mlk__pieces_bytes(pc, 7) + MLK__ALIGN;
 }
 
 MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_seqs, const int *seqs,
@@ -4726,7 +4811,7 @@ MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_se
     mlk__kv_attn_job job;
     mlk__arena ar;
     mlk_status st;
-    mlk__piece pc[5];
+    mlk__piece pc[7];
     int team = mlk__max_threads();
     unsigned char *slab0;
     if (!c || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
@@ -4738,20 +4823,23 @@ MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_se
         size_t pad = (MLK__ALIGN - (uintptr_t)job.opt.workspace % MLK__ALIGN) % MLK__ALIGN;
         size_t usable = job.opt.workspace_bytes > pad ? job.opt.workspace_bytes - pad : 0, shared, fit;
         pc[4].bytes = 0;
-        shared = mlk__pieces_bytes(pc, 5);
+        shared = mlk__pieces_bytes(pc, 7);
         fit = usable >= shared ? (usable - shared) / job.slab_bytes : 0;
         if (fit < 1) return MLK_ERR_ARG;
         if (fit < (size_t)team) team = (int)fit;
         pc[4].bytes = job.slab_bytes * (size_t)team;
     }
     job.layer = layer;
-    if ((st = mlk__arena_carve(&ar, job.opt.workspace, pc, 5)) != MLK_OK) return st;
+    if ((st = mlk__arena_carve(&ar, job.opt.workspace, pc, 7)) != MLK_OK) return st;
     job.tree_depth = (const int *)pc[0].ptr;
     job.q_off = (size_t *)pc[1].ptr;
     job.task_base = (int *)pc[2].ptr;
     job.splits = job.task_base + n_seqs + 1;
     job.parts = (float *)pc[3].ptr;
     slab0 = (unsigned char *)pc[4].ptr;
+    job.pre_o = (float *)pc[5].ptr;
+    job.pre_lse = (float *)pc[6].ptr;
+    job.lse_out = lse ? lse : job.pre_lse + job.lse_rows;
     if (job.opt.tree_parent) mlk__tree_depths(n_q[0], job.opt.tree_parent, (int *)pc[0].ptr);
     job.q_off[0] = 0;
     job.task_base[0] = 0;
@@ -4765,12 +4853,18 @@ MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_se
     MLK__OMP(omp parallel num_threads(team) if(mlk__attn_fan_out(job.macs)))
     {
         MLK__OMP(omp for schedule(dynamic, 1))
-        for (int t = 0; t < job.tasks; t++)
-            mlk__kv_attn_task(&job, t, q, o, lse, slab0 + job.slab_bytes * (size_t)mlk__thread_id());
+        for (int t = 0; t < job.tasks + job.pre_tasks; t++) {
+            unsigned char *slab = slab0 + job.slab_bytes * (size_t)mlk__thread_id();
+            if (t < job.tasks) mlk__kv_attn_task(&job, t, q, o, job.prefix ? job.lse_out : lse, slab);
+            else mlk__kv_attn_prefix_task(&job, t - job.tasks, q, slab);
+        }
         MLK__OMP(omp for schedule(static))
-        for (int sh = 0; sh < n_seqs * c->cfg.kv_heads; sh++)
+        for (int sh = 0; sh < n_seqs * c->cfg.kv_heads; sh++) {
             if (job.splits[sh / c->cfg.kv_heads] > 1)
-                mlk__kv_attn_merge_splits(&job, sh / c->cfg.kv_heads, sh % c->cfg.kv_heads, o, lse);
+                mlk__kv_attn_merge_splits(&job, sh / c->cfg.kv_heads, sh % c->cfg.kv_heads, o,
+                                          job.prefix ? job.lse_out : lse);
+            if (job.prefix) mlk__kv_attn_merge_prefix(&job, sh / c->cfg.kv_heads, sh % c->cfg.kv_heads, o);
+        }
     }
     mlk__arena_done(&ar);
     return MLK_OK;

@@ -449,6 +449,82 @@ static void test_kv_layout(void)
     }
 }
 
+/* ---- shared-prefix (cascade) decode: forks of one prompt ---- */
+
+/* Sequences forked from one prompt, each with its own tokens (one of them
+   rewrites a shared position, so its blocks diverge there): every
+   sequence's rows of one batched call must equal mlk_attn_fwd over that
+   sequence's keys, and its own single-sequence call. */
+static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_attn_opts *opts)
+{
+    const int hkv = 2, heads = 8, dim = 16, prompt = 300, bs = 16;
+    mlk_kv_config cfg;
+    mlk_kv_cache *c = NULL;
+    int seqs[8], nqs[8], own[8];
+    size_t rowf = (size_t)heads * dim, total_q = 0;
+    float *kv_in = random_floats((size_t)(prompt + 64) * hkv * dim, 1.0), *q, *o, *lse;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.layers = 1; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = bs; cfg.num_blocks = 128;
+    cfg.max_seqs = 8; cfg.type = type;
+    CHECK_INT(mlk_kv_create(&cfg, &c), MLK_OK);
+    CHECK_INT(mlk_kv_seq_new(c, &seqs[0]), MLK_OK);
+    CHECK_INT(mlk_kv_append(c, seqs[0], prompt), MLK_OK);
+    CHECK_INT(mlk_kv_store(c, seqs[0], 0, 0, prompt, kv_in, kv_in + 7), MLK_OK);
+    for (int s = 1; s < n_seqs; s++) CHECK_INT(mlk_kv_seq_fork(c, seqs[0], &seqs[s]), MLK_OK);
+    for (int s = 0; s < n_seqs; s++) { /* own tokens: 5 .. 40 */
+        float *own_kv = random_floats((size_t)64 * hkv * dim, 1.0);
+        own[s] = 5 + mlkt_int(36);
+        nqs[s] = n_q;
+        CHECK_INT(mlk_kv_append(c, seqs[s], own[s]), MLK_OK);
+        CHECK_INT(mlk_kv_store(c, seqs[s], 0, prompt, own[s], own_kv, own_kv + 3), MLK_OK);
+        if (s == n_seqs - 1) /* rewrite position 200: a private copy of that block from here on */
+            CHECK_INT(mlk_kv_store(c, seqs[s], 0, 200, 1, own_kv, own_kv), MLK_OK);
+        total_q += (size_t)n_q * rowf;
+        mlkt_free(own_kv);
+    }
+    q = random_floats(total_q, 1.0);
+    o = mlkt_floats(total_q);
+    lse = mlkt_floats(total_q / dim);
+    CHECK_INT(mlk_kv_attn_opt(c, 0, n_seqs, seqs, nqs, q, heads, opts, o, lse), MLK_OK);
+    for (int s = 0, q_at = 0; s < n_seqs; q_at += n_q * (int)rowf, s++) {
+        int len = prompt + own[s];
+        float *k = mlkt_floats((size_t)len * hkv * dim), *v = mlkt_floats((size_t)len * hkv * dim);
+        float *o_ref = mlkt_floats((size_t)n_q * rowf), *lse_ref = mlkt_floats((size_t)n_q * heads);
+        float *o_one = mlkt_floats((size_t)n_q * rowf);
+        mlk_attn_desc d;
+        CHECK_INT(mlk_kv_load(c, seqs[s], 0, 0, len, k, v), MLK_OK);
+        memset(&d, 0, sizeof d);
+        d.batch = 1; d.heads = heads; d.kv_heads = hkv; d.len_q = n_q; d.len_kv = len; d.head_dim = dim;
+        d.layout = MLK_BNHD; d.causal = 1; d.softcap = opts->softcap; d.sinks = opts->sinks;
+        CHECK_INT(mlk_attn_fwd(&d, q + q_at, k, v, o_ref, lse_ref), MLK_OK);
+        CHECKF(max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d: o differs by %.3g", s,
+               max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf));
+        for (int i = 0; i < n_q; i++)
+            for (int h = 0; h < heads; h++)
+                CHECK_CLOSE(lse[(size_t)q_at / dim + (size_t)i * heads + h], lse_ref[(size_t)h * n_q + i], 1e-6, 1e-6);
+        CHECK_INT(mlk_kv_attn_opt(c, 0, 1, &seqs[s], &n_q, q + q_at, heads, opts, o_one, NULL), MLK_OK);
+        CHECKF(max_abs_diff(o + q_at, o_one, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d vs alone", s);
+        mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(o_one);
+    }
+    mlkt_digest(o, total_q * sizeof(float));
+    mlkt_free(q); mlkt_free(o); mlkt_free(lse); mlkt_free(kv_in);
+    mlk_kv_destroy(c);
+}
+
+static void test_cascade(void)
+{
+    mlk_kv_attn_opts opts;
+    float sinks[8];
+    mlkt_fill_normal(sinks, 8, 1.0);
+    memset(&opts, 0, sizeof opts);
+    check_cascade(MLK_KV_F32, 6, 1, &opts);
+    check_cascade(MLK_KV_Q8, 5, 2, &opts);
+    opts.sinks = sinks; /* counted once, in the prefix pass */
+    opts.softcap = 20.0f;
+    check_cascade(MLK_KV_F16, 8, 1, &opts);
+    check_cascade(MLK_KV_F32, 2, 3, &opts);
+}
+
 int main(void)
 {
     mlkt_file = "test_decode";
@@ -459,5 +535,6 @@ int main(void)
     MLKT_RUN(test_split_kv, 5);
     MLKT_RUN(test_kv_workspace, 6);
     MLKT_RUN(test_kv_layout, 7);
+    MLKT_RUN(test_cascade, 8);
     return mlkt_finish();
 }

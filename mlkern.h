@@ -550,6 +550,26 @@ MLKERN_DEF mlk_status mlk_tree_depth(int n, const int *parent, int *depth);
 MLKERN_DEF mlk_status mlk_tree_accept(int n, const int *parent, const int32_t *draft,
     const int32_t *target, int *path, int *n_path, int32_t *bonus);
 
+/* Speculative sampling: verifies a draft tree whose tokens were sampled from
+   the draft model so that the emitted tokens are distributed exactly as
+   sampling from the target (Leviathan et al. 2023 for a chain; SpecInfer's
+   recursion over siblings for a tree). p_target [n + 1, vocab]: row 0 the
+   target's distribution after the prefix, row 1 + i after node i; p_draft
+   [n, vocab]: row i the distribution node i's token was drawn from. From
+   the roots, the children of the current node are tried in index order:
+   child c is accepted with probability min(1, p(x_c) / q_c(x_c)), else p
+   becomes the residual max(0, p - q_c) (normalised) and the next sibling is
+   tried; when every child is rejected, *token is drawn from the residual
+   (the correction), and after an accepted leaf from its target row (the
+   bonus). path [n] gets the accepted nodes (*n_path of them). Rows hold
+   finite probabilities >= 0 (each target row with a positive sum, else
+   MLK_ERR_VALUE); draft tokens lie in [0, vocab). Uniform draws come from
+   the splitmix64 stream of *rng_state (as mlk_sample's), which advances by
+   the draws used. With one-hot (greedy) target rows it accepts exactly
+   what mlk_tree_accept accepts. */
+MLKERN_DEF mlk_status mlk_spec_accept_sample(int n, const int *parent, const int32_t *draft, int vocab,
+    const float *p_target, const float *p_draft, uint64_t *rng_state, int *path, int *n_path, int32_t *token);
+
 /* Callbacks of mlk_spec_generate; each returns 0, or non-zero to abort.
    draft: propose at most max_nodes tokens after ctx [ctx_len] as a tree
    (tokens, parent as above); *n_nodes may be 0. */
@@ -5274,6 +5294,90 @@ MLKERN_DEF mlk_status mlk_tree_accept(int n, const int *parent, const int32_t *d
     }
     *n_path = len;
     *bonus = target[cur + 1];
+    return MLK_OK;
+}
+
+/* Index drawn from weights w [vocab] (sum total > 0) by the uniform u. */
+static int32_t mlk__spec_draw(const double *w, int vocab, double total, double u)
+{
+    double target = u * total;
+    int32_t last = 0;
+    for (int32_t t = 0; t < vocab; t++) {
+        if (w[t] <= 0) continue;
+        last = t;
+        target -= w[t];
+        if (target < 0) return t;
+    }
+    return last; /* rounding left a sliver: the last token with weight */
+}
+
+/* 1 when every entry of the row is finite and >= 0 (and, for a target
+   row, some entry is positive). */
+static int mlk__spec_row_ok(const float *row, int vocab, int need_mass)
+{
+    int mass = 0;
+    for (int t = 0; t < vocab; t++) {
+        if (!(row[t] >= 0.0f && row[t] <= FLT_MAX)) return 0;
+        mass |= row[t] > 0.0f;
+    }
+    return mass || !need_mass;
+}
+
+MLKERN_DEF mlk_status mlk_spec_accept_sample(int n, const int *parent, const int32_t *draft, int vocab,
+    const float *p_target, const float *p_draft, uint64_t *rng_state, int *path, int *n_path, int32_t *token)
+{
+    mlk__arena arena;
+    mlk__piece pc[1];
+    mlk_status st;
+    double *p, total = 0;
+    uint64_t draws = 0;
+    int cur = -1, len = 0, i;
+    if (!parent || !draft || !p_target || !p_draft || !rng_state || !path || !n_path || !token) return MLK_ERR_NULL;
+    if (n < 1 || vocab < 1) return MLK_ERR_SHAPE;
+    if ((st = mlk__tree_check(n, parent)) != MLK_OK) return st;
+    for (i = 0; i < n; i++)
+        if (draft[i] < 0 || draft[i] >= vocab) return MLK_ERR_ARG;
+    for (i = 0; i <= n; i++)
+        if (!mlk__spec_row_ok(p_target + (size_t)i * vocab, vocab, 1) ||
+            (i < n && !mlk__spec_row_ok(p_draft + (size_t)i * vocab, vocab, 0)))
+            return MLK_ERR_VALUE;
+    pc[0] = mlk__piece_of((size_t)vocab * sizeof(double)); /* the current (residual) target distribution */
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 1)) != MLK_OK) return st;
+    p = (double *)pc[0].ptr;
+    for (;;) {
+        const float *row = p_target + (size_t)(cur + 1) * vocab;
+        int accepted = -1;
+        total = 0;
+        for (int t = 0; t < vocab; t++) total += p[t] = row[t];
+        for (i = cur + 1; i < n && accepted < 0; i++) { /* children of cur, in index order */
+            const float *q = p_draft + (size_t)i * vocab;
+            double px, qx, residual = 0;
+            if (parent[i] != cur) continue;
+            px = p[draft[i]] / total;
+            qx = q[draft[i]];
+            if (qx > 0 && mlk__softmax_uniform(*rng_state, draws++) * qx < px) { /* u < p / q */
+                accepted = i;
+                break;
+            }
+            for (int t = 0; t < vocab; t++) { /* rejected: p <- max(0, p - q) */
+                double r = p[t] / total - q[t];
+                residual += r > 0 ? r : 0;
+            }
+            if (residual <= 0) continue; /* p <= q everywhere: p == q, keep p */
+            for (int t = 0; t < vocab; t++) {
+                double r = p[t] / total - q[t];
+                p[t] = r > 0 ? r : 0;
+            }
+            total = residual;
+        }
+        if (accepted < 0) break;
+        path[len++] = accepted;
+        cur = accepted;
+    }
+    *token = mlk__spec_draw(p, vocab, total, mlk__softmax_uniform(*rng_state, draws++));
+    *n_path = len;
+    *rng_state += draws * 0x9E3779B97F4A7C15ull;
+    mlk__arena_done(&arena);
     return MLK_OK;
 }
 

@@ -525,6 +525,144 @@ static void test_cascade(void)
     check_cascade(MLK_KV_F32, 2, 3, &opts);
 }
 
+/* ---- speculative sampling: the emitted tokens follow the target ---- */
+
+/* A toy pair of models over a vocabulary of V: after a context ending in
+   token t the target samples from P[t] and the draft from Q[t] (row V: an
+   empty context). The draft puts mass where the target has none. */
+#define SPEC_V 4
+static const float spec_P[SPEC_V + 1][SPEC_V] = {
+    {0.1f, 0.6f, 0.3f, 0.0f}, {0.5f, 0.0f, 0.25f, 0.25f}, {0.2f, 0.2f, 0.2f, 0.4f},
+    {0.0f, 0.3f, 0.7f, 0.0f}, {0.4f, 0.1f, 0.0f, 0.5f}};
+static const float spec_Q[SPEC_V + 1][SPEC_V] = {
+    {0.25f, 0.25f, 0.25f, 0.25f}, {0.1f, 0.6f, 0.2f, 0.1f}, {0.7f, 0.1f, 0.1f, 0.1f},
+    {0.3f, 0.3f, 0.3f, 0.1f}, {0.1f, 0.1f, 0.7f, 0.1f}};
+
+static int32_t spec_sample(const float *row, uint64_t *rng)
+{
+    double u = mlkt_uniform(0.0, 1.0), acc = 0;
+    (void)rng;
+    for (int t = 0; t < SPEC_V; t++) {
+        acc += row[t];
+        if (u < acc) return t;
+    }
+    return SPEC_V - 1;
+}
+
+/* Emits two tokens after an empty context by rounds of draft + verify:
+   shape 0 a chain of 2, shape 1 two sibling roots each with a child. */
+static void spec_two_tokens(int shape, uint64_t *rng, int32_t *out)
+{
+    int n_out = 0, last = SPEC_V;
+    while (n_out < 2) {
+        int parent[4], path[4], n_path = 0, n;
+        int32_t draft[4], tok = -1;
+        float pt[5 * SPEC_V], pd[4 * SPEC_V];
+        if (shape == 0) {
+            n = 2; parent[0] = -1; parent[1] = 0;
+            draft[0] = spec_sample(spec_Q[last], rng);
+            draft[1] = spec_sample(spec_Q[draft[0]], rng);
+            memcpy(pd, spec_Q[last], sizeof spec_Q[0]);
+            memcpy(pd + SPEC_V, spec_Q[draft[0]], sizeof spec_Q[0]);
+        } else {
+            n = 4; parent[0] = -1; parent[1] = -1; parent[2] = 0; parent[3] = 1;
+            draft[0] = spec_sample(spec_Q[last], rng); /* siblings drawn independently from one q */
+            draft[1] = spec_sample(spec_Q[last], rng);
+            draft[2] = spec_sample(spec_Q[draft[0]], rng);
+            draft[3] = spec_sample(spec_Q[draft[1]], rng);
+            memcpy(pd, spec_Q[last], sizeof spec_Q[0]);
+            memcpy(pd + SPEC_V, spec_Q[last], sizeof spec_Q[0]);
+            memcpy(pd + 2 * SPEC_V, spec_Q[draft[0]], sizeof spec_Q[0]);
+            memcpy(pd + 3 * SPEC_V, spec_Q[draft[1]], sizeof spec_Q[0]);
+        }
+        memcpy(pt, spec_P[last], sizeof spec_P[0]);
+        for (int i = 0; i < n; i++) memcpy(pt + (i + 1) * SPEC_V, spec_P[draft[i]], sizeof spec_P[0]);
+        if (mlk_spec_accept_sample(n, parent, draft, SPEC_V, pt, pd, rng, path, &n_path, &tok) != MLK_OK) {
+            CHECK(!"mlk_spec_accept_sample failed");
+            return;
+        }
+        for (int j = 0; j < n_path && n_out < 2; j++) out[n_out++] = last = draft[path[j]];
+        if (n_out < 2) out[n_out++] = last = tok;
+    }
+}
+
+static void test_spec_sampling(void)
+{
+    const int trials = mlkt_quick() ? 30000 : 100000;
+    for (int shape = 0; shape < 2; shape++) {
+        long count[SPEC_V][SPEC_V];
+        double chi2 = 0;
+        int cells = 0;
+        uint64_t rng = 12345;
+        memset(count, 0, sizeof count);
+        for (int t = 0; t < trials; t++) {
+            int32_t out[2];
+            spec_two_tokens(shape, &rng, out);
+            count[out[0]][out[1]]++;
+        }
+        for (int a = 0; a < SPEC_V; a++) /* joint law of two sampled tokens: P0(a) P[a](b) */
+            for (int b = 0; b < SPEC_V; b++) {
+                double want = (double)trials * spec_P[SPEC_V][a] * spec_P[a][b];
+                if (want == 0) {
+                    CHECKF(count[a][b] == 0, "shape %d: (%d, %d) has probability 0, drawn %ld times", shape, a, b,
+                           count[a][b]);
+                    continue;
+                }
+                chi2 += (count[a][b] - want) * (count[a][b] - want) / want;
+                cells++;
+            }
+        /* 8 cells with mass: 7 degrees of freedom, 24.32 is the 0.1% point */
+        CHECKF(cells == 8 && chi2 < 24.32, "shape %d: chi-square %.2f over %d cells", shape, chi2, cells);
+    }
+}
+
+/* One-hot targets (temperature 0): exactly the greedy verifier. */
+static void test_spec_greedy(void)
+{
+    static const int parent[7] = {-1, 0, 0, 1, -1, 4, 2};
+    for (int trial = 0; trial < 300; trial++) {
+        const int V = 5;
+        int32_t draft[7], greedy[8], bonus = -1, tok = -1;
+        int path_a[7], path_b[7], na = -1, nb = -1;
+        float pt[8 * 5], pd[7 * 5];
+        uint64_t rng = (uint64_t)trial;
+        for (int i = 0; i < 7; i++) draft[i] = mlkt_int(3);
+        for (int i = 0; i < 8; i++) greedy[i] = mlkt_int(3);
+        memset(pt, 0, sizeof pt);
+        memset(pd, 0, sizeof pd);
+        for (int i = 0; i < 8; i++) pt[i * V + greedy[i]] = 1.0f;
+        for (int i = 0; i < 7; i++) pd[i * V + draft[i]] = 1.0f;
+        CHECK_INT(mlk_tree_accept(7, parent, draft, greedy, path_a, &na, &bonus), MLK_OK);
+        CHECK_INT(mlk_spec_accept_sample(7, parent, draft, V, pt, pd, &rng, path_b, &nb, &tok), MLK_OK);
+        CHECK_INT(nb, na);
+        CHECK(na == nb && mlkt_same(path_a, path_b, (size_t)na * sizeof(int)));
+        CHECK_INT(tok, bonus);
+    }
+}
+
+static void test_spec_bad_input(void)
+{
+    int parent[2] = {-1, 0}, path[2] = {7, 7}, n_path = 7;
+    int32_t draft[2] = {1, 2}, tok = 7;
+    float pt[3 * 3], pd[2 * 3];
+    uint64_t rng = 5, rng0 = 5;
+    for (int i = 0; i < 9; i++) pt[i] = 1.0f / 3;
+    for (int i = 0; i < 6; i++) pd[i] = 1.0f / 3;
+    draft[1] = 3;
+    CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, pd, &rng, path, &n_path, &tok), MLK_ERR_ARG);
+    draft[1] = 2;
+    parent[1] = 1;
+    CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, pd, &rng, path, &n_path, &tok), MLK_ERR_TREE);
+    parent[1] = 0;
+    pt[4] = NAN;
+    CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, pd, &rng, path, &n_path, &tok), MLK_ERR_VALUE);
+    pt[4] = 0; pt[3] = 0; pt[5] = 0; /* a target row without mass */
+    CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, pd, &rng, path, &n_path, &tok), MLK_ERR_VALUE);
+    CHECK(rng == rng0 && tok == 7 && n_path == 7 && path[0] == 7);
+    CHECK_INT(mlk_spec_accept_sample(0, parent, draft, 3, pt, pd, &rng, path, &n_path, &tok), MLK_ERR_SHAPE);
+    CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, NULL, &rng, path, &n_path, &tok), MLK_ERR_NULL);
+}
+
 int main(void)
 {
     mlkt_file = "test_decode";
@@ -536,5 +674,8 @@ int main(void)
     MLKT_RUN(test_kv_workspace, 6);
     MLKT_RUN(test_kv_layout, 7);
     MLKT_RUN(test_cascade, 8);
+    MLKT_RUN(test_spec_sampling, 9);
+    MLKT_RUN(test_spec_greedy, 10);
+    MLKT_RUN(test_spec_bad_input, 11);
     return mlkt_finish();
 }

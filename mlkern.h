@@ -222,6 +222,37 @@ typedef struct mlk_sampler {
    (ties: lower index) when top_k or top_p is on, else in index order. */
 MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     const mlk_sampler *s, uint64_t *rng_state, int32_t *out);
+
+/* A sparse logit bias entry: logits[token] += bias (-inf bans the token). */
+typedef struct mlk_logit_bias { int32_t token; float bias; } mlk_logit_bias;
+/* One row's parameters of mlk_sample_rows; all zero but the sampler means
+   no penalties and no bias. */
+typedef struct mlk_sample_row {
+    mlk_sampler sampler;          /* temperature, top_k, top_p, min_p, as mlk_sample */
+    float repetition_penalty;     /* > 0, 1 or 0 = off: logits of history tokens are divided by
+                                     it when positive, multiplied when negative (HF, vLLM) */
+    float presence_penalty;       /* subtracted once from each token in the history (vLLM) */
+    float frequency_penalty;      /* subtracted once per occurrence in the history (vLLM) */
+    const int32_t *history;       /* NULL or [history_len] tokens the penalties look at */
+    int history_len;
+    const mlk_logit_bias *bias;   /* NULL or [n_bias] */
+    int n_bias;
+} mlk_sample_row;
+/* mlk_sample with per-row parameters: row r adds its bias, then applies
+   its repetition, then presence and frequency penalties, then samples as
+   mlk_sample does with its sampler, drawing u from rng[r] (one draw:
+   rng[r] advances by 0x9E3779B97F4A7C15 on success), so rows with
+   rng[r] = s + r * 0x9E3779B97F4A7C15 and equal parameters draw what
+   mlk_sample(rows, ..., &s) draws. logprob (NULL or [rows]) gets the
+   sampled token's log-probability and top_idx / top_logprob (NULL when
+   top_n is 0, else [rows, top_n]) the top_n most probable tokens (ties:
+   lower index), all under softmax(penalised logits / temperature) before
+   top-k/top-p/min-p (temperature 0: 1). Bitwise identical for any thread
+   count. Bad parameters, a history or bias token outside [0, n) or a
+   +inf/NaN bias are MLK_ERR_ARG; a row left without a finite logit is
+   MLK_ERR_VALUE; nothing is written on error. */
+MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, const mlk_sample_row *params,
+    uint64_t *rng, int32_t *out, float *logprob, int top_n, int32_t *top_idx, float *top_logprob);
 /* ======================================================================
    attention
    ====================================================================== */
@@ -2640,8 +2671,13 @@ MLKERN_DEF mlk_status mlk_topk_log_softmax(int rows, int n, const float *logits,
     return mlk__softmax_topk(rows, n, logits, 1.0f, k, logprobs, idx, 1);
 }
 
+/* top_p without top_k first takes this many candidates (then 4x as many,
+   ...) until they hold top_p of the mass: the kept prefix is the same as a
+   sort of the whole row would give, at the cost of a selection. */
+#define MLK__SOFTMAX_TOP_P_CANDIDATES 256
+
 /* One row of mlk_sample with uniform draw u; best has best->room keys, val
-   and idx room for best->cap candidates. Weights are w = exp((x - max) / T),
+   and idx room for best->cap candidates (the whole row for top_p alone). Weights are w = exp((x - max) / T),
    so the most probable token has w = 1 and min_p keeps w >= min_p. Returns
    -1 for a bad row. */
 static int32_t mlk__softmax_sample_row(const float *x, int n, const mlk_sampler *s, double u,
@@ -2662,12 +2698,24 @@ static int32_t mlk__softmax_sample_row(const float *x, int n, const mlk_sampler 
            reaching top_p of the mass, min_p a further prefix */
         double total = 0.0, kept = 0.0, target;
         int n_keep = 0;
-        best->cap = top_k ? top_k : n;
-        if (!mlk__softmax_scan(x, n, inv_t, best, &row_max, &l_sum)) return -1;
-        mlk__softmax_best_sort(best, val, idx);
-        for (int j = 0; j < best->size; j++) {
-            val[j] = mlk__expf((val[j] - row_max) * inv_t);
-            total += val[j];
+        if (top_k) {
+            best->cap = top_k;
+            if (!mlk__softmax_scan(x, n, inv_t, best, &row_max, &l_sum)) return -1;
+            mlk__softmax_best_sort(best, val, idx);
+            for (int j = 0; j < best->size; j++) total += val[j] = mlk__expf((val[j] - row_max) * inv_t);
+        } else { /* top_p alone: the most probable MLK__SOFTMAX_TOP_P_CANDIDATES, more only if their mass falls short */
+            double cand = 0.0;
+            if (!mlk__softmax_scan(x, n, inv_t, NULL, &row_max, &l_sum)) return -1;
+            for (int i = 0; i < n; i++) total += mlk__expf((x[i] - row_max) * inv_t);
+            for (best->cap = n < MLK__SOFTMAX_TOP_P_CANDIDATES ? n : MLK__SOFTMAX_TOP_P_CANDIDATES;;
+                 best->cap = best->cap > n / 4 ? n : best->cap * 4) {
+                best->room = mlk__softmax_room(best->cap, n);
+                mlk__softmax_scan(x, n, inv_t, best, &row_max, &l_sum);
+                mlk__softmax_best_sort(best, val, idx);
+                cand = 0.0;
+                for (int j = 0; j < best->size; j++) cand += val[j] = mlk__expf((val[j] - row_max) * inv_t);
+                if (cand >= (double)s->top_p * total || best->cap == n) break;
+            }
         }
         while (n_keep < best->size && (n_keep == 0 || (kept < (double)s->top_p * total &&
                val[n_keep] >= s->min_p && val[n_keep] > 0.0f)))
@@ -2700,6 +2748,19 @@ static int32_t mlk__softmax_sample_row(const float *x, int n, const mlk_sampler 
     }
 }
 
+/* The documented ranges of a sampler. */
+static int mlk__sampler_ok(const mlk_sampler *s)
+{
+    return (s->temperature == 0.0f || 1.0f / s->temperature < INFINITY) && s->temperature >= 0.0f &&
+           s->temperature != INFINITY && s->top_k >= 0 && s->top_p > 0.0f && s->min_p >= 0.0f && s->min_p <= 1.0f;
+}
+
+/* Candidates a row needs: the top_k, or the whole row for top_p alone. */
+static int mlk__sampler_candidates(const mlk_sampler *s, int n)
+{
+    return s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
+}
+
 MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     const mlk_sampler *s, uint64_t *rng_state, int32_t *out)
 {
@@ -2714,11 +2775,8 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     if (!logits || !s || !rng_state || !out) return MLK_ERR_NULL;
     if (rows < 1 || n < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
-    if (!(s->temperature == 0.0f || 1.0f / s->temperature < INFINITY) || !(s->temperature >= 0.0f) ||
-        s->temperature == INFINITY || s->top_k < 0 ||
-        !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f)) return MLK_ERR_ARG;
-    /* candidates per thread: the top_k, or the whole row for top_p alone */
-    cand_cap = s->temperature == 0.0f ? 1 : s->top_k > 0 && s->top_k < n ? s->top_k : s->top_p < 1.0f ? n : 1;
+    if (!mlk__sampler_ok(s)) return MLK_ERR_ARG;
+    cand_cap = mlk__sampler_candidates(s, n);
     room = mlk__softmax_room(cand_cap, n);
     if (!mlk__count4(threads, room, 1, 1, sizeof(uint64_t), &need)) return MLK_ERR_OVERFLOW;
     pc[0] = mlk__piece_of(need * sizeof(uint64_t)); /* per thread: candidate keys, values, indices */
@@ -2744,6 +2802,131 @@ MLKERN_DEF mlk_status mlk_sample(int rows, int n, const float *logits,
     if (n_bad == 0) {
         memcpy(out, tokens, (size_t)rows * sizeof(int32_t));
         *rng_state += (uint64_t)rows * 0x9E3779B97F4A7C15ull;
+    }
+    mlk__arena_done(&arena);
+    return n_bad ? MLK_ERR_VALUE : MLK_OK;
+}
+
+/* Checks one row's parameters of mlk_sample_rows. */
+static int mlk__sample_row_ok(const mlk_sample_row *p, int n)
+{
+    if (!mlk__sampler_ok(&p->sampler) || !(p->repetition_penalty >= 0.0f && p->repetition_penalty <= FLT_MAX) ||
+        !(fabsf(p->presence_penalty) <= FLT_MAX) || !(fabsf(p->frequency_penalty) <= FLT_MAX) ||
+        p->history_len < 0 || p->n_bias < 0 || (p->history_len > 0 && !p->history) || (p->n_bias > 0 && !p->bias))
+        return 0;
+    for (int i = 0; i < p->history_len; i++)
+        if (p->history[i] < 0 || p->history[i] >= n) return 0;
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias[i].token < 0 || p->bias[i].token >= n || !(p->bias[i].bias < INFINITY)) return 0;
+    return 1;
+}
+
+/* The row's logits with its bias and penalties applied, in y (counts: n
+   ints of scratch, any contents). */
+static void mlk__sample_row_logits(const mlk_sample_row *p, const float *x, int n, float *y, int32_t *counts)
+{
+    const float rp = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
+    memcpy(y, x, (size_t)n * sizeof(float));
+    for (int i = 0; i < p->n_bias; i++) y[p->bias[i].token] += p->bias[i].bias;
+    for (int i = 0; i < p->history_len; i++) counts[p->history[i]] = 0;
+    for (int i = 0; i < p->history_len; i++) counts[p->history[i]]++;
+    for (int i = 0; i < p->history_len; i++) { /* once per distinct token */
+        int32_t t = p->history[i];
+        float v = y[t];
+        if (counts[t] == 0) continue;
+        v = v > 0 ? v / rp : v * rp;
+        y[t] = v - p->presence_penalty - p->frequency_penalty * (float)counts[t];
+        counts[t] = 0;
+    }
+}
+
+MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, const mlk_sample_row *params,
+    uint64_t *rng, int32_t *out, float *logprob, int top_n, int32_t *top_idx, float *top_logprob)
+{
+    size_t count, need, tops;
+    mlk__arena arena;
+    mlk__piece pc[8];
+    int threads = mlk__max_threads(), cand_cap = 1, room, n_bad = 0;
+    uint64_t *cand_key;
+    float *cand_val, *row_buf, *lp_buf, *top_lp_buf;
+    int32_t *cand_idx, *tokens, *counts, *top_idx_buf;
+    mlk_status st;
+    if (!logits || !params || !rng || !out || (top_n > 0 && (!top_idx || !top_logprob))) return MLK_ERR_NULL;
+    if (rows < 1 || n < 1 || top_n < 0 || top_n > n) return MLK_ERR_SHAPE;
+    if (!mlk__count4(rows, n, 1, 1, sizeof(float), &count) ||
+        !mlk__count4(rows, top_n, 1, 1, sizeof(float) + sizeof(int32_t), &tops) ||
+        !mlk__count4(threads, n, 2, 1, sizeof(float), &need))
+        return MLK_ERR_OVERFLOW;
+    for (int r = 0; r < rows; r++) {
+        int cap = mlk__sampler_candidates(&params[r].sampler, n);
+        if (!mlk__sample_row_ok(&params[r], n)) return MLK_ERR_ARG;
+        cand_cap = cap > cand_cap ? cap : cand_cap;
+    }
+    cand_cap = top_n > cand_cap ? top_n : cand_cap;
+    room = mlk__softmax_room(cand_cap, n);
+    pc[0] = mlk__piece_of((size_t)threads * room * sizeof(uint64_t)); /* per thread: candidates */
+    pc[1] = mlk__piece_of((size_t)threads * cand_cap * sizeof(float));
+    pc[2] = mlk__piece_of((size_t)threads * cand_cap * sizeof(int32_t));
+    pc[3] = mlk__piece_of((size_t)threads * n * sizeof(float));   /* per thread: the penalised row */
+    pc[4] = mlk__piece_of((size_t)threads * n * sizeof(int32_t)); /* per thread: history counts */
+    pc[5] = mlk__piece_of((size_t)rows * (sizeof(int32_t) + sizeof(float))); /* tokens, logprobs */
+    pc[6] = mlk__piece_of(tops * sizeof(int32_t));
+    pc[7] = mlk__piece_of(tops * sizeof(float));
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 8)) != MLK_OK) return st;
+    cand_key = (uint64_t *)pc[0].ptr;
+    cand_val = (float *)pc[1].ptr;
+    cand_idx = (int32_t *)pc[2].ptr;
+    row_buf = (float *)pc[3].ptr;
+    counts = (int32_t *)pc[4].ptr;
+    tokens = (int32_t *)pc[5].ptr;
+    lp_buf = (float *)(void *)(tokens + rows);
+    top_idx_buf = (int32_t *)pc[6].ptr;
+    top_lp_buf = (float *)pc[7].ptr;
+    MLK__OMP(omp parallel for schedule(static) num_threads(threads) if (count > MLK__PAR_SOFTMAX_FLOATS) reduction(+:n_bad))
+    for (int r = 0; r < rows; r++) {
+        const mlk_sample_row *p = &params[r];
+        const int tid = mlk__thread_id();
+        const float *x = logits + (size_t)r * (size_t)n;
+        float *val = cand_val + (size_t)tid * cand_cap, row_max;
+        int32_t *idx = cand_idx + (size_t)tid * cand_cap;
+        mlk__softmax_best best;
+        double l_sum;
+        best.key = cand_key + (size_t)tid * room;
+        best.room = room;
+        if (p->n_bias > 0 || p->history_len > 0) {
+            mlk__sample_row_logits(p, x, n, row_buf + (size_t)tid * n, counts + (size_t)tid * n);
+            x = row_buf + (size_t)tid * n;
+        }
+        tokens[r] = mlk__softmax_sample_row(x, n, &p->sampler, mlk__softmax_uniform(rng[r], 0), &best, val, idx);
+        if (tokens[r] < 0) {
+            n_bad++;
+            continue;
+        }
+        if (logprob || top_n > 0) { /* log-probabilities under softmax(x / T), before the filters */
+            const float inv_t = p->sampler.temperature == 0.0f ? 1.0f : 1.0f / p->sampler.temperature;
+            double log_l;
+            best.cap = top_n > 0 ? top_n : 1;
+            best.room = room;
+            mlk__softmax_scan(x, n, inv_t, top_n > 0 ? &best : NULL, &row_max, &l_sum);
+            log_l = log(l_sum);
+            lp_buf[r] = (float)(((double)x[tokens[r]] - row_max) * inv_t - log_l);
+            if (top_n > 0) {
+                mlk__softmax_best_sort(&best, val, idx);
+                for (int j = 0; j < top_n; j++) {
+                    top_idx_buf[(size_t)r * top_n + j] = idx[j];
+                    top_lp_buf[(size_t)r * top_n + j] = (float)(((double)val[j] - row_max) * inv_t - log_l);
+                }
+            }
+        }
+    }
+    if (n_bad == 0) {
+        memcpy(out, tokens, (size_t)rows * sizeof(int32_t));
+        if (logprob) memcpy(logprob, lp_buf, (size_t)rows * sizeof(float));
+        if (top_n > 0) {
+            memcpy(top_idx, top_idx_buf, (size_t)rows * top_n * sizeof(int32_t));
+            memcpy(top_logprob, top_lp_buf, (size_t)rows * top_n * sizeof(float));
+        }
+        for (int r = 0; r < rows; r++) rng[r] += 0x9E3779B97F4A7C15ull;
     }
     mlk__arena_done(&arena);
     return n_bad ? MLK_ERR_VALUE : MLK_OK;

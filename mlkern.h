@@ -5661,15 +5661,14 @@ static double mlk__ternary_abs_sum(const float *w, size_t count, int *finite)
     double chunk_sum[MLK__TERNARY_CHUNKS], total = 0;
     int chunk_ok[MLK__TERNARY_CHUNKS], ok = 1;
     size_t per = (count + MLK__TERNARY_CHUNKS - 1) / MLK__TERNARY_CHUNKS;
-    int ch;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
-    for (ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
-        size_t lo = (size_t)ch * per, hi = lo + per, i;
+    for (int ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
+        size_t lo = (size_t)ch * per, hi = lo + per;
         double s = 0;
         int good = 1;
         if (lo > count) lo = count;
         if (hi > count) hi = count;
-        for (i = lo; i < hi; i++) {
+        for (size_t i = lo; i < hi; i++) {
             float a = fabsf(w[i]);
             if (!(a <= FLT_MAX)) good = 0;
             s += a;
@@ -5677,7 +5676,7 @@ static double mlk__ternary_abs_sum(const float *w, size_t count, int *finite)
         chunk_sum[ch] = s;
         chunk_ok[ch] = good;
     }
-    for (ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
+    for (int ch = 0; ch < MLK__TERNARY_CHUNKS; ch++) {
         total += chunk_sum[ch];
         ok &= chunk_ok[ch];
     }
@@ -5694,11 +5693,10 @@ static unsigned mlk__ternary_code(float w, float half)
 
 static void mlk__ternary_pack_row(const float *w, int cols, float half, uint8_t *out)
 {
-    size_t row_bytes = mlk_ternary_row_bytes(cols), b;
-    for (b = 0; b < row_bytes; b++) {
+    size_t row_bytes = mlk_ternary_row_bytes(cols);
+    for (size_t b = 0; b < row_bytes; b++) {
         unsigned byte = 0;
-        int j;
-        for (j = 0; j < 4; j++) {
+        for (int j = 0; j < 4; j++) {
             size_t c = 4 * b + (size_t)j;
             unsigned code = c < (size_t)cols ? mlk__ternary_code(w[c], half) : 1u;
             byte |= code << (2 * j);
@@ -5713,7 +5711,7 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
     size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes;
     double abs_sum;
     float s, half;
-    int finite, r;
+    int finite;
     if (!w || !packed || !scale) return MLK_ERR_NULL;
     if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
@@ -5725,7 +5723,7 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
     if (!(s >= MLK_TERNARY_EPS)) s = MLK_TERNARY_EPS;
     half = 0.5f * s;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
-    for (r = 0; r < rows; r++)
+    for (int r = 0; r < rows; r++)
         mlk__ternary_pack_row(w + (size_t)r * cols, cols, half, packed + (size_t)r * row_bytes);
     *scale = s;
     return MLK_OK;
@@ -5734,21 +5732,19 @@ MLKERN_DEF mlk_status mlk_ternary_quant(int rows, int cols, const float *w,
 MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *packed,
     float scale, float *w)
 {
-    size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes, b;
-    int r;
+    size_t count, row_bytes = mlk_ternary_row_bytes(cols), packed_bytes;
     if (!packed || !w) return MLK_ERR_NULL;
     if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count) ||
         !mlk__mul_ok((size_t)rows, row_bytes, &packed_bytes))
         return MLK_ERR_OVERFLOW;
-    for (b = 0; b < packed_bytes; b++) /* a code 3 has both bits of a pair set */
+    for (size_t b = 0; b < packed_bytes; b++) /* a code 3 has both bits of a pair set */
         if (packed[b] & (packed[b] >> 1) & 0x55) return MLK_ERR_VALUE;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
-    for (r = 0; r < rows; r++) {
+    for (int r = 0; r < rows; r++) {
         const uint8_t *row = packed + (size_t)r * row_bytes;
         float *out = w + (size_t)r * cols;
-        int c;
-        for (c = 0; c < cols; c++)
+        for (int c = 0; c < cols; c++)
             out[c] = scale * (float)((int)((row[c >> 2] >> (2 * (c & 3))) & 3) - 1);
     }
     return MLK_OK;
@@ -5759,16 +5755,16 @@ MLKERN_DEF mlk_status mlk_ternary_dequant(int rows, int cols, const uint8_t *pac
 MLKERN_DEF mlk_status mlk_act_quant_i8(int rows, int cols, const float *x,
     int8_t *xq, float *xscale)
 {
-    size_t count, i;
-    int r, finite = 1;
+    size_t count;
+    int finite = 1;
     if (!x || !xq || !xscale) return MLK_ERR_NULL;
     if (rows < 1 || cols < 1) return MLK_ERR_SHAPE;
     if (!mlk__count4(rows, cols, 1, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
-    for (i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++)
         finite &= fabsf(x[i]) <= FLT_MAX;
     if (!finite) return MLK_ERR_VALUE;
     MLK__OMP(omp parallel for schedule(static) if (count >= MLK__PAR_ELEMS))
-    for (r = 0; r < rows; r++) {
+    for (int r = 0; r < rows; r++) {
         const float *x_row = x + (size_t)r * cols;
         xscale[r] = mlk__quant_sym(cols, 127, mlk__absmax(x_row, cols), x_row, xq + (size_t)r * cols);
     }
@@ -5793,14 +5789,13 @@ static float mlk__ternary_output(int32_t dot, float xscale, float wscale)
 MLK__MAYBE_UNUSED static int32_t mlk__ternary_dot_ref(const int8_t *x, const uint8_t *wrow, int k)
 {
     int32_t acc = 0;
-    int b, c;
-    for (b = 0; b < k / 4; b++) {
+    for (int b = 0; b < k / 4; b++) {
         const int8_t *x4 = x + 4 * b;
         unsigned byte = wrow[b];
         acc += x4[0] * ((int32_t)(byte & 3) - 1) + x4[1] * ((int32_t)((byte >> 2) & 3) - 1) +
                x4[2] * ((int32_t)((byte >> 4) & 3) - 1) + x4[3] * ((int32_t)(byte >> 6) - 1);
     }
-    for (c = k / 4 * 4; c < k; c++)
+    for (int c = k / 4 * 4; c < k; c++)
         acc += (int32_t)x[c] * ((int32_t)((wrow[c >> 2] >> (2 * (c & 3))) & 3) - 1);
     return acc;
 }
@@ -5810,12 +5805,10 @@ MLK__MAYBE_UNUSED static void mlk__ternary_gemm_ref(int m, int n, int k, const i
     const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k);
-    int j;
     MLK__OMP(omp parallel for schedule(static) if (mlk__ternary_parallel(m, n, k)))
-    for (j = 0; j < n; j++) {
+    for (int j = 0; j < n; j++) {
         const uint8_t *wrow = wpacked + (size_t)j * row_bytes;
-        int i;
-        for (i = 0; i < m; i++)
+        for (int i = 0; i < m; i++)
             y[(size_t)i * n + j] = mlk__ternary_output(
                 mlk__ternary_dot_ref(xq + (size_t)i * k, wrow, k), xscale[i], wscale);
     }
@@ -5844,8 +5837,7 @@ static void mlk__ternary_permute_block(const int8_t *x, int8_t *out)
                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m256i dword_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256i v[4], lo01, hi01, lo23, hi23;
-    int q;
-    for (q = 0; q < 4; q++)
+    for (int q = 0; q < 4; q++)
         v[q] = _mm256_permutevar8x32_epi32(
             _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + 32 * q)), by_s), dword_order);
     lo01 = _mm256_unpacklo_epi64(v[0], v[1]); /* q0 of v0 v1 | q2 of v0 v1 */
@@ -5862,13 +5854,12 @@ static void mlk__ternary_permute_block(const int8_t *x, int8_t *out)
    its sum. */
 static void mlk__ternary_permute_x(const int8_t *x, int k, size_t kpad, int8_t *xp, int32_t *row_sum)
 {
-    size_t full = (size_t)k / 128 * 128, t;
+    size_t full = (size_t)k / 128 * 128;
     int8_t last[128];
     int32_t sum = 0;
-    int c;
-    for (c = 0; c < k; c++) sum += x[c];
+    for (int c = 0; c < k; c++) sum += x[c];
     *row_sum = sum;
-    for (t = 0; t < full; t += 128) mlk__ternary_permute_block(x + t, xp + t);
+    for (size_t t = 0; t < full; t += 128) mlk__ternary_permute_block(x + t, xp + t);
     if (full < kpad) {
         memset(last, 0, sizeof last);
         memcpy(last, x + full, (size_t)k - full);
@@ -5885,8 +5876,7 @@ static inline void mlk__ternary_block(__m256i wbytes, const int8_t *xp, size_t x
     __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 2), mask);
     __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 4), mask);
     __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 6), mask);
-    int r;
-    for (r = 0; r < rows; r++) {
+    for (int r = 0; r < rows; r++) {
         const int8_t *xr = xp + (size_t)r * x_stride;
         __m256i s01 = _mm256_add_epi16(
             _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i *)xr)),
@@ -5901,14 +5891,13 @@ static inline void mlk__ternary_block(__m256i wbytes, const int8_t *xp, size_t x
 /* dot[r] = sum of the 8 int32 lanes of acc[r], r < rows. */
 static inline void mlk__ternary_hsum(const __m256i *acc, int rows, int32_t *dot)
 {
-    int r;
     if (rows == 4) { /* four rows at once: two rounds of pairwise adds */
         __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
         _mm_storeu_si128((__m128i *)dot, _mm_add_epi32(_mm256_castsi256_si128(s),
                                                        _mm256_extracti128_si256(s, 1)));
         return;
     }
-    for (r = 0; r < rows; r++) {
+    for (int r = 0; r < rows; r++) {
         __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[r]), _mm256_extracti128_si256(acc[r], 1));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
@@ -5924,18 +5913,16 @@ static inline void mlk__ternary_dot_avx2(const uint8_t *wrow, size_t full, const
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc16[MLK__TERNARY_MR], acc32[MLK__TERNARY_MR];
-    size_t b0, b;
-    int r;
-    for (r = 0; r < rows; r++) {
+    for (int r = 0; r < rows; r++) {
         acc16[r] = _mm256_setzero_si256();
         acc32[r] = _mm256_setzero_si256();
     }
-    for (b0 = 0; b0 < full; b0 += MLK__TERNARY_WIDEN) {
+    for (size_t b0 = 0; b0 < full; b0 += MLK__TERNARY_WIDEN) {
         size_t b1 = b0 + MLK__TERNARY_WIDEN < full ? b0 + MLK__TERNARY_WIDEN : full;
-        for (b = b0; b < b1; b++)
+        for (size_t b = b0; b < b1; b++)
             mlk__ternary_block(_mm256_loadu_si256((const __m256i *)(wrow + 32 * b)), xp + 128 * b,
                             x_stride, rows, acc16);
-        for (r = 0; r < rows; r++) {
+        for (int r = 0; r < rows; r++) {
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
             acc16[r] = _mm256_setzero_si256();
         }
@@ -5943,7 +5930,7 @@ static inline void mlk__ternary_dot_avx2(const uint8_t *wrow, size_t full, const
     if (tail) {
         mlk__ternary_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride,
                         rows, acc16);
-        for (r = 0; r < rows; r++)
+        for (int r = 0; r < rows; r++)
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
     }
     mlk__ternary_hsum(acc32, rows, dot);
@@ -5955,27 +5942,27 @@ static void mlk__ternary_gemm_panels(int m, int n, int k, const int8_t *xp, size
     const int32_t *row_sum, const float *xscale, const uint8_t *wpacked, float wscale, float *y)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k), full = row_bytes / 32, tail = row_bytes % 32;
-    int n_chunks = (n + MLK__TERNARY_NCHUNK - 1) / MLK__TERNARY_NCHUNK, ch;
+    int n_chunks = (n + MLK__TERNARY_NCHUNK - 1) / MLK__TERNARY_NCHUNK;
     MLK__OMP(omp parallel for schedule(static) if (mlk__ternary_parallel(m, n, k)))
-    for (ch = 0; ch < n_chunks; ch++) {
+    for (int ch = 0; ch < n_chunks; ch++) {
         int j0 = ch * MLK__TERNARY_NCHUNK, j1 = j0 + MLK__TERNARY_NCHUNK < n ? j0 + MLK__TERNARY_NCHUNK : n;
-        int i = 0, j, r;
+        int i = 0;
         int32_t dot[MLK__TERNARY_MR];
         uint8_t tails[MLK__TERNARY_NCHUNK][32]; /* each row's last bytes, zero padded */
-        for (j = j0; tail && j < j1; j++) {
+        for (int j = j0; tail && j < j1; j++) {
             memset(tails[j - j0], 0, 32);
             memcpy(tails[j - j0], wpacked + (size_t)j * row_bytes + 32 * full, tail);
         }
         for (; i <= m - MLK__TERNARY_MR; i += MLK__TERNARY_MR)
-            for (j = j0; j < j1; j++) {
+            for (int j = j0; j < j1; j++) {
                 mlk__ternary_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
                                    xp + (size_t)i * kpad, kpad, MLK__TERNARY_MR, dot);
-                for (r = 0; r < MLK__TERNARY_MR; r++)
+                for (int r = 0; r < MLK__TERNARY_MR; r++)
                     y[(size_t)(i + r) * n + j] =
                         mlk__ternary_output(dot[r] - row_sum[i + r], xscale[i + r], wscale);
             }
         for (; i < m; i++)
-            for (j = j0; j < j1; j++) {
+            for (int j = j0; j < j1; j++) {
                 mlk__ternary_dot_avx2(wpacked + (size_t)j * row_bytes, full, tail ? tails[j - j0] : NULL,
                                    xp + (size_t)i * kpad, kpad, 1, dot);
                 y[(size_t)i * n + j] = mlk__ternary_output(dot[0] - row_sum[i], xscale[i], wscale);
@@ -5993,7 +5980,6 @@ static mlk_status mlk__ternary_gemm_avx2(int m, int n, int k, const int8_t *xq, 
     int8_t *xp;
     int32_t *row_sum;
     mlk_status st;
-    int i;
     if (!mlk__mul_ok((size_t)m, kpad, &xp_bytes)) return MLK_ERR_OVERFLOW;
     pc[0] = mlk__piece_of(xp_bytes);
     pc[1] = mlk__piece_of((size_t)m * sizeof(int32_t));
@@ -6001,7 +5987,7 @@ static mlk_status mlk__ternary_gemm_avx2(int m, int n, int k, const int8_t *xq, 
     xp = (int8_t *)pc[0].ptr;
     row_sum = (int32_t *)pc[1].ptr;
     MLK__OMP(omp parallel for schedule(static) if (xp_bytes >= MLK__PAR_ELEMS))
-    for (i = 0; i < m; i++)
+    for (int i = 0; i < m; i++)
         mlk__ternary_permute_x(xq + (size_t)i * k, k, kpad, xp + (size_t)i * kpad, row_sum + i);
     mlk__ternary_gemm_panels(m, n, k, xp, kpad, row_sum, xscale, wpacked, wscale, y);
     mlk__arena_done(&arena);

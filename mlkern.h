@@ -6122,7 +6122,6 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     float *m, float *v, const mlk_adamw_config *cfg, int step)
 {
     float decay, step_size, bc2_sqrt, beta1, beta2, eps;
-    int i;
     if (!param || !grad || !m || !v || !cfg) return MLK_ERR_NULL;
     if (n < 1) return MLK_ERR_SHAPE;
     if (step < 1 || !(cfg->lr >= 0 && cfg->lr <= FLT_MAX) || !(cfg->eps >= 0 && cfg->eps <= FLT_MAX) ||
@@ -6137,7 +6136,7 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
     step_size = (float)((double)cfg->lr / (1.0 - pow((double)beta1, (double)step)));
     bc2_sqrt = (float)sqrt(1.0 - pow((double)beta2, (double)step));
     MLK__OMP(omp parallel for schedule(static) if ((size_t)n >= MLK__PAR_ELEMS))
-    for (i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {
         float g = grad[i], p = param[i] * decay;
         float m1 = beta1 * m[i] + (1.0f - beta1) * g;
         float v1 = v[i] * beta2 + (1.0f - beta2) * g * g;

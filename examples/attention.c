@@ -4,7 +4,8 @@
    kv heads), checks the forward against the double-precision reference
    mlk_attn_naive and a few gradient elements against central differences of
    L = sum(dout * o) taken through that reference, and prints the errors,
-   times and GFLOP/s. */
+   times (best of 5 calls) and GFLOP/s, then a verdict: "ok: ..." or
+   "FAIL: ..." (exit status 1). */
 #define _POSIX_C_SOURCE 200809L
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
@@ -64,14 +65,19 @@ int main(void)
     lse = (float *)malloc((size_t)d.batch * d.heads * d.len_q * sizeof(float));
 
     mlk_attn_fwd(&d, q, k, v, o, lse); /* warm-up: OpenMP threads start */
-    t0 = now();
-    st = mlk_attn_fwd(&d, q, k, v, o, lse);
-    t_fwd = now() - t0;
-    if (st != MLK_OK) { printf("mlk_attn_fwd: %s\n", mlk_status_str(st)); return 1; }
-    t0 = now();
-    st = mlk_attn_bwd(&d, q, k, v, o, dout, lse, dq, dk, dv);
-    t_bwd = now() - t0;
-    if (st != MLK_OK) { printf("mlk_attn_bwd: %s\n", mlk_status_str(st)); return 1; }
+    t_fwd = t_bwd = 1e30; /* best of 5: a busy machine can deschedule a thread mid-call */
+    for (int rep = 0; rep < 5; rep++) {
+        t0 = now();
+        st = mlk_attn_fwd(&d, q, k, v, o, lse);
+        t0 = now() - t0;
+        if (st != MLK_OK) { printf("mlk_attn_fwd: %s\n", mlk_status_str(st)); return 1; }
+        t_fwd = t0 < t_fwd ? t0 : t_fwd;
+        t0 = now();
+        st = mlk_attn_bwd(&d, q, k, v, o, dout, lse, dq, dk, dv);
+        t0 = now() - t0;
+        if (st != MLK_OK) { printf("mlk_attn_bwd: %s\n", mlk_status_str(st)); return 1; }
+        t_bwd = t0 < t_bwd ? t0 : t_bwd;
+    }
 
     mlk_attn_naive(&d, q, k, v, o_ref, NULL);
     for (size_t i = 0; i < nq; i++) err = fabs(o[i] - o_ref[i]) > err ? fabs(o[i] - o_ref[i]) : err;
@@ -94,5 +100,11 @@ int main(void)
     printf("backward: max rel. gradient error vs central differences = %.2e   %.2f ms  %.1f GFLOP/s\n", grad_err,
            t_bwd * 1e3, 2.5 * flops / t_bwd * 1e-9);
     free(q); free(k); free(v); free(o); free(o_ref); free(lse); free(dout); free(dq); free(dk); free(dv);
-    return err < 1e-5 && grad_err < 1e-2 ? 0 : 1;
+    if (err < 1e-5 && grad_err < 1e-2) {
+        printf("ok: forward within 1e-5 of the double-precision reference, gradients within 1e-2 (relative)\n"
+               "    of central differences (float32 differences with h = 1e-2 are only that exact)\n");
+        return 0;
+    }
+    printf("FAIL: forward error above 1e-5 or gradient error above 1e-2\n");
+    return 1;
 }

@@ -7,7 +7,15 @@
        make build/examples/generate && ./build/examples/generate [seed]
 
    Tokens print as made-up syllable words; the model is random, so is the
-   text, but every decoding method must agree where the contract says so. */
+   text, but every decoding method must agree where the contract says so:
+   each check prints "ok: ..." or "FAIL: ..." and a failure exits 1.
+
+   Speed: this model is small enough that its weights stay in the CPU's
+   caches, so a decode step is bound by arithmetic and a verify call over
+   8 rows costs several single-token steps; speculative decoding then runs
+   about as fast as greedy decoding, and the program prints why. It pays
+   when each step has to stream the weights from memory, as in a real LLM
+   (make bench runs bench/bench_decode on a 170 MB model of the same kind). */
 #define _POSIX_C_SOURCE 200809L
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
@@ -90,28 +98,54 @@ int main(int argc, char **argv)
     tinylm_argmax(&m, 1, last_chunked, &next_chunked);
     printf("prefill:   full vs chunks of 5: max |logit diff| %.2e, next token %s\n", (double)max_diff,
            next_full == next_chunked ? "equal" : "DIFFERENT");
-    fail |= next_full != next_chunked || max_diff > 1e-3f;
+    if (next_full != next_chunked || max_diff > 1e-3f) {
+        printf("  FAIL: chunked prefill differs from the full prefill\n");
+        fail = 1;
+    } else {
+        printf("  ok: chunked prefill within 1e-3 of the full prefill, same next token\n");
+    }
 
-    t0 = now_s();
-    n_greedy = tinylm_greedy(&m, prompt, PROMPT_LEN, 5, MAX_NEW, -1, logits, greedy);
-    t_greedy = now_s() - t0;
+    /* best of 3 runs each: a busy machine can deschedule an OpenMP thread */
+    t_greedy = t_spec = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        t0 = now_s();
+        n_greedy = tinylm_greedy(&m, prompt, PROMPT_LEN, 5, MAX_NEW, -1, logits, greedy);
+        t0 = now_s() - t0;
+        t_greedy = t0 < t_greedy ? t0 : t_greedy;
+    }
     print_tokens("greedy:   ", greedy, n_greedy);
 
-    memset(&stats, 0, sizeof stats);
-    t0 = now_s();
-    if (tinylm_speculate(&m, 1, 4, prompt, PROMPT_LEN, 5, MAX_NEW, -1, logits, spec, &n_spec, &stats) != MLK_OK)
-        n_spec = -1;
-    t_spec = now_s() - t0;
+    for (int rep = 0; rep < 3; rep++) {
+        memset(&stats, 0, sizeof stats);
+        t0 = now_s();
+        if (tinylm_speculate(&m, 1, 4, prompt, PROMPT_LEN, 5, MAX_NEW, -1, logits, spec, &n_spec, &stats) != MLK_OK)
+            n_spec = -1;
+        t0 = now_s() - t0;
+        t_spec = t0 < t_spec ? t0 : t_spec;
+    }
     print_tokens("speculate:", spec, n_spec);
     printf("speculative: draft = first layer of %d, chain of 4 + runner-up leaves on the first 3 levels (7 nodes per tree)\n", cfg.layers);
     printf("  %d target calls for %d tokens (greedy: %d), mean accepted length %.2f (+1 bonus per call)\n",
            stats.target_calls, n_spec, n_greedy, (double)stats.mean_accepted);
-    printf("  %.1f ms vs greedy %.1f ms: %.2fx\n", t_spec * 1e3, t_greedy * 1e3, t_greedy / t_spec);
     if (n_greedy < 0 || n_spec != n_greedy || memcmp(spec, greedy, (size_t)n_greedy * sizeof(int32_t)) != 0) {
-        printf("  MISMATCH: speculative output differs from greedy decoding\n");
+        printf("  FAIL: speculative output differs from greedy decoding\n");
         fail = 1;
     } else {
-        printf("  identical to greedy decoding\n");
+        printf("  ok: speculative output identical to greedy decoding\n");
+    }
+    printf("  time, best of 3: speculative %.1f ms, greedy %.1f ms: %.2fx\n", t_spec * 1e3, t_greedy * 1e3,
+           t_greedy / t_spec);
+    if (n_greedy > 0 && stats.target_calls > 0) {
+        const double weights_mb = 4e-6 * ((double)cfg.vocab * cfg.dim +
+            (double)cfg.layers * (2.0 * cfg.dim * cfg.heads * cfg.head_dim +
+                                  2.0 * cfg.dim * cfg.kv_heads * cfg.head_dim + 3.0 * cfg.dim * cfg.ffn));
+        const double step = t_greedy / n_greedy, round = t_spec / stats.target_calls;
+        printf("  why: a greedy step takes %.2f ms; a speculative round (draft + one verify of up to 8 rows)\n"
+               "  takes %.2f ms, as long as %.1f greedy steps, and emits %.2f tokens. The %.0f MB of weights\n"
+               "  stay in cache, so a step is bound by arithmetic and 8 rows cost several steps; with weights\n"
+               "  that stream from memory a verify costs about one step, and the speedup nears the tokens\n"
+               "  per round (make bench: bench_decode).\n",
+               step * 1e3, round * 1e3, round / step, (double)n_spec / stats.target_calls, weights_mb);
     }
 
     {

@@ -110,6 +110,8 @@ static void check_full(int rows, int n, int kind)
         e_naive = mlkt_max_abs_err(naive, p, (size_t)n);
         CHECK_NAIVE(e, e_naive, mlkt_ulps(4, 1.0), "softmax %dx%d kind %d", rows, n, kind);
         for (i = 0; i < n; i++) {
+            /* beyond float's range (x - max of +-3e38 rows): -inf in float32 */
+            if (lp[i] < -(double)FLT_MAX) lp[i] = -INFINITY;
             if (lp[i] == -INFINITY) {
                 CHECK(ly[r * n + i] == -INFINITY);
                 CHECK(y[r * n + i] == 0.0f);
@@ -155,13 +157,17 @@ static void check_topk(int rows, int n, int k, float t, int kind, int log_out)
         const float *xr = x + r * n;
         int j, idx_ok = 1, any_inf = 0;
         double e, e_naive;
-        CHECK(ref_softmax_row(xr, n, t, log_out ? NULL : p, log_out ? p : NULL));
+        /* mlk_topk_log_softmax has no temperature: its reference is t = 1 */
+        CHECK(ref_softmax_row(xr, n, log_out ? 1.0 : t, log_out ? NULL : p, log_out ? p : NULL));
         if (log_out) naive_softmax_row(xr, n, 1.0f, NULL, naive);
         else naive_softmax_row(xr, n, t, naive, NULL);
         ref_order(xr, n, order);
         for (j = 0; j < k; j++) {
             idx_ok &= idx[r * k + j] == order[j];
             want[j] = p[order[j]];
+            /* a log-probability beyond float's range (x - max of +-3e38 rows)
+               is -inf once rounded to the float32 output */
+            if (fabs(want[j]) > (double)FLT_MAX) want[j] = want[j] < 0 ? -INFINITY : INFINITY;
             got[j] = probs[r * k + j];
             naive_k[j] = naive[order[j]];
             if (want[j] == -INFINITY) { /* compared exactly, then left out of the error */

@@ -428,6 +428,9 @@ typedef struct mlk_kv_config {
     int layers, kv_heads, head_dim;
     int block_size, num_blocks, max_seqs;
     mlk_kv_type type;
+    int no_storage; /* 1: bookkeeping only, the rows live elsewhere (a device copy of
+                       the pool): no host pool; store, load, compact and attention are
+                       MLK_ERR_ARG, and mlk_kv_prepare_write reports the block copies */
 } mlk_kv_config;
 typedef struct mlk_kv_cache mlk_kv_cache;
 
@@ -460,6 +463,14 @@ MLKERN_DEF mlk_status mlk_kv_append(mlk_kv_cache *c, int seq, int n);
    the pool cannot hold the copies: MLK_ERR_CAPACITY, nothing changed. */
 MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
     int n, const float *k, const float *v);
+/* Makes the blocks of positions [pos, pos + n) of seq private before a
+   write (copy-on-write), as mlk_kv_store does, and lists each block copy it
+   made as a pair (source block, new block) in copies [2 * cap] (*n_copies
+   pairs): a cache with no_storage leaves the copying of those blocks' bytes
+   to whoever holds them. More pairs than cap: MLK_ERR_CAPACITY with nothing
+   changed, as when the pool lacks blocks. */
+MLKERN_DEF mlk_status mlk_kv_prepare_write(mlk_kv_cache *c, int seq, int pos, int n, int *copies, int cap,
+    int *n_copies);
 /* Dequantised copy of positions [pos, pos + n) of one layer into k, v. */
 MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int pos,
     int n, float *k, float *v);
@@ -4385,8 +4396,8 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     if (cfg->layers < 1 || cfg->kv_heads < 1 || cfg->head_dim < 1 || cfg->block_size < 1 ||
         cfg->num_blocks < 1 || cfg->max_seqs < 1)
         return MLK_ERR_SHAPE;
-    if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
-        cfg->type != MLK_KV_Q4)
+    if ((cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
+         cfg->type != MLK_KV_Q4) || (cfg->no_storage != 0 && cfg->no_storage != 1))
         return MLK_ERR_ARG;
     tok = mlk_kv_bytes_per_token(cfg);
     if (!tok || !mlk__count4(cfg->layers, cfg->block_size, 1, 1, tok, &positions) ||
@@ -4399,13 +4410,14 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     c->cfg = *cfg;
     c->row_bytes = mlk__row_bytes(cfg->type, cfg->head_dim);
     c->block_bytes = positions * tok;
-    c->pool = (unsigned char *)mlk__alloc(pool_bytes);
+    c->pool = cfg->no_storage ? NULL : (unsigned char *)mlk__alloc(pool_bytes);
     c->refcount = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
     c->free_list = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
     c->seq_len = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
     c->table = (int **)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int *));
     c->table_cap = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
-    if (!c->pool || !c->refcount || !c->free_list || !c->seq_len || !c->table || !c->table_cap) {
+    if ((!c->pool && !cfg->no_storage) || !c->refcount || !c->free_list || !c->seq_len || !c->table ||
+        !c->table_cap) {
         if (c->table) memset(c->table, 0, (size_t)cfg->max_seqs * sizeof(int *));
         mlk_kv_destroy(c);
         return MLK_ERR_NOMEM;
@@ -4493,16 +4505,20 @@ static int mlk__kv_shared_in(const mlk_kv_cache *c, int seq, int b0, int b1)
     return n;
 }
 
-/* Copy-on-write: gives seq a private copy of its table entry bi. The
-   caller has checked that enough blocks are free. */
-static void mlk__kv_make_private(mlk_kv_cache *c, int seq, int bi)
+/* Copy-on-write: gives seq a private copy of its table entry bi (the bytes
+   too when the cache holds them). Returns the new block, or -1 when the
+   entry was private already. The caller has checked that enough blocks
+   are free. */
+static int mlk__kv_make_private(mlk_kv_cache *c, int seq, int bi)
 {
     int old = c->table[seq][bi], fresh;
-    if (c->refcount[old] == 1) return;
+    if (c->refcount[old] == 1) return -1;
     fresh = mlk__kv_take_block(c);
-    memcpy(c->pool + (size_t)fresh * c->block_bytes, c->pool + (size_t)old * c->block_bytes, c->block_bytes);
+    if (c->pool)
+        memcpy(c->pool + (size_t)fresh * c->block_bytes, c->pool + (size_t)old * c->block_bytes, c->block_bytes);
     c->refcount[old]--;
     c->table[seq][bi] = fresh;
+    return fresh;
 }
 
 /* Row of (layer, kv 0 = K / 1 = V, head) at position pos of seq. */
@@ -4592,6 +4608,28 @@ static int mlk__kv_all_finite(const float *x, size_t n)
     return 1;
 }
 
+MLKERN_DEF mlk_status mlk_kv_prepare_write(mlk_kv_cache *c, int seq, int pos, int n, int *copies, int cap,
+    int *n_copies)
+{
+    int b0, b1, shared, made = 0;
+    if (!c || !n_copies || (cap > 0 && !copies)) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq) || cap < 0) return MLK_ERR_ARG;
+    if (n < 1 || pos < 0 || pos > c->seq_len[seq] - n) return MLK_ERR_SHAPE;
+    b0 = pos / c->cfg.block_size;
+    b1 = (pos + n - 1) / c->cfg.block_size;
+    shared = mlk__kv_shared_in(c, seq, b0, b1);
+    if (shared > c->free_count || shared > cap) return MLK_ERR_CAPACITY;
+    for (int b = b0; b <= b1; b++) {
+        int old = c->table[seq][b], fresh = mlk__kv_make_private(c, seq, b);
+        if (fresh < 0) continue;
+        copies[2 * made] = old;
+        copies[2 * made + 1] = fresh;
+        made++;
+    }
+    *n_copies = made;
+    return MLK_OK;
+}
+
 MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
     int n, const float *k, const float *v)
 {
@@ -4600,6 +4638,7 @@ MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
     mlk_status st;
     if (!c || !k || !v) return MLK_ERR_NULL;
     if ((st = mlk__kv_check_range(c, seq, layer, pos, n)) != MLK_OK) return st;
+    if (!c->pool) return MLK_ERR_ARG;
     hkv = c->cfg.kv_heads;
     d = c->cfg.head_dim;
     bs = c->cfg.block_size;
@@ -4628,6 +4667,7 @@ MLKERN_DEF mlk_status mlk_kv_load(const mlk_kv_cache *c, int seq, int layer, int
     mlk_status st;
     if (!c || !k || !v) return MLK_ERR_NULL;
     if ((st = mlk__kv_check_range(c, seq, layer, pos, n)) != MLK_OK) return st;
+    if (!c->pool) return MLK_ERR_ARG;
     hkv = c->cfg.kv_heads;
     d = c->cfg.head_dim;
     if (!mlk__count4(n, hkv, d, 1, sizeof(float), &count)) return MLK_ERR_OVERFLOW;
@@ -4654,7 +4694,7 @@ MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
 {
     int len, bs, copies = 0, last_block = -1;
     if (!c || (n_keep > 0 && !keep)) return MLK_ERR_NULL;
-    if (!mlk__kv_valid_seq(c, seq)) return MLK_ERR_ARG;
+    if (!mlk__kv_valid_seq(c, seq) || !c->pool) return MLK_ERR_ARG;
     len = c->seq_len[seq];
     if (start < 0 || start > len) return MLK_ERR_SHAPE;
     if (n_keep < 0 || n_keep > len - start) return MLK_ERR_ARG;
@@ -5018,7 +5058,7 @@ MLKERN_DEF mlk_status mlk_kv_attn_opt(const mlk_kv_cache *c, int layer, int n_se
     int team = mlk__max_threads();
     unsigned char *slab0;
     if (!c || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
-    if (layer < 0 || layer >= c->cfg.layers) return MLK_ERR_ARG;
+    if (layer < 0 || layer >= c->cfg.layers || !c->pool) return MLK_ERR_ARG;
     if (opts && opts->threads > 0 && opts->threads < team) team = opts->threads;
     if ((st = mlk__kv_attn_plan(c, n_seqs, seqs, n_q, heads, opts, team, &job, pc)) != MLK_OK) return st;
     if (job.opt.tree_parent && (st = mlk__tree_check(n_q[0], job.opt.tree_parent)) != MLK_OK) return st;

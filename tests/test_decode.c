@@ -663,6 +663,88 @@ static void test_spec_bad_input(void)
     CHECK_INT(mlk_spec_accept_sample(2, parent, draft, 3, pt, NULL, &rng, path, &n_path, &tok), MLK_ERR_NULL);
 }
 
+/* ---- a bookkeeping-only cache driving a pool held elsewhere ---- */
+
+/* The same operations on a cache with host storage and on one without,
+   whose rows an emulated device pool holds (written through the exported
+   layout, block copies done as mlk_kv_prepare_write reports them): the
+   device rows must equal what the host cache loads, block for block. */
+static void test_kv_no_storage(void)
+{
+    mlk_kv_config cfg;
+    mlk_kv_cache *host = NULL, *book = NULL;
+    mlk_kv_layout lay;
+    int hs = -1, bs_ = -1, hf = -1, bf = -1, copies[16], n_copies = -1, blocks[8];
+    const int dim = 8, hkv = 2, len = 40;
+    float *k = random_floats((size_t)64 * hkv * dim, 1.0), *v = random_floats((size_t)64 * hkv * dim, 1.0);
+    float back_k[64 * 2 * 8], back_v[64 * 2 * 8];
+    unsigned char *device;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.layers = 2; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = 16; cfg.num_blocks = 12;
+    cfg.max_seqs = 4; cfg.type = MLK_KV_F32;
+    CHECK_INT(mlk_kv_create(&cfg, &host), MLK_OK);
+    cfg.no_storage = 1;
+    CHECK_INT(mlk_kv_create(&cfg, &book), MLK_OK);
+    memset(&lay, 0, sizeof lay);
+    CHECK_INT(mlk_kv_get_layout(book, &lay), MLK_OK);
+    CHECK(lay.pool == NULL);
+    device = (unsigned char *)calloc((size_t)lay.num_blocks, lay.block_bytes);
+    CHECK_INT(mlk_kv_seq_new(host, &hs), MLK_OK);
+    CHECK_INT(mlk_kv_seq_new(book, &bs_), MLK_OK);
+    CHECK_INT(mlk_kv_append(host, hs, len), MLK_OK);
+    CHECK_INT(mlk_kv_append(book, bs_, len), MLK_OK);
+    CHECK_INT(mlk_kv_store(book, bs_, 0, 0, 1, k, v), MLK_ERR_ARG); /* no rows here */
+    CHECK_INT(mlk_kv_attn(book, 0, 1, &bs_, &len, k, hkv, 0.0f, NULL, back_k), MLK_ERR_ARG);
+    for (int step = 0; step < 2; step++) {
+        /* step 0: the prompt into both; step 1: a fork rewrites positions 30..49 */
+        int seq_h = step ? hf : hs, seq_b = step ? bf : bs_, pos = step ? 30 : 0, n = step ? 20 : len;
+        if (step) {
+            CHECK_INT(mlk_kv_seq_fork(host, hs, &hf), MLK_OK);
+            CHECK_INT(mlk_kv_seq_fork(book, bs_, &bf), MLK_OK);
+            seq_h = hf; seq_b = bf;
+            CHECK_INT(mlk_kv_append(host, hf, 10), MLK_OK);
+            CHECK_INT(mlk_kv_append(book, bf, 10), MLK_OK);
+            CHECK_INT(mlk_kv_prepare_write(book, bf, pos, n, copies, 0, &n_copies), MLK_ERR_CAPACITY);
+        }
+        CHECK_INT(mlk_kv_store(host, seq_h, 1, pos, n, k, v), MLK_OK);
+        CHECK_INT(mlk_kv_prepare_write(book, seq_b, pos, n, copies, 8, &n_copies), MLK_OK);
+        CHECK_INT(n_copies, step ? 2 : 0); /* blocks 1 and 2 were shared with the prompt */
+        for (int i = 0; i < n_copies; i++)
+            memcpy(device + (size_t)copies[2 * i + 1] * lay.block_bytes, device + (size_t)copies[2 * i] * lay.block_bytes,
+                   lay.block_bytes);
+        CHECK_INT(mlk_kv_seq_blocks(book, seq_b, blocks, 8), (pos + n + 15) / 16);
+        for (int p = pos; p < pos + n; p++) /* the device writes its rows through the layout */
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < hkv; h++)
+                    memcpy(device + (size_t)blocks[p / 16] * lay.block_bytes + lay.layer_stride +
+                               (size_t)kv * lay.kv_stride + (size_t)h * lay.head_stride + (size_t)(p % 16) * lay.row_bytes,
+                           (kv ? v : k) + ((size_t)(p - pos) * hkv + h) * dim, (size_t)dim * sizeof(float));
+    }
+    for (int which = 0; which < 2; which++) { /* every row of both sequences */
+        int seq_h = which ? hf : hs, seq_b = which ? bf : bs_, n = mlk_kv_seq_len(host, seq_h);
+        CHECK_INT(mlk_kv_seq_len(book, seq_b), n);
+        CHECK_INT(mlk_kv_load(host, seq_h, 1, 0, n, back_k, back_v), MLK_OK);
+        CHECK_INT(mlk_kv_seq_blocks(book, seq_b, blocks, 8), (n + 15) / 16);
+        for (int p = 0; p < n; p++)
+            for (int h = 0; h < hkv; h++) {
+                const unsigned char *row = device + (size_t)blocks[p / 16] * lay.block_bytes + lay.layer_stride +
+                                           (size_t)h * lay.head_stride + (size_t)(p % 16) * lay.row_bytes;
+                CHECKF(memcmp(row, back_k + ((size_t)p * hkv + h) * dim, (size_t)dim * sizeof(float)) == 0,
+                       "seq %d pos %d head %d: device row differs", which, p, h);
+            }
+    }
+    {
+        mlk_kv_stats a, b;
+        CHECK_INT(mlk_kv_get_stats(host, &a), MLK_OK);
+        CHECK_INT(mlk_kv_get_stats(book, &b), MLK_OK);
+        CHECK(a.blocks_used == b.blocks_used && a.seqs == b.seqs);
+    }
+    free(device);
+    mlkt_free(k); mlkt_free(v);
+    mlk_kv_destroy(host);
+    mlk_kv_destroy(book);
+}
+
 int main(void)
 {
     mlkt_file = "test_decode";
@@ -677,5 +759,6 @@ int main(void)
     MLKT_RUN(test_spec_sampling, 9);
     MLKT_RUN(test_spec_greedy, 10);
     MLKT_RUN(test_spec_bad_input, 11);
+    MLKT_RUN(test_kv_no_storage, 12);
     return mlkt_finish();
 }

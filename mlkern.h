@@ -280,6 +280,8 @@ MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, cons
    MLK_ERR_ARG. mlk_attn_sinks_grad gives their gradient. */
 typedef enum mlk_layout { MLK_BHND = 0, MLK_BNHD = 1 } mlk_layout;
 
+/* Zero-initialise it (mlk_attn_desc d = {0};) and set what you need: every
+   field's zero is its default, including fields later versions add. */
 typedef struct mlk_attn_desc {
     int batch, heads, kv_heads;   /* kv_heads 0 => heads; heads % kv_heads == 0 */
     int len_q, len_kv;            /* len_kv 0 => len_q */
@@ -428,9 +430,6 @@ typedef struct mlk_kv_config {
     int layers, kv_heads, head_dim;
     int block_size, num_blocks, max_seqs;
     mlk_kv_type type;
-    int no_storage; /* 1: bookkeeping only, the rows live elsewhere (a device copy of
-                       the pool): no host pool; store, load, compact and attention are
-                       MLK_ERR_ARG, and mlk_kv_prepare_write reports the block copies */
 } mlk_kv_config;
 typedef struct mlk_kv_cache mlk_kv_cache;
 
@@ -442,6 +441,12 @@ MLKERN_DEF size_t     mlk_kv_bytes_per_token(const mlk_kv_config *cfg);
 /* Allocates the pool and tables; every size >= 1, type one of mlk_kv_type
    (else MLK_ERR_ARG). *out is written only on success. */
 MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out);
+/* The same cache without its pool: bookkeeping only (block tables, forks,
+   copy-on-write, truncation), for rows kept elsewhere, such as a device
+   copy of the pool in the layout mlk_kv_get_layout describes. Store, load,
+   compact and attention are then MLK_ERR_ARG, and mlk_kv_prepare_write
+   reports the block copies a write needs. */
+MLKERN_DEF mlk_status mlk_kv_create_bookkeeping(const mlk_kv_config *cfg, mlk_kv_cache **out);
 /* Frees the cache and every sequence in it; NULL is a no-op. */
 MLKERN_DEF void       mlk_kv_destroy(mlk_kv_cache *c);
 /* A new empty sequence: the lowest free id in [0, max_seqs), or
@@ -466,8 +471,8 @@ MLKERN_DEF mlk_status mlk_kv_store(mlk_kv_cache *c, int seq, int layer, int pos,
 /* Makes the blocks of positions [pos, pos + n) of seq private before a
    write (copy-on-write), as mlk_kv_store does, and lists each block copy it
    made as a pair (source block, new block) in copies [2 * cap] (*n_copies
-   pairs): a cache with no_storage leaves the copying of those blocks' bytes
-   to whoever holds them. More pairs than cap: MLK_ERR_CAPACITY with nothing
+   pairs): a bookkeeping-only cache leaves the copying of those blocks'
+   bytes to whoever holds them. More pairs than cap: MLK_ERR_CAPACITY with nothing
    changed, as when the pool lacks blocks. */
 MLKERN_DEF mlk_status mlk_kv_prepare_write(mlk_kv_cache *c, int seq, int pos, int n, int *copies, int cap,
     int *n_copies);
@@ -625,6 +630,14 @@ typedef int (*mlk_verify_fn)(void *user, const int32_t *ctx, int ctx_len,
 /* accept (optional): the nodes of the last verified tree that were kept, so a
    stateful target keeps their KV rows (mlk_kv_compact) and drops the rest. */
 typedef int (*mlk_accept_fn)(void *user, int n_path, const int *path);
+/* The sampling mode's callbacks: draft_sample proposes a tree as draft does
+   and fills probs [max_nodes, vocab] (row i: the distribution node i's token
+   was drawn from); verify_sample fills probs [n_nodes + 1, vocab] with the
+   target's distributions after ctx (row 0) and after each node. */
+typedef int (*mlk_draft_sample_fn)(void *user, const int32_t *ctx, int ctx_len,
+    int max_nodes, int32_t *tokens, int *parent, float *probs, int *n_nodes);
+typedef int (*mlk_verify_sample_fn)(void *user, const int32_t *ctx, int ctx_len,
+    int n_nodes, const int32_t *tokens, const int *parent, float *probs);
 
 typedef struct mlk_spec_config {
     int max_new_tokens, max_nodes; /* >= 1; max_nodes bounds each draft tree */
@@ -632,8 +645,15 @@ typedef struct mlk_spec_config {
     mlk_draft_fn draft;
     mlk_verify_fn verify;
     mlk_accept_fn accept;          /* NULL: not needed */
-    void *user;                    /* passed to the three callbacks */
+    void *user;                    /* passed to the callbacks */
 } mlk_spec_config;
+/* The sampling mode of mlk_spec_generate_sample. */
+typedef struct mlk_spec_sampling {
+    int vocab;                     /* >= 1 */
+    uint64_t seed;                 /* mlk_spec_accept_sample's RNG stream */
+    mlk_draft_sample_fn draft;     /* replace cfg->draft and cfg->verify */
+    mlk_verify_sample_fn verify;
+} mlk_spec_sampling;
 typedef struct mlk_spec_stats {
     int target_calls;    /* verify calls */
     int drafted;         /* draft tokens proposed */
@@ -646,6 +666,12 @@ typedef struct mlk_spec_stats {
 MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
     const int32_t *prompt, int prompt_len, int32_t *out, int *out_len,
     mlk_spec_stats *stats);
+/* The same with sampling: the callbacks of *sampling give distributions and
+   each tree is verified by mlk_spec_accept_sample, so out is distributed
+   exactly as sampling from the target (cfg->draft and cfg->verify are not
+   used). Bad probabilities from a callback are MLK_ERR_VALUE. */
+MLKERN_DEF mlk_status mlk_spec_generate_sample(const mlk_spec_config *cfg, const mlk_spec_sampling *sampling,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len, mlk_spec_stats *stats);
 /* ======================================================================
    ternary (BitNet b1.58)
    ====================================================================== */
@@ -4388,7 +4414,8 @@ MLKERN_DEF size_t mlk_kv_bytes_per_token(const mlk_kv_config *cfg)
     return n * row;
 }
 
-MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out)
+/* Both creators: `storage` 0 leaves the pool out. */
+static mlk_status mlk__kv_create(const mlk_kv_config *cfg, int storage, mlk_kv_cache **out)
 {
     mlk_kv_cache *c;
     size_t tok, positions, pool_bytes;
@@ -4396,8 +4423,8 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     if (cfg->layers < 1 || cfg->kv_heads < 1 || cfg->head_dim < 1 || cfg->block_size < 1 ||
         cfg->num_blocks < 1 || cfg->max_seqs < 1)
         return MLK_ERR_SHAPE;
-    if ((cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
-         cfg->type != MLK_KV_Q4) || (cfg->no_storage != 0 && cfg->no_storage != 1))
+    if (cfg->type != MLK_KV_F32 && cfg->type != MLK_KV_F16 && cfg->type != MLK_KV_Q8 &&
+        cfg->type != MLK_KV_Q4)
         return MLK_ERR_ARG;
     tok = mlk_kv_bytes_per_token(cfg);
     if (!tok || !mlk__count4(cfg->layers, cfg->block_size, 1, 1, tok, &positions) ||
@@ -4410,13 +4437,13 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     c->cfg = *cfg;
     c->row_bytes = mlk__row_bytes(cfg->type, cfg->head_dim);
     c->block_bytes = positions * tok;
-    c->pool = cfg->no_storage ? NULL : (unsigned char *)mlk__alloc(pool_bytes);
+    c->pool = storage ? (unsigned char *)mlk__alloc(pool_bytes) : NULL;
     c->refcount = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
     c->free_list = (int *)MLKERN_MALLOC((size_t)cfg->num_blocks * sizeof(int));
     c->seq_len = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
     c->table = (int **)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int *));
     c->table_cap = (int *)MLKERN_MALLOC((size_t)cfg->max_seqs * sizeof(int));
-    if ((!c->pool && !cfg->no_storage) || !c->refcount || !c->free_list || !c->seq_len || !c->table ||
+    if ((!c->pool && storage) || !c->refcount || !c->free_list || !c->seq_len || !c->table ||
         !c->table_cap) {
         if (c->table) memset(c->table, 0, (size_t)cfg->max_seqs * sizeof(int *));
         mlk_kv_destroy(c);
@@ -4434,6 +4461,16 @@ MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out
     }
     *out = c;
     return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out)
+{
+    return mlk__kv_create(cfg, 1, out);
+}
+
+MLKERN_DEF mlk_status mlk_kv_create_bookkeeping(const mlk_kv_config *cfg, mlk_kv_cache **out)
+{
+    return mlk__kv_create(cfg, 0, out);
 }
 
 MLKERN_DEF void mlk_kv_destroy(mlk_kv_cache *c)
@@ -5546,27 +5583,28 @@ static int mlk__spec_row_ok(const float *row, int vocab, int need_mass)
     return mass || !need_mass;
 }
 
-MLKERN_DEF mlk_status mlk_spec_accept_sample(int n, const int *parent, const int32_t *draft, int vocab,
-    const float *p_target, const float *p_draft, uint64_t *rng_state, int *path, int *n_path, int32_t *token)
+/* Checks a draft tree of n >= 0 nodes (checked parents) and its rows. */
+static mlk_status mlk__spec_check(int n, const int32_t *draft, int vocab, const float *p_target,
+                                  const float *p_draft)
 {
-    mlk__arena arena;
-    mlk__piece pc[1];
-    mlk_status st;
-    double *p, total = 0;
-    uint64_t draws = 0;
-    int cur = -1, len = 0, i;
-    if (!parent || !draft || !p_target || !p_draft || !rng_state || !path || !n_path || !token) return MLK_ERR_NULL;
-    if (n < 1 || vocab < 1) return MLK_ERR_SHAPE;
-    if ((st = mlk__tree_check(n, parent)) != MLK_OK) return st;
-    for (i = 0; i < n; i++)
+    for (int i = 0; i < n; i++)
         if (draft[i] < 0 || draft[i] >= vocab) return MLK_ERR_ARG;
-    for (i = 0; i <= n; i++)
+    for (int i = 0; i <= n; i++)
         if (!mlk__spec_row_ok(p_target + (size_t)i * vocab, vocab, 1) ||
             (i < n && !mlk__spec_row_ok(p_draft + (size_t)i * vocab, vocab, 0)))
             return MLK_ERR_VALUE;
-    pc[0] = mlk__piece_of((size_t)vocab * sizeof(double)); /* the current (residual) target distribution */
-    if ((st = mlk__arena_carve(&arena, NULL, pc, 1)) != MLK_OK) return st;
-    p = (double *)pc[0].ptr;
+    return MLK_OK;
+}
+
+/* mlk_spec_accept_sample on checked inputs (n may be 0: a draw from row 0),
+   with p: vocab doubles of scratch. */
+static void mlk__spec_accept(int n, const int *parent, const int32_t *draft, int vocab, const float *p_target,
+                             const float *p_draft, uint64_t *rng_state, double *p, int *path, int *n_path,
+                             int32_t *token)
+{
+    double total = 0;
+    uint64_t draws = 0;
+    int cur = -1, len = 0, i;
     for (;;) {
         const float *row = p_target + (size_t)(cur + 1) * vocab;
         int accepted = -1;
@@ -5600,39 +5638,69 @@ MLKERN_DEF mlk_status mlk_spec_accept_sample(int n, const int *parent, const int
     *token = mlk__spec_draw(p, vocab, total, mlk__softmax_uniform(*rng_state, draws++));
     *n_path = len;
     *rng_state += draws * 0x9E3779B97F4A7C15ull;
+}
+
+MLKERN_DEF mlk_status mlk_spec_accept_sample(int n, const int *parent, const int32_t *draft, int vocab,
+    const float *p_target, const float *p_draft, uint64_t *rng_state, int *path, int *n_path, int32_t *token)
+{
+    mlk__arena arena;
+    mlk__piece pc[1];
+    mlk_status st;
+    if (!parent || !draft || !p_target || !p_draft || !rng_state || !path || !n_path || !token) return MLK_ERR_NULL;
+    if (n < 1 || vocab < 1) return MLK_ERR_SHAPE;
+    if ((st = mlk__tree_check(n, parent)) != MLK_OK) return st;
+    if ((st = mlk__spec_check(n, draft, vocab, p_target, p_draft)) != MLK_OK) return st;
+    pc[0] = mlk__piece_of((size_t)vocab * sizeof(double)); /* the current (residual) target distribution */
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 1)) != MLK_OK) return st;
+    mlk__spec_accept(n, parent, draft, vocab, p_target, p_draft, rng_state, (double *)pc[0].ptr, path, n_path, token);
     mlk__arena_done(&arena);
     return MLK_OK;
 }
 
-MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
-    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len,
-    mlk_spec_stats *stats)
+/* Both modes of speculative decoding: greedy when sm is NULL. */
+static mlk_status mlk__spec_generate(const mlk_spec_config *cfg, const mlk_spec_sampling *sm,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len, mlk_spec_stats *stats)
 {
-    int max_new, max_nodes, ctx_len, gen = 0, done = 0;
+    int max_new, max_nodes, ctx_len, gen = 0, done = 0, sampling = sm != NULL, vocab;
     mlk_spec_stats s;
-    mlk__piece pc[5];
+    mlk__piece pc[8];
     mlk__arena arena;
     int32_t *ctx, *tokens, *greedy;
     int *parent, *path;
+    float *p_target, *p_draft;
+    double *residual;
+    uint64_t rng;
+    size_t rows_bytes;
     mlk_status st;
 
-    if (!cfg || !prompt || !out || !out_len || !cfg->draft || !cfg->verify) return MLK_ERR_NULL;
+    if (!cfg || !prompt || !out || !out_len) return MLK_ERR_NULL;
+    if (sampling ? !sm->draft || !sm->verify : !cfg->draft || !cfg->verify) return MLK_ERR_NULL;
     max_new = cfg->max_new_tokens;
     max_nodes = cfg->max_nodes;
-    if (prompt_len < 1 || max_new < 1 || max_nodes < 1) return MLK_ERR_SHAPE;
+    vocab = sampling ? sm->vocab : 0;
+    if (prompt_len < 1 || max_new < 1 || max_nodes < 1 || (sampling && vocab < 1)) return MLK_ERR_SHAPE;
     if (cfg->eos_id < -1) return MLK_ERR_ARG;
-    if (prompt_len > INT_MAX - max_new || max_nodes == INT_MAX) return MLK_ERR_OVERFLOW;
+    if (prompt_len > INT_MAX - max_new || max_nodes == INT_MAX ||
+        !mlk__count4(max_nodes + 1, vocab, 1, 1, sizeof(double), &rows_bytes))
+        return MLK_ERR_OVERFLOW;
     pc[0] = mlk__piece_of(((size_t)prompt_len + (size_t)max_new) * sizeof(int32_t));
     pc[1] = mlk__piece_of((size_t)max_nodes * sizeof(int32_t));
     pc[2] = mlk__piece_of(((size_t)max_nodes + 1) * sizeof(int32_t));
     pc[3] = mlk__piece_of((size_t)max_nodes * sizeof(int));
     pc[4] = mlk__piece_of((size_t)max_nodes * sizeof(int));
-    if ((st = mlk__arena_carve(&arena, NULL, pc, 5)) != MLK_OK) return st;
+    pc[5] = mlk__piece_of(rows_bytes * sizeof(float));                   /* target rows */
+    pc[6] = mlk__piece_of(rows_bytes * sizeof(float));                   /* draft rows */
+    pc[7] = mlk__piece_of((size_t)vocab * sizeof(double));               /* the residual */
+    if ((st = mlk__arena_carve(&arena, NULL, pc, 8)) != MLK_OK) return st;
     ctx = (int32_t *)pc[0].ptr;
     tokens = (int32_t *)pc[1].ptr;
     greedy = (int32_t *)pc[2].ptr;
     parent = (int *)pc[3].ptr;
     path = (int *)pc[4].ptr;
+    p_target = (float *)pc[5].ptr;
+    p_draft = (float *)pc[6].ptr;
+    residual = (double *)pc[7].ptr;
+    rng = sampling ? sm->seed : 0;
     memcpy(ctx, prompt, (size_t)prompt_len * sizeof(int32_t));
     ctx_len = prompt_len;
     memset(&s, 0, sizeof s);
@@ -5642,22 +5710,29 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
         int room = max_new - gen - 1 < max_nodes ? max_new - gen - 1 : max_nodes;
         int n = 0, n_path = 0;
         int32_t bonus;
-        if (room > 0 && cfg->draft(cfg->user, ctx, ctx_len, room, tokens, parent, &n) != 0) {
+        if (room > 0 && (sampling ? sm->draft(cfg->user, ctx, ctx_len, room, tokens, parent, p_draft, &n)
+                                  : cfg->draft(cfg->user, ctx, ctx_len, room, tokens, parent, &n)) != 0) {
             st = MLK_ERR_CALLBACK;
             break;
         }
         if (n < 0 || n > room) { st = MLK_ERR_ARG; break; }
         st = mlk__tree_check(n, parent);
         if (st != MLK_OK) break;
-        if (cfg->verify(cfg->user, ctx, ctx_len, n, tokens, parent, greedy) != 0) {
+        if ((sampling ? sm->verify(cfg->user, ctx, ctx_len, n, tokens, parent, p_target)
+                      : cfg->verify(cfg->user, ctx, ctx_len, n, tokens, parent, greedy)) != 0) {
             st = MLK_ERR_CALLBACK;
             break;
         }
         s.target_calls++;
         s.drafted += n;
-        bonus = greedy[0];
-        if (n > 0) /* cannot fail: the tree was checked above */
-            mlk_tree_accept(n, parent, tokens, greedy, path, &n_path, &bonus);
+        if (sampling) {
+            if ((st = mlk__spec_check(n, tokens, vocab, p_target, p_draft)) != MLK_OK) break;
+            mlk__spec_accept(n, parent, tokens, vocab, p_target, p_draft, &rng, residual, path, &n_path, &bonus);
+        } else {
+            bonus = greedy[0];
+            if (n > 0) /* cannot fail: the tree was checked above */
+                mlk_tree_accept(n, parent, tokens, greedy, path, &n_path, &bonus);
+        }
         if (cfg->accept && cfg->accept(cfg->user, n_path, path) != 0) {
             st = MLK_ERR_CALLBACK;
             break;
@@ -5679,6 +5754,20 @@ MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
     }
     mlk__arena_done(&arena);
     return st;
+}
+
+MLKERN_DEF mlk_status mlk_spec_generate(const mlk_spec_config *cfg,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len,
+    mlk_spec_stats *stats)
+{
+    return mlk__spec_generate(cfg, NULL, prompt, prompt_len, out, out_len, stats);
+}
+
+MLKERN_DEF mlk_status mlk_spec_generate_sample(const mlk_spec_config *cfg, const mlk_spec_sampling *sampling,
+    const int32_t *prompt, int prompt_len, int32_t *out, int *out_len, mlk_spec_stats *stats)
+{
+    if (!sampling) return MLK_ERR_NULL;
+    return mlk__spec_generate(cfg, sampling, prompt, prompt_len, out, out_len, stats);
 }
 
 /* ======================================================================

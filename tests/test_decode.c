@@ -683,8 +683,7 @@ static void test_kv_no_storage(void)
     cfg.layers = 2; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = 16; cfg.num_blocks = 12;
     cfg.max_seqs = 4; cfg.type = MLK_KV_F32;
     CHECK_INT(mlk_kv_create(&cfg, &host), MLK_OK);
-    cfg.no_storage = 1;
-    CHECK_INT(mlk_kv_create(&cfg, &book), MLK_OK);
+    CHECK_INT(mlk_kv_create_bookkeeping(&cfg, &book), MLK_OK);
     memset(&lay, 0, sizeof lay);
     CHECK_INT(mlk_kv_get_layout(book, &lay), MLK_OK);
     CHECK(lay.pool == NULL);
@@ -745,6 +744,78 @@ static void test_kv_no_storage(void)
     mlk_kv_destroy(book);
 }
 
+/* ---- mlk_spec_generate_sample: the toy models through the whole loop ---- */
+
+static int gen_draft(void *user, const int32_t *ctx, int ctx_len, int max_nodes, int32_t *tokens, int *parent,
+                     float *probs, int *n_nodes)
+{
+    int last = ctx_len > 1 ? ctx[ctx_len - 1] : SPEC_V, n = max_nodes < 2 ? max_nodes : 2;
+    (void)user;
+    for (int i = 0; i < n; i++) { /* a chain drawn from the draft model; rows of V + 1 (the marker: 0) */
+        memcpy(probs + (size_t)i * (SPEC_V + 1), spec_Q[last], sizeof spec_Q[0]);
+        probs[(size_t)i * (SPEC_V + 1) + SPEC_V] = 0.0f;
+        tokens[i] = last = spec_sample(spec_Q[last], NULL);
+        parent[i] = i - 1;
+    }
+    *n_nodes = n;
+    return 0;
+}
+
+static int gen_verify(void *user, const int32_t *ctx, int ctx_len, int n_nodes, const int32_t *tokens,
+                      const int *parent, float *probs)
+{
+    (void)user; (void)parent;
+    for (int i = 0; i <= n_nodes; i++) {
+        memcpy(probs + (size_t)i * (SPEC_V + 1), spec_P[i == 0 ? (ctx_len > 1 ? ctx[ctx_len - 1] : SPEC_V) : tokens[i - 1]],
+               sizeof spec_P[0]);
+        probs[(size_t)i * (SPEC_V + 1) + SPEC_V] = 0.0f;
+    }
+    return 0;
+}
+
+static void test_spec_generate_sample(void)
+{
+    const int trials = mlkt_quick() ? 20000 : 100000;
+    const int32_t prompt[1] = {SPEC_V}; /* a marker: the empty context */
+    mlk_spec_config cfg;
+    mlk_spec_sampling sm;
+    long count[SPEC_V][SPEC_V];
+    double chi2 = 0;
+    int cells = 0;
+    memset(&cfg, 0, sizeof cfg);
+    memset(&sm, 0, sizeof sm);
+    cfg.max_new_tokens = 2;
+    cfg.max_nodes = 3;
+    cfg.eos_id = -1;
+    sm.vocab = SPEC_V + 1; /* the marker is a token too, never drawn */
+    sm.draft = gen_draft;
+    sm.verify = gen_verify;
+    memset(count, 0, sizeof count);
+    for (int t = 0; t < trials; t++) {
+        int32_t out[2];
+        int n_out = 0;
+        sm.seed = 1000 + (uint64_t)t * 7;
+        if (mlk_spec_generate_sample(&cfg, &sm, prompt, 1, out, &n_out, NULL) != MLK_OK || n_out != 2) {
+            CHECK(!"mlk_spec_generate_sample failed");
+            return;
+        }
+        count[out[0]][out[1]]++;
+    }
+    for (int a = 0; a < SPEC_V; a++)
+        for (int b = 0; b < SPEC_V; b++) {
+            double want = (double)trials * spec_P[SPEC_V][a] * spec_P[a][b];
+            if (want == 0) {
+                CHECK(count[a][b] == 0);
+                continue;
+            }
+            chi2 += (count[a][b] - want) * (count[a][b] - want) / want;
+            cells++;
+        }
+    CHECKF(cells == 8 && chi2 < 24.32, "generate: chi-square %.2f over %d cells", chi2, cells);
+    sm.verify = NULL;
+    CHECK_INT(mlk_spec_generate_sample(&cfg, &sm, prompt, 1, (int32_t *)count, &cells, NULL), MLK_ERR_NULL);
+}
+
 int main(void)
 {
     mlkt_file = "test_decode";
@@ -760,5 +831,6 @@ int main(void)
     MLKT_RUN(test_spec_greedy, 10);
     MLKT_RUN(test_spec_bad_input, 11);
     MLKT_RUN(test_kv_no_storage, 12);
+    MLKT_RUN(test_spec_generate_sample, 13);
     return mlkt_finish();
 }

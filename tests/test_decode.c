@@ -734,6 +734,8 @@ static void test_kv_no_storage(void)
     }
     {
         mlk_kv_stats a, b;
+        memset(&a, 0, sizeof a);
+        memset(&b, 0, sizeof b);
         CHECK_INT(mlk_kv_get_stats(host, &a), MLK_OK);
         CHECK_INT(mlk_kv_get_stats(book, &b), MLK_OK);
         CHECK(a.blocks_used == b.blocks_used && a.seqs == b.seqs);

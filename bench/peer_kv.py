@@ -26,6 +26,23 @@ def main():
     with torch.no_grad():
         peerlib.record("kv_decode_attn", "F32 %dx%d Hq%d Hkv%d D%d" % (SEQS, LEN, HQ, HKV, D),
                        lambda: decode(q, k, v), nbytes=nbytes, reps=9)
+    del q, k, v
+    # split-KV decode: one sequence of 32768 positions (bench_kv.c reads F16; torch fp32)
+    q = torch.randn(1, HKV, HQ // HKV, D)
+    k = torch.randn(1, HKV, 32768, D)
+    v = torch.randn(1, HKV, 32768, D)
+    with torch.no_grad():
+        peerlib.record("kv_decode_split", "F16 1x32768 Hq%d Hkv%d D%d" % (HQ, HKV, D),
+                       lambda: decode(q, k, v), nbytes=2 * HKV * 32768 * D * 2, reps=15)
+    del q, k, v
+    # cascade: 32 forks of a 4096-token prompt, 128 own tokens each; torch
+    # attends each sequence's contiguous 4224 keys (no shared-prefix kernel)
+    q = torch.randn(SEQS, HKV, HQ // HKV, D)
+    k = torch.randn(SEQS, HKV, 4096 + 128, D)
+    v = torch.randn(SEQS, HKV, 4096 + 128, D)
+    with torch.no_grad():
+        peerlib.record("kv_decode_cascade", "F16 %dx(4096 shared + 128) Hq%d Hkv%d D%d" % (SEQS, HQ, HKV, D),
+                       lambda: decode(q, k, v), reps=9)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@
        MLKERN_ASSERT(x)  debug checks (default assert); the checks that
                          guard memory stay on in release builds
        MLKERN_NO_SIMD    force the portable scalar path
-   SIMD: AVX2+FMA (x86-64) or scalar, chosen at compile time.
+   SIMD, chosen at compile time: AVX2+FMA (x86-64), NEON (aarch64: the
+   micro-kernel, exp, the attention softmax rows, norm sums; the rest is
+   scalar there), or scalar.
 
    ERRORS
    Every fallible function returns mlk_status (MLK_OK == 0; mlk_status_str
@@ -777,6 +779,9 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #if !defined(MLKERN_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #define MLK__AVX2 1
 #include <immintrin.h>
+#elif !defined(MLKERN_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
+#define MLK__NEON 1
+#include <arm_neon.h>
 #endif
 
 /* OpenMP only through pragmas; MLK__OMP(omp parallel for) is nothing
@@ -1061,6 +1066,29 @@ static float mlk__hmax8(__m256 v)
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
+#elif defined(MLK__NEON)
+/* 4 lanes of mlk__expf, same polynomial and range rules as mlk__exp8. */
+MLK__MAYBE_UNUSED static float32x4_t mlk__exp4(float32x4_t x)
+{
+    const float32x4_t lo = vdupq_n_f32(-87.33654f), hi = vdupq_n_f32(88.72283f);
+    uint32x4_t valid = vcgtq_f32(x, lo); /* false for NaN */
+    float32x4_t n, r, p;
+    int32x4_t e;
+    x = vminq_f32(vmaxq_f32(x, lo), hi);
+    n = vrndnq_f32(vmulq_n_f32(x, 1.44269504f));
+    r = vfmsq_f32(x, n, vdupq_n_f32(0.693145752f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(1.42860677e-6f));
+    p = vdupq_n_f32(1.0f / 720);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 120), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 24), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 6), p, r);
+    p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+    p = vmulq_f32(p, vreinterpretq_f32_s32(e));
+    return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(p), valid));
+}
 #endif
 
 /* ---- symmetric quantisation (KV cache Q8/Q4 rows, int8 activations) ---- */
@@ -1193,6 +1221,35 @@ static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t
     if (mr > 3) _mm256_storeu_ps(r3, c30), _mm256_storeu_ps(r3 + 8, c31);
     if (mr > 4) _mm256_storeu_ps(r4, c40), _mm256_storeu_ps(r4 + 8, c41);
     if (mr > 5) _mm256_storeu_ps(r5, c50), _mm256_storeu_ps(r5 + 8, c51);
+}
+#elif defined(MLK__NEON)
+/* 6 x 4 quad accumulators of the 32 NEON registers; rows past mr are
+   neither read nor written. */
+static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                              float *c, size_t ldc, float alpha, float beta)
+{
+    float32x4_t acc[MLK__MR][4];
+    for (int r = 0; r < MLK__MR; r++)
+        for (int q = 0; q < 4; q++) acc[r][q] = vdupq_n_f32(0.0f);
+    for (int p = 0; p < k; p++, a += a_ks, b += ldb) {
+        const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8), b3 = vld1q_f32(b + 12);
+        for (int r = 0; r < MLK__MR; r++) {
+            float32x4_t ar;
+            if (r >= mr) break;
+            ar = vdupq_n_f32(a[(size_t)r * a_rs]);
+            acc[r][0] = vfmaq_f32(acc[r][0], ar, b0);
+            acc[r][1] = vfmaq_f32(acc[r][1], ar, b1);
+            acc[r][2] = vfmaq_f32(acc[r][2], ar, b2);
+            acc[r][3] = vfmaq_f32(acc[r][3], ar, b3);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < 4; q++) {
+            float *cq = c + (size_t)r * ldc + 4 * q;
+            float32x4_t y = vmulq_n_f32(acc[r][q], alpha);
+            if (beta != 0.0f) y = vfmaq_n_f32(y, vld1q_f32(cq), beta);
+            vst1q_f32(cq, y);
+        }
 }
 #else
 static void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
@@ -1998,6 +2055,18 @@ static void mlk__norm_block_moments(const float *x, int n, float c, float *s1, f
     }
     sum = mlk__hsum8(_mm256_add_ps(acc0, acc1));
     sum_sq = mlk__hsum8(_mm256_add_ps(sq0, sq1));
+#elif defined(MLK__NEON)
+    const float32x4_t cv = vdupq_n_f32(c);
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, sq0 = acc0, sq1 = acc0;
+    for (; i <= n - 8; i += 8) {
+        float32x4_t d0 = vsubq_f32(vld1q_f32(x + i), cv), d1 = vsubq_f32(vld1q_f32(x + i + 4), cv);
+        acc0 = vaddq_f32(acc0, d0);
+        acc1 = vaddq_f32(acc1, d1);
+        sq0 = vfmaq_f32(sq0, d0, d0);
+        sq1 = vfmaq_f32(sq1, d1, d1);
+    }
+    sum = vaddvq_f32(vaddq_f32(acc0, acc1));
+    sum_sq = vaddvq_f32(vaddq_f32(sq0, sq1));
 #else
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (; i <= n - 8; i += 8) /* eight lanes, as the vector path: short add chains */
@@ -3308,6 +3377,10 @@ static float mlk__attn_row_max(const float *s, int n)
     __m256 vm = _mm256_set1_ps(-INFINITY);
     for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
     m = mlk__hmax8(vm);
+#elif defined(MLK__NEON)
+    float32x4_t vm = vdupq_n_f32(-INFINITY);
+    for (; j <= n - 4; j += 4) vm = vmaxq_f32(vm, vld1q_f32(s + j));
+    m = vmaxvq_f32(vm);
 #endif
     for (; j < n; j++) m = s[j] > m ? s[j] : m;
     return m;
@@ -3326,6 +3399,14 @@ static float mlk__attn_exp_sum(float *s, int n, float shift)
         vsum = _mm256_add_ps(vsum, e);
     }
     sum = mlk__hsum8(vsum);
+#elif defined(MLK__NEON)
+    float32x4_t vshift = vdupq_n_f32(shift), vsum = vdupq_n_f32(0.0f);
+    for (; j <= n - 4; j += 4) {
+        float32x4_t e = mlk__exp4(vsubq_f32(vld1q_f32(s + j), vshift));
+        vst1q_f32(s + j, e);
+        vsum = vaddq_f32(vsum, e);
+    }
+    sum = vaddvq_f32(vsum);
 #endif
     for (; j < n; j++) {
         s[j] = mlk__expf(s[j] - shift);

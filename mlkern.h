@@ -5,12 +5,16 @@
    Plain C functions on plain float arrays: a packed SIMD sgemm, layer and RMS
    norm forward/backward, softmax with fused one-pass top-k and sampling,
    flash attention forward/backward (bottom-right causal, GQA/MQA, sliding
-   window, softcap, variable kv lengths, tree masks, two layouts), a paged
-   KV cache (copy-on-write forks, f32/f16/int8/int4 storage, attention over
-   it for decode, chunked prefill and tree verification), batched beam
-   search whose finished hypotheses keep competing, tree speculative
-   decoding that is exactly greedy decoding, and ternary (BitNet b1.58)
-   quantisation, packed ternary GEMM and straight-through training.
+   window, softcap, attention sinks, variable kv lengths, tree masks, two
+   layouts) and the merge of partial attention states, rotary embeddings,
+   a paged KV cache (copy-on-write forks, f32/f16/int8/int4 storage,
+   attention over it for decode with split-KV and shared-prefix cascades,
+   chunked prefill and tree verification, an exported layout), batched
+   sampling with per-row parameters and penalties, batched beam search
+   whose finished hypotheses keep competing, tree speculative decoding that
+   is exactly greedy decoding or exactly the target's sampling, and ternary
+   (BitNet b1.58) quantisation, packed ternary GEMM and straight-through
+   training.
    No dependencies beyond libm, no global state, no hidden threads.
 
    HOW TO USE IT
@@ -62,16 +66,22 @@
        gemm         mlk_sgemm
        norms        mlk_layernorm_fwd/bwd, mlk_rmsnorm_fwd/bwd
        softmax      mlk_softmax, mlk_log_softmax, mlk_topk_softmax,
-                    mlk_topk_log_softmax, mlk_sample
+                    mlk_topk_log_softmax, mlk_sample, mlk_sample_rows
        attention    mlk_attn_fwd, mlk_attn_bwd, mlk_attn_naive,
-                    mlk_attn_workspace_size
+                    mlk_attn_workspace_size, mlk_attn_sinks_grad,
+                    mlk_attn_merge
        rope         mlk_rope_fwd, mlk_rope_bwd (mlk_rope_config)
-       KV cache     mlk_kv_create ... mlk_kv_attn, mlk_kv_get_stats
+       KV cache     mlk_kv_create(_bookkeeping) ... mlk_kv_attn_opt,
+                    mlk_kv_attn_workspace_size, mlk_kv_attn,
+                    mlk_kv_get_stats, mlk_kv_get_layout, mlk_kv_seq_blocks,
+                    mlk_kv_prepare_write
        beam search  mlk_beam_search
        speculative  mlk_tree_mask, mlk_tree_depth, mlk_tree_accept,
-                    mlk_spec_generate
+                    mlk_spec_accept_sample, mlk_spec_generate,
+                    mlk_spec_generate_sample
        ternary      mlk_ternary_quant/dequant, mlk_act_quant_i8,
-                    mlk_ternary_gemm, mlk_bitlinear_fwd/bwd, mlk_adamw_step
+                    mlk_ternary_gemm, mlk_bitlinear_fwd/bwd
+       optimiser    mlk_adamw_step
    README.md has the tour, the semantics that differ from PyTorch/HF and the
    measured speed.
 
@@ -440,8 +450,8 @@ typedef struct mlk_kv_cache mlk_kv_cache;
    overflows. Pool bytes = this * layers *
    block_size * num_blocks. */
 MLKERN_DEF size_t     mlk_kv_bytes_per_token(const mlk_kv_config *cfg);
-/* Allocates the pool and tables; every size >= 1, type one of mlk_kv_type
-   (else MLK_ERR_ARG). *out is written only on success. */
+/* Allocates the pool and tables; every size >= 1 (else MLK_ERR_SHAPE), type
+   one of mlk_kv_type (else MLK_ERR_ARG). *out is written only on success. */
 MLKERN_DEF mlk_status mlk_kv_create(const mlk_kv_config *cfg, mlk_kv_cache **out);
 /* The same cache without its pool: bookkeeping only (block tables, forks,
    copy-on-write, truncation), for rows kept elsewhere, such as a device
@@ -461,8 +471,7 @@ MLKERN_DEF mlk_status mlk_kv_seq_free(mlk_kv_cache *c, int seq);
 MLKERN_DEF mlk_status mlk_kv_seq_fork(mlk_kv_cache *c, int src, int *dst);
 /* Number of positions of the sequence; -1 for a NULL cache or a bad id. */
 MLKERN_DEF int        mlk_kv_seq_len(const mlk_kv_cache *c, int seq);
-/* Grows the sequence by n >= 1 positions (contents unspecified until
-   stored). MLK_ERR_CAPACITY, with nothing changed, if the pool lacks blocks. */
+/* Grows the sequence by n >= 1 positions (zeros until stored). MLK_ERR_CAPACITY, with nothing changed, if the pool lacks blocks. */
 MLKERN_DEF mlk_status mlk_kv_append(mlk_kv_cache *c, int seq, int n);
 /* Writes positions [pos, pos + n) of one layer; k, v: [n, kv_heads, head_dim].
    The range must lie inside the sequence (MLK_ERR_SHAPE). Quantised types
@@ -3686,9 +3695,9 @@ static void mlk__attn_rows_finish(const mlk__attn_rows *st, float *o, size_t o_h
         size_t qi = (size_t)(r / st->group), h = (size_t)(r % st->group);
         float *orow = o + qi * o_tok + h * o_head, l = st->l_sum[r];
         const float *a = st->acc + (size_t)r * st->dpad;
-        float inv = l > 0 ? 1.0f / l : 0.0f;
-        for (int d = 0; d < st->head_dim; d++) orow[d] = a[d] * inv;
-        if (lse) lse[qi * lse_tok + h * lse_head] = l > 0 ? st->row_max[r] + logf(l) : -INFINITY;
+        float inv = 1.0f / l; /* l is 0 only for a row that saw nothing: o = 0, even over 0 * inf; NaN stays */
+        for (int d = 0; d < st->head_dim; d++) orow[d] = l != 0.0f ? a[d] * inv : 0.0f;
+        if (lse) lse[qi * lse_tok + h * lse_head] = l != 0.0f ? st->row_max[r] + logf(l) : -INFINITY;
     }
 }
 
@@ -3925,15 +3934,18 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
     mlk_status st;
     int *depth;
     double *s;
+    unsigned char *seen; /* [len_kv]: key j visible to the current query */
     if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
     if ((st = mlk__attn_validate(d, &g)) != MLK_OK) return st;
     /* the reference never uses the caller's workspace (not sized for it) */
     g.pc[0] = mlk__piece_of((size_t)g.len_q * sizeof(int));
     g.pc[1] = mlk__piece_of((size_t)g.len_kv * sizeof(double));
-    if ((st = mlk__arena_carve(&ar, NULL, g.pc, 2)) != MLK_OK) return st;
+    g.pc[2] = mlk__piece_of((size_t)g.len_kv);
+    if ((st = mlk__arena_carve(&ar, NULL, g.pc, 3)) != MLK_OK) return st;
     depth = (int *)g.pc[0].ptr;
     if (d->tree_parent) mlk__tree_depths(g.len_q, d->tree_parent, depth);
     s = (double *)g.pc[1].ptr;
+    seen = (unsigned char *)g.pc[2].ptr;
     for (int b = 0; b < g.batch; b++) {
         mlk__attn_mask m;
         mlk__attn_item_mask(d, &g, b, depth, &m);
@@ -3942,25 +3954,28 @@ MLKERN_DEF mlk_status mlk_attn_naive(const mlk_attn_desc *d, const float *q, con
                 size_t qo = (size_t)b * g.q_batch + (size_t)h * g.q_head + (size_t)i * g.q_tok;
                 size_t kvo = (size_t)b * g.kv_batch + (size_t)(h / g.group) * g.kv_head;
                 double sink = d->sinks ? (double)d->sinks[h] : -INFINITY, row_max = sink, l_sum = 0;
+                int saw_nan = 0;
                 for (int j = 0; j < g.len_kv; j++) {
                     double dot = 0;
-                    if (!mlk__attn_visible(&m, i, j)) { s[j] = -INFINITY; continue; }
+                    seen[j] = (unsigned char)mlk__attn_visible(&m, i, j);
+                    if (!seen[j]) continue; /* masked: contributes nothing at all */
                     for (int e = 0; e < g.head_dim; e++) dot += (double)q[qo + e] * k[kvo + (size_t)j * g.kv_tok + e];
                     s[j] = dot * g.scale;
                     if (g.softcap > 0) s[j] = g.softcap * tanh(s[j] / g.softcap);
+                    saw_nan |= s[j] != s[j];
                     if (s[j] > row_max) row_max = s[j];
                 }
-                for (int e = 0; e < g.head_dim; e++) o[qo + e] = 0;
-                if (row_max == -INFINITY) { /* sees nothing, no sink */
-                    if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = -INFINITY;
+                for (int e = 0; e < g.head_dim; e++) o[qo + e] = saw_nan ? NAN : 0.0f;
+                if (saw_nan || row_max == -INFINITY) { /* a NaN score poisons the row; or it sees nothing */
+                    if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = saw_nan ? NAN : -INFINITY;
                     continue;
                 }
                 l_sum = sink > -INFINITY ? exp(sink - row_max) : 0;
-                for (int j = 0; j < g.len_kv; j++) l_sum += s[j] == -INFINITY ? 0 : exp(s[j] - row_max);
+                for (int j = 0; j < g.len_kv; j++) l_sum += seen[j] ? exp(s[j] - row_max) : 0;
                 for (int e = 0; e < g.head_dim; e++) {
-                    double acc = 0;
+                    double acc = 0; /* a visible key of weight 0 still multiplies its value (0 * inf is NaN) */
                     for (int j = 0; j < g.len_kv; j++)
-                        if (s[j] != -INFINITY) acc += exp(s[j] - row_max) * v[kvo + (size_t)j * g.kv_tok + e];
+                        if (seen[j]) acc += exp(s[j] - row_max) * v[kvo + (size_t)j * g.kv_tok + e];
                     o[qo + e] = (float)(acc / l_sum);
                 }
                 if (lse) lse[((size_t)b * g.heads + h) * g.len_q + i] = (float)(row_max + log(l_sum));
@@ -4706,7 +4721,10 @@ MLKERN_DEF mlk_status mlk_kv_append(mlk_kv_cache *c, int seq, int n)
     need = mlk__kv_blocks_for(c, len + n);
     if (need - have > c->free_count) return MLK_ERR_CAPACITY;
     if (!mlk__kv_reserve(c, seq, need, have)) return MLK_ERR_NOMEM;
-    for (int b = have; b < need; b++) c->table[seq][b] = mlk__kv_take_block(c);
+    for (int b = have; b < need; b++) { /* fresh blocks read as zeros until stored */
+        c->table[seq][b] = mlk__kv_take_block(c);
+        if (c->pool) memset(c->pool + (size_t)c->table[seq][b] * c->block_bytes, 0, c->block_bytes);
+    }
     c->seq_len[seq] = len + n;
     return MLK_OK;
 }

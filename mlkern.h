@@ -3088,8 +3088,9 @@ MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, cons
    memory of the returned size; nothing is allocated. Rows that see no key
    get o = 0, lse = -inf. */
 
-/* Visibility of keys to the queries of one batch item (DESIGN.md): query i
-   sits at position i + off, off = n_keys - n_q (bottom-right alignment). */
+/* Visibility of keys to the queries of one batch item (the rules of the
+   attention declarations): query i sits at position i + off,
+   off = n_keys - n_q (bottom-right alignment). */
 typedef struct mlk__attn_mask {
     int n_keys;             /* valid keys: 0 .. n_keys-1 (kv_len of the item) */
     int n_q;                /* queries of the item (all of them, not a tile) */
@@ -3113,7 +3114,7 @@ static long long mlk__attn_query_pos(const mlk__attn_mask *m, int i)
     return m->tree_parent ? off + m->tree_depth[i] : i + off;
 }
 
-/* 1 when query i sees key j: the rules of DESIGN.md, one pair at a time. */
+/* 1 when query i sees key j: the visibility rules, one pair at a time. */
 static int mlk__attn_visible(const mlk__attn_mask *m, int i, int j)
 {
     int off = m->n_keys - m->n_q;

@@ -2,7 +2,7 @@
 # make bench-peers: times the same shapes with PyTorch (Debian's python3-torch,
 # installed when missing) right after `make bench`, then prints mlkern/torch
 # ratios. torch runs twice, plain and with glibc's malloc told to keep big
-# buffers (PERF_NOTES.md); the faster run counts.
+# buffers, which torch benefits from; the faster run counts.
 set -e
 PY=/usr/bin/python3
 if ! $PY -c 'import torch, numpy' 2>/dev/null; then

@@ -24,7 +24,8 @@
        #define MLKERN_IMPLEMENTATION
        #include "mlkern.h"
 
-   and link with -lm. Add -fopenmp to run the kernels on several threads:
+   and link with -lm; compile it with optimisation (-O2 or -O3: at -O0 the
+   kernels are many times slower). Add -fopenmp to run the kernels on several threads:
    results are bitwise identical for any thread count. With -march=native
    (or -mavx2 -mfma -mf16c) the AVX2+FMA paths are compiled in.
 

@@ -2,7 +2,7 @@
 # Runs one libFuzzer target tests/<name>.c for FUZZ_SECONDS (default 5)
 # from its committed corpus tests/<name>_corpus; new inputs and crash
 # reproducers go to a temporary directory (a crash is copied to build/).
-# Skips (exit 0, with the reason) when clang cannot link libFuzzer here.
+# Exits 77 (not run here, with the reason) when clang cannot link libFuzzer here.
 # Usage: sh tests/fuzz_run.sh <name>   (tests/extra/fuzz_*.sh call it)
 name=$1
 CLANG=${CLANG:-clang}
@@ -11,7 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > "$tmp/probe.c"
 if ! "$CLANG" -fsanitize=fuzzer,address,undefined -o "$tmp/probe" "$tmp/probe.c" > /dev/null 2>&1; then
     echo "$name: skipped (clang with libFuzzer is not available)"
-    exit 0
+    exit 77
 fi
 make -s "build/fuzz/$name" CLANG="$CLANG" || exit 1
 mkdir -p "$tmp/new"

@@ -3511,9 +3511,13 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
    it, only for the queries that see them (mlk__attn_add_rows). */
 static int mlk__attn_finite_row(const float *x, int n)
 {
-    float sum = 0.0f;
-    for (int e = 0; e < n; e++) sum += x[e] * 0.0f; /* NaN iff some x[e] is NaN or inf */
-    return sum == 0.0f;
+    uint32_t bad = 0;
+    for (int e = 0; e < n; e++) { /* an all-ones exponent: inf or NaN (integer ops, so it vectorises) */
+        uint32_t u;
+        memcpy(&u, x + e, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
 }
 
 /* Zeroes the rows j < n of x (row stride ld, cols values) that are not
@@ -4024,7 +4028,10 @@ static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m
         }
         mlk__attn_exp_sum(s, nk, lse_r[r]);
         /* p = 0 (masked) gives dS = 0 even where a masked value made dP NaN */
-        for (int j = 0; j < nk; j++) dsr[j] = s[j] != 0.0f ? s[j] * (dsr[j] - d_r[r]) : 0.0f;
+        for (int j = 0; j < nk; j++) { /* both computed, then a select: it vectorises */
+            const float ds_j = s[j] * (dsr[j] - d_r[r]);
+            dsr[j] = s[j] != 0.0f ? ds_j : 0.0f;
+        }
         if (g->softcap > 0)
             for (int j = 0; j < nk; j++) dsr[j] *= cg[j];
     }

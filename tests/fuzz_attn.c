@@ -17,14 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-typedef struct fz_bytes { const uint8_t *p; size_t n; } fz_bytes;
-
-static int fz_next(fz_bytes *b)
-{
-    if (b->n == 0) return 0;
-    b->n--;
-    return *b->p++;
-}
+#include "fuzz_input.h"
 
 static uint64_t fz_rng;
 

@@ -28,14 +28,7 @@
 #define MAX_NEW 8
 #define MAX_LEN (4 + MAX_NEW)
 
-typedef struct fz_bytes { const uint8_t *p; size_t n; } fz_bytes;
-
-static int fz_next(fz_bytes *b)
-{
-    if (b->n == 0) return 0;
-    b->n--;
-    return *b->p++;
-}
+#include "fuzz_input.h"
 
 static void fz_fail(const char *what, int item, double got, double want)
 {

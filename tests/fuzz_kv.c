@@ -14,14 +14,7 @@
 
 #define FZ_SEQS 6
 
-typedef struct fz_bytes { const uint8_t *p; size_t n; } fz_bytes;
-
-static int fz_next(fz_bytes *b)
-{
-    if (b->n == 0) return 0;
-    b->n--;
-    return *b->p++;
-}
+#include "fuzz_input.h"
 
 typedef struct fz_state {
     mlk_kv_config cfg;

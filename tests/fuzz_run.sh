@@ -17,7 +17,7 @@ make -s "build/fuzz/$name" CLANG="$CLANG" || exit 1
 mkdir -p "$tmp/new"
 # undefined behaviour stops the run too, so its input is saved as a crash
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "./build/fuzz/$name" "$tmp/new" "tests/${name}_corpus" -max_total_time="${FUZZ_SECONDS:-5}" \
-    -max_len=512 -rss_limit_mb=2048 -artifact_prefix="$tmp/" -print_final_stats=1 > "$tmp/log" 2>&1
+    -max_len="${FUZZ_MAX_LEN:-512}" -rss_limit_mb=2048 -artifact_prefix="$tmp/" -print_final_stats=1 > "$tmp/log" 2>&1
 status=$?
 tail -n 12 "$tmp/log"
 if [ $status -ne 0 ]; then

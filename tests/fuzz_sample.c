@@ -25,14 +25,7 @@
 #define MAX_ROWS 3
 #define MAX_N 64
 
-typedef struct fz_bytes { const uint8_t *p; size_t n; } fz_bytes;
-
-static int fz_next(fz_bytes *b)
-{
-    if (b->n == 0) return 0;
-    b->n--;
-    return *b->p++;
-}
+#include "fuzz_input.h"
 
 static void fz_fail(const char *what, int row, double got, double want)
 {

@@ -9,7 +9,11 @@ NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc
 CUDA_ARCHS ?= 80 90
 CUDA_TESTS  = $(patsubst tests/cuda/%.cu,%,$(wildcard tests/cuda/test_*.cu))
 CUDA_HDRS   = mlkern.h mlkern_cuda.cuh tests/mlkt.h tests/cuda/mlkct.h tests/cuda/simt.h
-CUDA_INC    = $(dir $(NVCC))../include
+# the CUDA headers for the emulator build: where nvcc itself looks (nvcc may
+# be a wrapper script outside the toolkit, so not relative to its path)
+ifndef CUDA_INC
+CUDA_INC   := $(shell $(NVCC) --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | head -n 1)
+endif
 # nvcc: device and host code warning-free; -Xptxas -v reports registers,
 # spills and shared memory of every kernel (tests/cuda/ptxas_check.sh reads it)
 CFG_nvcc    = $(NVCC) -std=c++17 -O3 -Werror all-warnings -Xcompiler -Wall,-Wextra -Xptxas -v

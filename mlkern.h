@@ -75,7 +75,7 @@
        KV cache     mlk_kv_create(_bookkeeping) ... mlk_kv_attn_opt,
                     mlk_kv_attn_workspace_size, mlk_kv_attn,
                     mlk_kv_get_stats, mlk_kv_get_layout, mlk_kv_seq_blocks,
-                    mlk_kv_prepare_write
+                    mlk_kv_prepare_write, mlk_kv_prepare_compact
        beam search  mlk_beam_search
        speculative  mlk_tree_mask, mlk_tree_depth, mlk_tree_accept,
                     mlk_spec_accept_sample, mlk_spec_generate,
@@ -500,6 +500,18 @@ MLKERN_DEF mlk_status mlk_kv_truncate(mlk_kv_cache *c, int seq, int len);
    be 0. Shared blocks it rewrites are copied (MLK_ERR_CAPACITY if it can't). */
 MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
     int n_keep, const int *keep);
+/* mlk_kv_compact for rows kept elsewhere: the same checks and bookkeeping
+   on any cache (one with storage moves its rows too), reporting what the
+   holder of the rows must do, in this order: the block copies, pairs
+   (source block, new block) in copies [2 * cap] (*n_copies pairs) as
+   mlk_kv_prepare_write reports them; then the row moves, one after
+   another, pairs (source slot, destination slot) in moves [2 * n_keep]
+   (*n_moves pairs), a slot being the pool position block * block_size +
+   offset, each move covering every layer, K and V and kv head. More copies
+   than cap: MLK_ERR_CAPACITY with nothing changed, as when the pool lacks
+   blocks. */
+MLKERN_DEF mlk_status mlk_kv_prepare_compact(mlk_kv_cache *c, int seq, int start, int n_keep, const int *keep,
+    int *copies, int cap, int *n_copies, int64_t *moves, int *n_moves);
 /* Options of mlk_kv_attn_opt; all zero is plain causal attention. The
    window, softcap and sink rules are mlk_attn_desc's, with a sequence's
    positions as the key positions and its n_q newest as the queries. */
@@ -4834,37 +4846,91 @@ MLKERN_DEF mlk_status mlk_kv_truncate(mlk_kv_cache *c, int seq, int len)
     return MLK_OK;
 }
 
-MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
-    int n_keep, const int *keep)
+/* The checks of a compact after the cache and sequence; *shared: the
+   shared blocks it rewrites, each needing a copy. */
+static mlk_status mlk__kv_compact_check(const mlk_kv_cache *c, int seq, int start, int n_keep, const int *keep,
+                                        int *shared)
 {
-    int len, bs, copies = 0, last_block = -1;
-    if (!c || (n_keep > 0 && !keep)) return MLK_ERR_NULL;
-    if (!mlk__kv_valid_seq(c, seq) || !c->pool) return MLK_ERR_ARG;
-    len = c->seq_len[seq];
+    int len = c->seq_len[seq], bs = c->cfg.block_size, last_block = -1;
     if (start < 0 || start > len) return MLK_ERR_SHAPE;
     if (n_keep < 0 || n_keep > len - start) return MLK_ERR_ARG;
     for (int i = 0; i < n_keep; i++)
         if (keep[i] < 0 || keep[i] >= len - start || (i > 0 && keep[i] <= keep[i - 1])) return MLK_ERR_ARG;
     /* Only destinations whose row changes are written; keep increasing
        means destinations are visited in block order. */
-    bs = c->cfg.block_size;
+    *shared = 0;
     for (int i = 0; i < n_keep; i++) {
         int b = (start + i) / bs;
         if (keep[i] == i || b == last_block) continue;
-        copies += c->refcount[c->table[seq][b]] > 1;
+        *shared += c->refcount[c->table[seq][b]] > 1;
         last_block = b;
     }
-    if (copies > c->free_count) return MLK_ERR_CAPACITY;
+    return MLK_OK;
+}
+
+/* Pool position of position pos of seq. */
+static int64_t mlk__kv_slot(const mlk_kv_cache *c, int seq, int pos)
+{
+    int bs = c->cfg.block_size;
+    return (int64_t)c->table[seq][pos / bs] * bs + pos % bs;
+}
+
+/* A checked compact: makes the rewritten blocks private, moves the rows
+   the cache holds, shortens the sequence; copies and moves (NULL: not
+   wanted) receive the pairs, *n_copies and *n_moves their counts. */
+static void mlk__kv_compact_apply(mlk_kv_cache *c, int seq, int start, int n_keep, const int *keep, int *copies,
+                                  int *n_copies, int64_t *moves, int *n_moves)
+{
+    int bs = c->cfg.block_size, made = 0, moved = 0;
     for (int i = 0; i < n_keep; i++) {
+        int b = (start + i) / bs, old = c->table[seq][b], fresh;
         if (keep[i] == i) continue;
-        mlk__kv_make_private(c, seq, (start + i) / bs);
-        for (int layer = 0; layer < c->cfg.layers; layer++)
-            for (int kv = 0; kv < 2; kv++)
-                for (int h = 0; h < c->cfg.kv_heads; h++)
-                    memcpy(mlk__kv_row(c, seq, layer, kv, h, start + i),
-                           mlk__kv_row(c, seq, layer, kv, h, start + keep[i]), c->row_bytes);
+        fresh = mlk__kv_make_private(c, seq, b);
+        if (fresh >= 0 && copies) {
+            copies[2 * made] = old;
+            copies[2 * made + 1] = fresh;
+        }
+        made += fresh >= 0;
+        if (moves) {
+            moves[2 * moved] = mlk__kv_slot(c, seq, start + keep[i]);
+            moves[2 * moved + 1] = mlk__kv_slot(c, seq, start + i);
+        }
+        moved++;
+        if (c->pool)
+            for (int layer = 0; layer < c->cfg.layers; layer++)
+                for (int kv = 0; kv < 2; kv++)
+                    for (int h = 0; h < c->cfg.kv_heads; h++)
+                        memcpy(mlk__kv_row(c, seq, layer, kv, h, start + i),
+                               mlk__kv_row(c, seq, layer, kv, h, start + keep[i]), c->row_bytes);
     }
     mlk__kv_shrink(c, seq, start + n_keep);
+    if (n_copies) *n_copies = made;
+    if (n_moves) *n_moves = moved;
+}
+
+MLKERN_DEF mlk_status mlk_kv_compact(mlk_kv_cache *c, int seq, int start,
+    int n_keep, const int *keep)
+{
+    int shared;
+    mlk_status st;
+    if (!c || (n_keep > 0 && !keep)) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq) || !c->pool) return MLK_ERR_ARG;
+    if ((st = mlk__kv_compact_check(c, seq, start, n_keep, keep, &shared)) != MLK_OK) return st;
+    if (shared > c->free_count) return MLK_ERR_CAPACITY;
+    mlk__kv_compact_apply(c, seq, start, n_keep, keep, NULL, NULL, NULL, NULL);
+    return MLK_OK;
+}
+
+MLKERN_DEF mlk_status mlk_kv_prepare_compact(mlk_kv_cache *c, int seq, int start, int n_keep, const int *keep,
+    int *copies, int cap, int *n_copies, int64_t *moves, int *n_moves)
+{
+    int shared;
+    mlk_status st;
+    if (!c || (n_keep > 0 && (!keep || !moves)) || (cap > 0 && !copies) || !n_copies || !n_moves) return MLK_ERR_NULL;
+    if (!mlk__kv_valid_seq(c, seq) || cap < 0) return MLK_ERR_ARG;
+    if ((st = mlk__kv_compact_check(c, seq, start, n_keep, keep, &shared)) != MLK_OK) return st;
+    if (shared > c->free_count || shared > cap) return MLK_ERR_CAPACITY;
+    mlk__kv_compact_apply(c, seq, start, n_keep, keep, copies, n_copies, moves, n_moves);
     return MLK_OK;
 }
 

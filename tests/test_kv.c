@@ -792,6 +792,136 @@ static void mm_run(mlk_kv_type type, int steps)
     free(m.val); free(m.written); free(kbuf); free(vbuf); free(in_k); free(in_v);
 }
 
+/* mlk_kv_prepare_compact: a bookkeeping cache with its rows in a plain
+   byte pool, the copies and moves applied as reported, against
+   mlk_kv_compact on a cache with storage (and prepare_compact on one too):
+   the same lengths and the same row bytes, a fork's shared blocks copied;
+   bad arguments change nothing. */
+static unsigned char *pc_row(unsigned char *pool, const mlk_kv_layout *lay, int64_t slot, int layer, int kv, int h)
+{
+    return pool + (size_t)(slot / lay->block_size) * lay->block_bytes + (size_t)layer * lay->layer_stride +
+           (size_t)kv * lay->kv_stride + (size_t)h * lay->head_stride + (size_t)(slot % lay->block_size) * lay->row_bytes;
+}
+
+/* Row bytes of seq in cache c (pool: its layout's, or the outside one) equal ref's. */
+static int pc_same_rows(const mlk_kv_cache *c, int seq, unsigned char *pool, const mlk_kv_cache *ref, int ref_seq)
+{
+    mlk_kv_layout lc, lr;
+    int bc[32], br[32], len = mlk_kv_seq_len(c, seq);
+    if (len != mlk_kv_seq_len(ref, ref_seq) || mlk_kv_get_layout(c, &lc) != MLK_OK || mlk_kv_get_layout(ref, &lr) != MLK_OK)
+        return 0;
+    if (mlk_kv_seq_blocks(c, seq, bc, 32) > 32 || mlk_kv_seq_blocks(ref, ref_seq, br, 32) > 32) return 0;
+    for (int p = 0; p < len; p++)
+        for (int l = 0; l < lc.layers; l++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < lc.kv_heads; h++) {
+                    int64_t sc = (int64_t)bc[p / lc.block_size] * lc.block_size + p % lc.block_size;
+                    int64_t sr = (int64_t)br[p / lr.block_size] * lr.block_size + p % lr.block_size;
+                    if (memcmp(pc_row(pool ? pool : (unsigned char *)lc.pool, &lc, sc, l, kv, h),
+                               pc_row((unsigned char *)lr.pool, &lr, sr, l, kv, h), lc.row_bytes) != 0)
+                        return 0;
+                }
+    return 1;
+}
+
+static void test_prepare_compact(void)
+{
+    const int layers = 2, hkv = 2, d = 5, bs = 4, len = 14, row = hkv * d;
+    mlk_kv_config cfg = make_cfg(MLK_KV_F32, layers, hkv, d, bs, 16, 3);
+    mlk_kv_cache *ref = NULL, *rep = NULL, *book = NULL;
+    mlk_kv_layout lay;
+    int s[3], f[3], copies[8], n_copies = -1, n_moves = -1, made = -1, blocks[8];
+    int keep[5] = {1, 2, 5, 6, 7}, bad_keep[2] = {3, 3};
+    int64_t moves[16];
+    float *k = mlkt_floats((size_t)len * row), *v = mlkt_floats((size_t)len * row);
+    unsigned char *pool;
+    mlk_kv_cache *with_rows[2];
+    CHECK_INT(mlk_kv_create(&cfg, &ref), MLK_OK);
+    CHECK_INT(mlk_kv_create(&cfg, &rep), MLK_OK);
+    CHECK_INT(mlk_kv_create_bookkeeping(&cfg, &book), MLK_OK);
+    CHECK_INT(mlk_kv_get_layout(book, &lay), MLK_OK);
+    pool = (unsigned char *)calloc((size_t)lay.num_blocks, lay.block_bytes);
+    with_rows[0] = ref;
+    with_rows[1] = rep;
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(mlk_kv_seq_new(with_rows[i], &s[i]), MLK_OK);
+        CHECK_INT(mlk_kv_append(with_rows[i], s[i], len), MLK_OK);
+    }
+    CHECK_INT(mlk_kv_seq_new(book, &s[2]), MLK_OK);
+    CHECK_INT(mlk_kv_append(book, s[2], len), MLK_OK);
+    CHECK_INT(mlk_kv_seq_blocks(book, s[2], blocks, 8), 4);
+    for (int l = 0; l < layers; l++) { /* the same rows into all three */
+        mlkt_fill_normal(k, (size_t)len * row, 1.0);
+        mlkt_fill_normal(v, (size_t)len * row, 1.0);
+        for (int i = 0; i < 2; i++) CHECK_INT(mlk_kv_store(with_rows[i], s[i], l, 0, len, k, v), MLK_OK);
+        for (int p = 0; p < len; p++)
+            for (int h = 0; h < hkv; h++) {
+                int64_t slot = (int64_t)blocks[p / bs] * bs + p % bs;
+                memcpy(pc_row(pool, &lay, slot, l, 0, h), k + ((size_t)p * hkv + h) * d, sizeof(float) * d);
+                memcpy(pc_row(pool, &lay, slot, l, 1, h), v + ((size_t)p * hkv + h) * d, sizeof(float) * d);
+            }
+    }
+    CHECK(pc_same_rows(book, s[2], pool, ref, s[0]));
+    /* forks keep the old rows and share every block */
+    CHECK_INT(mlk_kv_seq_fork(ref, s[0], &f[0]), MLK_OK);
+    CHECK_INT(mlk_kv_seq_fork(rep, s[1], &f[1]), MLK_OK);
+    CHECK_INT(mlk_kv_seq_fork(book, s[2], &f[2]), MLK_OK);
+    /* bad arguments: status, nothing changed */
+    {
+        int used = blocks_used(book);
+        CHECK_INT(mlk_kv_prepare_compact(NULL, s[2], 2, 5, keep, copies, 4, &n_copies, moves, &n_moves), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, NULL, copies, 4, &n_copies, moves, &n_moves), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, 4, &n_copies, NULL, &n_moves), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, NULL, 4, &n_copies, moves, &n_moves), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, 4, NULL, moves, &n_moves), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, 4, &n_copies, moves, NULL), MLK_ERR_NULL);
+        CHECK_INT(mlk_kv_prepare_compact(book, 2, 2, 5, keep, copies, 4, &n_copies, moves, &n_moves), MLK_ERR_ARG);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, -1, &n_copies, moves, &n_moves), MLK_ERR_ARG);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], len + 1, 0, keep, copies, 4, &n_copies, moves, &n_moves),
+                  MLK_ERR_SHAPE);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 2, bad_keep, copies, 4, &n_copies, moves, &n_moves), MLK_ERR_ARG);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 10, 5, keep, copies, 4, &n_copies, moves, &n_moves), MLK_ERR_ARG);
+        CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, 1, &n_copies, moves, &n_moves), MLK_ERR_CAPACITY);
+        CHECK(n_copies == -1 && n_moves == -1 && blocks_used(book) == used && mlk_kv_seq_len(book, s[2]) == len);
+        CHECK(pc_same_rows(book, s[2], pool, ref, s[0]));
+    }
+    /* positions 2 + keep[i] -> 2 + i: blocks 0 and 1 rewritten (shared, so copied), block 2 read only */
+    CHECK_INT(mlk_kv_compact(ref, s[0], 2, 5, keep), MLK_OK);
+    CHECK_INT(mlk_kv_prepare_compact(rep, s[1], 2, 5, keep, copies, 4, &made, moves, &n_moves), MLK_OK);
+    CHECK_INT(mlk_kv_prepare_compact(book, s[2], 2, 5, keep, copies, 4, &n_copies, moves, &n_moves), MLK_OK);
+    CHECK_INT(n_copies, 2);
+    CHECK_INT(made, 2);
+    CHECK_INT(n_moves, 5); /* keep[i] != i for every i */
+    for (int i = 0; i < n_copies; i++)
+        memcpy(pool + (size_t)copies[2 * i + 1] * lay.block_bytes, pool + (size_t)copies[2 * i] * lay.block_bytes,
+               lay.block_bytes);
+    for (int i = 0; i < n_moves; i++)
+        for (int l = 0; l < layers; l++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < hkv; h++)
+                    memcpy(pc_row(pool, &lay, moves[2 * i + 1], l, kv, h), pc_row(pool, &lay, moves[2 * i], l, kv, h),
+                           lay.row_bytes);
+    CHECK_INT(mlk_kv_seq_len(book, s[2]), 7);
+    CHECK(pc_same_rows(book, s[2], pool, ref, s[0]));
+    CHECK(pc_same_rows(rep, s[1], NULL, ref, s[0]));
+    CHECK(pc_same_rows(book, f[2], pool, ref, f[0])); /* the forks still read the old rows */
+    CHECK_INT(blocks_used(book), blocks_used(ref));
+    /* nothing kept, and keeping rows in place: no copies, no moves */
+    CHECK_INT(mlk_kv_prepare_compact(book, s[2], 7, 0, NULL, NULL, 0, &n_copies, NULL, &n_moves), MLK_OK);
+    CHECK(n_copies == 0 && n_moves == 0 && mlk_kv_seq_len(book, s[2]) == 7);
+    {
+        int same[3] = {0, 1, 2};
+        CHECK_INT(mlk_kv_prepare_compact(book, f[2], 0, 3, same, NULL, 0, &n_copies, moves, &n_moves), MLK_OK);
+        CHECK(n_copies == 0 && n_moves == 0 && mlk_kv_seq_len(book, f[2]) == 3);
+    }
+    free(pool);
+    mlkt_free(k);
+    mlkt_free(v);
+    mlk_kv_destroy(ref);
+    mlk_kv_destroy(rep);
+    mlk_kv_destroy(book);
+}
+
 static void test_model_random(void)
 {
     int runs = mlkt_quick() ? 3 : 8;
@@ -1214,6 +1344,7 @@ int main(void)
     MLKT_RUN(test_exhaustion, 8);
     MLKT_RUN(test_truncate_reuse, 9);
     MLKT_RUN(test_compact_tree, 10);
+    MLKT_RUN(test_prepare_compact, 19);
     MLKT_RUN(test_model_random, 11);
     MLKT_RUN(test_attn_decode, 12);
     MLKT_RUN(test_attn_decode_shapes, 18);

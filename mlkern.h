@@ -1050,6 +1050,33 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
     return _mm256_and_ps(p, valid); /* x <= -87.3, -inf or NaN -> 0 */
 }
 
+#if defined(MLK__AVX512)
+/* 16 lanes of mlk__expf, the same operations as mlk__exp8 lane for lane
+   (so the same bits). */
+MLK__MAYBE_UNUSED static __m512 mlk__exp16(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.72283f);
+    const __mmask16 valid = _mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ);
+    __m512 n, r, p;
+    __m512i e;
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    p = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_maskz_mov_ps(valid, p); /* x <= -87.3, -inf or NaN -> 0 */
+}
+#endif
+
 /* Clears the upper register halves before a scalar tail: gcc omits the
    vzeroupper before calls to local functions (mlk__row_get), and the dirty
    state then slows every legacy-SSE instruction after the return (libm's
@@ -1072,7 +1099,7 @@ static float mlk__hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-static float mlk__hmax8(__m256 v)
+MLK__MAYBE_UNUSED static float mlk__hmax8(__m256 v)
 {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -3557,7 +3584,11 @@ static float mlk__attn_row_max(const float *s, int n)
 {
     float m = -INFINITY;
     int j = 0;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (; j <= n - 16; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
+    m = _mm512_reduce_max_ps(vm);
+#elif defined(MLK__AVX2)
     __m256 vm = _mm256_set1_ps(-INFINITY);
     for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
     m = mlk__hmax8(vm);
@@ -3575,7 +3606,15 @@ static float mlk__attn_exp_sum(float *s, int n, float shift)
 {
     float sum = 0.0f;
     int j = 0;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    __m512 vshift = _mm512_set1_ps(shift), vsum = _mm512_setzero_ps();
+    for (; j <= n - 16; j += 16) {
+        __m512 e = mlk__exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), vshift));
+        _mm512_storeu_ps(s + j, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    sum = _mm512_reduce_add_ps(vsum);
+#elif defined(MLK__AVX2)
     __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
     for (; j <= n - 8; j += 8) {
         __m256 e = mlk__exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));

@@ -2758,7 +2758,67 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
     double l = 0.0;
     int bad = 0;
     if (best) mlk__softmax_best_start(best, x);
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    { /* the AVX2 scan below on 16 lanes: a block is 4 vectors */
+        const __m512 inv = _mm512_set1_ps(inv_t), pinf = _mm512_set1_ps(INFINITY);
+        __m512 m16 = _mm512_set1_ps(-INFINITY);
+        __m512d l_lo = _mm512_setzero_pd(), l_hi = _mm512_setzero_pd(); /* lanes 0-7, 8-15 */
+        __mmask16 bad16 = 0;
+        float lane_m[16], tail[MLK__SOFTMAX_BLOCK];
+        double lane_l[16];
+        for (int i = 0, len; i < n; i += len) {
+            const float *block = x + i;
+            __m512 v[4], block_max;
+            len = n - i < MLK__SOFTMAX_BLOCK ? n - i : MLK__SOFTMAX_BLOCK;
+            if (len < MLK__SOFTMAX_BLOCK) {
+                for (int j = 0; j < MLK__SOFTMAX_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+                block = tail;
+            }
+            for (int j = 0; j < 4; j++) v[j] = _mm512_loadu_ps(block + 16 * j);
+            block_max = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
+            bad16 |= _mm512_cmp_ps_mask(block_max, pinf, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v[0], v[1], _CMP_UNORD_Q) |
+                     _mm512_cmp_ps_mask(v[2], v[3], _CMP_UNORD_Q);
+            if (_mm512_cmp_ps_mask(block_max, m16, _CMP_GT_OQ)) {
+                __m512 new_m = _mm512_max_ps(m16, block_max);
+                __m512 f = mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(m16, new_m), inv));
+                l_lo = _mm512_mul_pd(l_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+                l_hi = _mm512_mul_pd(l_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+                m16 = new_m;
+            }
+            {
+                __m512 e0 = _mm512_add_ps(mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[0], m16), inv)),
+                                          mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[1], m16), inv)));
+                __m512 e1 = _mm512_add_ps(mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[2], m16), inv)),
+                                          mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[3], m16), inv)));
+                __m512 block_l = _mm512_add_ps(e0, e1);
+                l_lo = _mm512_add_pd(l_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(block_l)));
+                l_hi = _mm512_add_pd(l_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(block_l), 1))));
+            }
+            if (best && i + len > best->cap &&
+                _mm512_cmp_ps_mask(block_max, _mm512_set1_ps(best->floor_val), _CMP_GT_OQ)) {
+                __m512 floor16;
+                uint64_t above = 0;
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor16 = _mm512_set1_ps(best->floor_val);
+                for (int j = 0; j < 4; j++)
+                    above |= (uint64_t)_mm512_cmp_ps_mask(v[j], floor16, _CMP_GT_OQ) << 16 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) {
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
+        }
+        bad = bad16 != 0;
+        _mm512_storeu_ps(lane_m, m16);
+        _mm512_storeu_pd(lane_l, l_lo);
+        _mm512_storeu_pd(lane_l + 8, l_hi);
+        for (int j = 0; j < 16; j++) m = lane_m[j] > m ? lane_m[j] : m;
+        if (m > -INFINITY)
+            for (int j = 0; j < 16; j++)
+                if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
+    }
+#elif defined(MLK__AVX2)
     {
         const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
         __m256 m8 = _mm256_set1_ps(-INFINITY), bad8 = _mm256_setzero_ps();

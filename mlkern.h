@@ -801,6 +801,9 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #if !defined(MLKERN_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #define MLK__AVX2 1
 #include <immintrin.h>
+#if defined(__AVX512F__)
+#define MLK__AVX512 1 /* on top of AVX2: the paths that gain from 16 lanes */
+#endif
 #elif !defined(MLKERN_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
 #define MLK__NEON 1
 #include <arm_neon.h>
@@ -1059,6 +1062,33 @@ MLK__MAYBE_UNUSED static __m256 mlk__exp8(__m256 x)
     return _mm256_and_ps(p, valid); /* x <= -87.3, -inf or NaN -> 0 */
 }
 
+#if defined(MLK__AVX512)
+/* 16 lanes of mlk__expf, the same operations as mlk__exp8 lane for lane
+   (so the same bits). */
+MLK__MAYBE_UNUSED static __m512 mlk__exp16(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.72283f);
+    const __mmask16 valid = _mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ);
+    __m512 n, r, p;
+    __m512i e;
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    p = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_maskz_mov_ps(valid, p); /* x <= -87.3, -inf or NaN -> 0 */
+}
+#endif
+
 /* Clears the upper register halves before a scalar tail: gcc omits the
    vzeroupper before calls to local functions (mlk__row_get), and the dirty
    state then slows every legacy-SSE instruction after the return (libm's
@@ -1081,7 +1111,7 @@ static float mlk__hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-static float mlk__hmax8(__m256 v)
+MLK__MAYBE_UNUSED static float mlk__hmax8(__m256 v)
 {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -1190,11 +1220,66 @@ MLK__MAYBE_UNUSED static float mlk__quant_sym(int n, int qmax, float amax, const
    depends on k only, never on how callers block m and n. */
 
 enum {
-    MLK__MR = 6, /* micro-tile rows: 6 x 2 ymm accumulators */
-    MLK__NR = 16 /* micro-tile columns */
+    MLK__MR = 6, /* micro-tile rows: 6 x 2 vector accumulators */
+#if defined(MLK__AVX512)
+    MLK__NR = 32 /* micro-tile columns: two zmm */
+#else
+    MLK__NR = 16 /* micro-tile columns: two ymm, or four NEON quads */
+#endif
 };
 
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+/* The AVX2 kernel below at twice the width: 12 zmm accumulators, two B
+   loads and six broadcasts per step (the FMA pipes, not the loads, bound
+   it). */
+static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                              float *c, size_t ldc, float alpha, float beta)
+{
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const size_t o1 = a_rs, o2 = 2 * a_rs, o3 = 3 * a_rs, o4 = 4 * a_rs, o5 = 5 * a_rs; /* A row offsets */
+    float *r0 = c, *r1 = c + ldc, *r2 = r1 + ldc, *r3 = r2 + ldc, *r4 = r3 + ldc, *r5 = r4 + ldc;
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < mr; r++) { /* the C tile arrives while k runs */
+        _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__NR - 1), _MM_HINT_T0);
+    }
+    for (int p = 0; p < k; p++, a += a_ks, b += ldb) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ar;
+        ar = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ar, b0, c00), c01 = _mm512_fmadd_ps(ar, b1, c01);
+        if (mr > 1) ar = _mm512_set1_ps(a[o1]), c10 = _mm512_fmadd_ps(ar, b0, c10), c11 = _mm512_fmadd_ps(ar, b1, c11);
+        if (mr > 2) ar = _mm512_set1_ps(a[o2]), c20 = _mm512_fmadd_ps(ar, b0, c20), c21 = _mm512_fmadd_ps(ar, b1, c21);
+        if (mr > 3) ar = _mm512_set1_ps(a[o3]), c30 = _mm512_fmadd_ps(ar, b0, c30), c31 = _mm512_fmadd_ps(ar, b1, c31);
+        if (mr > 4) ar = _mm512_set1_ps(a[o4]), c40 = _mm512_fmadd_ps(ar, b0, c40), c41 = _mm512_fmadd_ps(ar, b1, c41);
+        if (mr > 5) ar = _mm512_set1_ps(a[o5]), c50 = _mm512_fmadd_ps(ar, b0, c50), c51 = _mm512_fmadd_ps(ar, b1, c51);
+    }
+    if (beta != 0.0f) {
+        c00 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r0), _mm512_mul_ps(va, c00));
+        c01 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r0 + 16), _mm512_mul_ps(va, c01));
+        if (mr > 1) c10 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r1), _mm512_mul_ps(va, c10)),
+                    c11 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r1 + 16), _mm512_mul_ps(va, c11));
+        if (mr > 2) c20 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r2), _mm512_mul_ps(va, c20)),
+                    c21 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r2 + 16), _mm512_mul_ps(va, c21));
+        if (mr > 3) c30 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r3), _mm512_mul_ps(va, c30)),
+                    c31 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r3 + 16), _mm512_mul_ps(va, c31));
+        if (mr > 4) c40 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r4), _mm512_mul_ps(va, c40)),
+                    c41 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r4 + 16), _mm512_mul_ps(va, c41));
+        if (mr > 5) c50 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r5), _mm512_mul_ps(va, c50)),
+                    c51 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r5 + 16), _mm512_mul_ps(va, c51));
+    } else {
+        c00 = _mm512_mul_ps(va, c00), c01 = _mm512_mul_ps(va, c01), c10 = _mm512_mul_ps(va, c10);
+        c11 = _mm512_mul_ps(va, c11), c20 = _mm512_mul_ps(va, c20), c21 = _mm512_mul_ps(va, c21);
+        c30 = _mm512_mul_ps(va, c30), c31 = _mm512_mul_ps(va, c31), c40 = _mm512_mul_ps(va, c40);
+        c41 = _mm512_mul_ps(va, c41), c50 = _mm512_mul_ps(va, c50), c51 = _mm512_mul_ps(va, c51);
+    }
+    _mm512_storeu_ps(r0, c00), _mm512_storeu_ps(r0 + 16, c01);
+    if (mr > 1) _mm512_storeu_ps(r1, c10), _mm512_storeu_ps(r1 + 16, c11);
+    if (mr > 2) _mm512_storeu_ps(r2, c20), _mm512_storeu_ps(r2 + 16, c21);
+    if (mr > 3) _mm512_storeu_ps(r3, c30), _mm512_storeu_ps(r3 + 16, c31);
+    if (mr > 4) _mm512_storeu_ps(r4, c40), _mm512_storeu_ps(r4 + 16, c41);
+    if (mr > 5) _mm512_storeu_ps(r5, c50), _mm512_storeu_ps(r5 + 16, c51);
+}
+#elif defined(MLK__AVX2)
 /* Named accumulators, not an array, keep the block in registers; inlined
    with mr = MR (sgemm) the row guards fold away. */
 static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
@@ -1523,8 +1608,15 @@ static void mlk__row_decode_run(mlk_kv_type type, int d, size_t row_bytes, int n
    any output (the ternary trainer): mlk__sgemm_plan sizes the scratch of a
    validated product, mlk__sgemm_run computes it in that scratch. */
 
+/* KC, the k slice, fixes the summation order: a constant of the build. The
+   AVX-512 build takes it twice as deep, so C's tiles travel half as often
+   (2048^3 at 1.2x); AVX2's 16-wide B sliver fills L1 at 256. */
 enum {
-    MLK__GEMM_KC = 256,  /* k slice: fixes the summation order, keep constant */
+#if defined(MLK__AVX512)
+    MLK__GEMM_KC = 512,
+#else
+    MLK__GEMM_KC = 256,
+#endif
     MLK__GEMM_MC = 144,  /* rows of A per packed block (L2) */
     MLK__GEMM_NC = 4096  /* columns of B per packed panel (L3) */
 };
@@ -1557,6 +1649,7 @@ static mlk__gemm_args mlk__gemm_make_args(int trans_a, int trans_b, int m, int n
 }
 
 static int mlk__gemm_min(int x, int y) { return x < y ? x : y; }
+static int mlk__gemm_max(int x, int y) { return x > y ? x : y; }
 static int mlk__gemm_ceil_div(int x, int y) { return x / y + (x % y != 0); }
 
 /* Packs `width` (<= pad) lines of kc values into dst[p * pad + w], zeros in
@@ -1884,6 +1977,89 @@ static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
     g->a_cs = 1;
 }
 
+/* Few rows against a Linear weight (trans_b, MLK__GEMV_MAX_M < m <=
+   MLK__SKINNY_MAX_M: batched decode, small-batch layers). Packing the big
+   weight would cost more than the product, so the product runs transposed,
+   C^T = W op(A)^T: W's rows are the micro-kernel's row-major A tile, read
+   in place (a_rs = ldb, a_ks = 1) and once from memory, and op(A)^T is
+   packed once as its B panels (at_pack: NR columns of op(A)^T by k, panel
+   after panel). k goes in chunks whose share of at_pack stays in L2 while
+   W streams by in runs of the chunk; C^T accumulates in ct (this part's MR x
+   NR tiles), KC-deep slices with beta at the first and 1 after, as in the
+   packed path: the same FMA chain per element, so the same bits. */
+enum {
+    MLK__SKINNY_M = 64,             /* m up to this takes this path (measured: 1.2-3x packed) */
+    MLK__SKINNY_MAX_M = 256,        /* and up to this when W is too big for the caches: */
+    MLK__SKINNY_BIG_W = 1 << 21,    /*   floats of W (n k); a cached W packs cheaply */
+    MLK__SKINNY_L2 = 512 * 1024 / 4 /* floats of at_pack per k chunk */
+};
+
+static int mlk__gemm_skinny(const mlk__gemm_args *g)
+{
+    const int rows_fit = g->m <= MLK__SKINNY_M ||
+                         (g->m <= MLK__SKINNY_MAX_M && (double)g->n * g->k >= MLK__SKINNY_BIG_W);
+    return g->b_rs == 1 && g->m > MLK__GEMV_MAX_M && rows_fit;
+}
+
+static int mlk__gemm_skinny_pad(int m) { return mlk__gemm_ceil_div(m, MLK__NR) * MLK__NR; }
+
+/* Floats of ct for a part of `cols` columns of C. */
+static size_t mlk__gemm_skinny_ct_floats(int cols, int m)
+{
+    return (size_t)mlk__gemm_ceil_div(cols, MLK__MR) * MLK__MR * (size_t)mlk__gemm_skinny_pad(m);
+}
+
+static void mlk__gemm_skinny_pack(const mlk__gemm_args *g, float *at_pack)
+{
+    for (int i0 = 0; i0 < g->m; i0 += MLK__NR)
+        mlk__gemm_pack_sliver(g->a + (size_t)i0 * g->a_rs, g->a_rs, g->a_cs, mlk__gemm_min(MLK__NR, g->m - i0),
+                              MLK__NR, g->k, at_pack + (size_t)i0 * g->k);
+}
+
+/* Copies between C's columns [j0, j0 + cols) and ct's tiles. */
+static void mlk__gemm_skinny_ct_copy(const mlk__gemm_args *g, int j0, int cols, float *ct, int to_c)
+{
+    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR;
+    for (int jr = 0; jr < cols; jr++)
+        for (int i = 0; i < g->m; i++) {
+            float *t = ct + ((size_t)(jr / MLK__MR) * tiles + i / MLK__NR) * (MLK__MR * MLK__NR) +
+                       jr % MLK__MR * MLK__NR + i % MLK__NR;
+            float *e = g->c + (size_t)i * g->ldc + j0 + jr;
+            if (to_c)
+                *e = *t;
+            else
+                *t = *e;
+        }
+}
+
+/* C's columns [j0, j0 + cols); ct holds mlk__gemm_skinny_ct_floats(cols, m). */
+static void mlk__gemm_skinny_part(const mlk__gemm_args *g, int j0, int cols, const float *at_pack, float *ct)
+{
+    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR;
+    const int chunk = mlk__gemm_min(g->k, MLK__GEMM_KC * mlk__gemm_max(1, MLK__SKINNY_L2 / (tiles * MLK__NR) / MLK__GEMM_KC));
+    if (g->beta != 0.0f) {
+        memset(ct, 0, mlk__gemm_skinny_ct_floats(cols, g->m) * sizeof(float));
+        mlk__gemm_skinny_ct_copy(g, j0, cols, ct, 0);
+    }
+    for (int p0 = 0; p0 < g->k; p0 += chunk) {
+        const int p1 = mlk__gemm_min(g->k, p0 + chunk);
+        for (int jr = 0; jr < cols; jr += MLK__MR) {
+            const int rows = mlk__gemm_min(MLK__MR, cols - jr);
+            const float *w_rows = g->b + (size_t)(j0 + jr) * g->b_cs;
+            for (int t = 0; t < tiles; t++) {
+                const float *panel = at_pack + (size_t)t * MLK__NR * g->k;
+                float *tile = ct + ((size_t)(jr / MLK__MR) * tiles + t) * (MLK__MR * MLK__NR);
+                for (int pc = p0, kc; pc < p1; pc += kc) {
+                    kc = mlk__gemm_min(MLK__GEMM_KC, p1 - pc);
+                    mlk__micro(rows, kc, w_rows + pc, g->b_cs, 1, panel + (size_t)pc * MLK__NR, MLK__NR, tile,
+                               MLK__NR, g->alpha, pc == 0 ? g->beta : 1.0f);
+                }
+            }
+        }
+    }
+    mlk__gemm_skinny_ct_copy(g, j0, cols, ct, 1);
+}
+
 /* Floats of the packed B panel and of one packed A block. */
 static size_t mlk__gemm_b_floats(int n, int k)
 {
@@ -1978,6 +2154,17 @@ static mlk_status mlk__sgemm_plan_make(int trans_a, int trans_b, int m, int n, i
     }
     /* one thread for small products: the team costs more than it saves */
     p->nth = 2.0 * m * n * k < MLK__PAR_GEMM_FLOPS ? 1 : mlk__max_threads();
+    if (mlk__gemm_skinny(&p->g)) { /* op(A)^T packed once, then each part's C^T tiles */
+        size_t at_bytes;
+        tiles = mlk__gemm_ceil_div(n, MLK__MR);
+        if (tiles < p->nth) p->nth = (int)tiles;
+        if (!mlk__mul_ok((size_t)k, (size_t)mlk__gemm_skinny_pad(m) * sizeof(float), &at_bytes))
+            return MLK_ERR_OVERFLOW;
+        p->b_floats = at_bytes / sizeof(float);
+        p->a_floats = mlk__gemm_skinny_ct_floats(mlk__gemm_ceil_div((int)tiles, p->nth) * MLK__MR, m);
+        p->scratch_bytes = at_bytes + (size_t)p->nth * p->a_floats * sizeof(float);
+        return MLK_OK;
+    }
     tiles = (long long)mlk__gemm_ceil_div(m, MLK__MR) * mlk__gemm_ceil_div(n, MLK__NR);
     if (tiles < p->nth) p->nth = (int)tiles;
     p->b_floats = mlk__gemm_b_floats(n, k);
@@ -2004,6 +2191,19 @@ static void mlk__sgemm_run(const mlk__sgemm_plan *p, float *scratch)
             int j0, cols;
             mlk__gemm_split(g.n, MLK__GEMV_ROWS, mlk__gemm_team_size(), mlk__thread_id(), &j0, &cols);
             if (cols > 0) mlk__gemv_part(&g, j0, cols);
+        }
+        return;
+    }
+    if (mlk__gemm_skinny(&g)) {
+        mlk__gemm_skinny_pack(&g, scratch);
+        MLK__OMP(omp parallel num_threads(p->nth) if(p->nth > 1))
+        { /* the planned parts, whatever team OpenMP gives: ct is sized per part */
+            for (int part = mlk__thread_id(); part < p->nth; part += mlk__gemm_team_size()) {
+                int j0, cols;
+                mlk__gemm_split(g.n, MLK__MR, p->nth, part, &j0, &cols);
+                if (cols > 0)
+                    mlk__gemm_skinny_part(&g, j0, cols, scratch, scratch + p->b_floats + (size_t)part * p->a_floats);
+            }
         }
         return;
     }
@@ -2570,7 +2770,67 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
     double l = 0.0;
     int bad = 0;
     if (best) mlk__softmax_best_start(best, x);
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    { /* the AVX2 scan below on 16 lanes: a block is 4 vectors */
+        const __m512 inv = _mm512_set1_ps(inv_t), pinf = _mm512_set1_ps(INFINITY);
+        __m512 m16 = _mm512_set1_ps(-INFINITY);
+        __m512d l_lo = _mm512_setzero_pd(), l_hi = _mm512_setzero_pd(); /* lanes 0-7, 8-15 */
+        __mmask16 bad16 = 0;
+        float lane_m[16], tail[MLK__SOFTMAX_BLOCK];
+        double lane_l[16];
+        for (int i = 0, len; i < n; i += len) {
+            const float *block = x + i;
+            __m512 v[4], block_max;
+            len = n - i < MLK__SOFTMAX_BLOCK ? n - i : MLK__SOFTMAX_BLOCK;
+            if (len < MLK__SOFTMAX_BLOCK) {
+                for (int j = 0; j < MLK__SOFTMAX_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+                block = tail;
+            }
+            for (int j = 0; j < 4; j++) v[j] = _mm512_loadu_ps(block + 16 * j);
+            block_max = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
+            bad16 |= _mm512_cmp_ps_mask(block_max, pinf, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v[0], v[1], _CMP_UNORD_Q) |
+                     _mm512_cmp_ps_mask(v[2], v[3], _CMP_UNORD_Q);
+            if (_mm512_cmp_ps_mask(block_max, m16, _CMP_GT_OQ)) {
+                __m512 new_m = _mm512_max_ps(m16, block_max);
+                __m512 f = mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(m16, new_m), inv));
+                l_lo = _mm512_mul_pd(l_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+                l_hi = _mm512_mul_pd(l_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+                m16 = new_m;
+            }
+            {
+                __m512 e0 = _mm512_add_ps(mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[0], m16), inv)),
+                                          mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[1], m16), inv)));
+                __m512 e1 = _mm512_add_ps(mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[2], m16), inv)),
+                                          mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(v[3], m16), inv)));
+                __m512 block_l = _mm512_add_ps(e0, e1);
+                l_lo = _mm512_add_pd(l_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(block_l)));
+                l_hi = _mm512_add_pd(l_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(block_l), 1))));
+            }
+            if (best && i + len > best->cap &&
+                _mm512_cmp_ps_mask(block_max, _mm512_set1_ps(best->floor_val), _CMP_GT_OQ)) {
+                __m512 floor16;
+                uint64_t above = 0;
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor16 = _mm512_set1_ps(best->floor_val);
+                for (int j = 0; j < 4; j++)
+                    above |= (uint64_t)_mm512_cmp_ps_mask(v[j], floor16, _CMP_GT_OQ) << 16 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) {
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
+        }
+        bad = bad16 != 0;
+        _mm512_storeu_ps(lane_m, m16);
+        _mm512_storeu_pd(lane_l, l_lo);
+        _mm512_storeu_pd(lane_l + 8, l_hi);
+        for (int j = 0; j < 16; j++) m = lane_m[j] > m ? lane_m[j] : m;
+        if (m > -INFINITY)
+            for (int j = 0; j < 16; j++)
+                if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
+    }
+#elif defined(MLK__AVX2)
     {
         const __m256 inv = _mm256_set1_ps(inv_t), pinf = _mm256_set1_ps(INFINITY);
         __m256 m8 = _mm256_set1_ps(-INFINITY), bad8 = _mm256_setzero_ps();
@@ -3396,7 +3656,11 @@ static float mlk__attn_row_max(const float *s, int n)
 {
     float m = -INFINITY;
     int j = 0;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (; j <= n - 16; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
+    m = _mm512_reduce_max_ps(vm);
+#elif defined(MLK__AVX2)
     __m256 vm = _mm256_set1_ps(-INFINITY);
     for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
     m = mlk__hmax8(vm);
@@ -3414,7 +3678,15 @@ static float mlk__attn_exp_sum(float *s, int n, float shift)
 {
     float sum = 0.0f;
     int j = 0;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+    __m512 vshift = _mm512_set1_ps(shift), vsum = _mm512_setzero_ps();
+    for (; j <= n - 16; j += 16) {
+        __m512 e = mlk__exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), vshift));
+        _mm512_storeu_ps(s + j, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    sum = _mm512_reduce_add_ps(vsum);
+#elif defined(MLK__AVX2)
     __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
     for (; j <= n - 8; j += 8) {
         __m256 e = mlk__exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vshift));

@@ -84,9 +84,10 @@ static void bench_copy_run(void *p)
     memcpy(x->dst, x->src, x->bytes);
 }
 
-/* The FMA peak: per thread, 12 independent 8-lane FMA chains (enough to
-   cover the FMA latency on two pipes) for a fixed count; GFLOP/s of all
-   threads together. The sgemm roofline sits just under it. */
+/* The FMA peak: per thread, 12 independent FMA chains of the widest vector
+   mlkern uses (8 lanes, 16 with AVX-512; enough to cover the FMA latency on
+   two pipes) for a fixed count; GFLOP/s of all threads together. The sgemm
+   roofline sits just under it. */
 static double bench_fma_peak(void)
 {
     const long iters = 20 * 1000 * 1000;
@@ -102,7 +103,15 @@ static double bench_fma_peak(void)
             int r, l;
             for (r = 0; r < 12; r++)
                 for (l = 0; l < 8; l++) acc[r][l] = (float)(r + l) * 1e-3f;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+            {
+                __m512 v[12], m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f);
+                for (r = 0; r < 12; r++) v[r] = _mm512_set1_ps(acc[r][0]);
+                for (it = 0; it < iters; it++)
+                    for (r = 0; r < 12; r++) v[r] = _mm512_fmadd_ps(v[r], m, a);
+                for (r = 0; r < 12; r++) acc[r][0] = _mm512_cvtss_f32(v[r]);
+            }
+#elif defined(MLK__AVX2)
             {
                 __m256 v[12], m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
                 for (r = 0; r < 12; r++) v[r] = _mm256_loadu_ps(acc[r]);
@@ -123,7 +132,9 @@ static double bench_fma_peak(void)
         }
         {
             double dt = bench_now() - t0;
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX512)
+            double flops = 2.0 * 16 * 12 * (double)iters * threads;
+#elif defined(MLK__AVX2)
             double flops = 2.0 * 8 * 12 * (double)iters * threads;
 #else
             double flops = 2.0 * 8 * 12 * (double)(iters / 8) * threads;

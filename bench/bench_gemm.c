@@ -1,6 +1,8 @@
 /* bench_gemm: mlk_sgemm at 512^3, 1024^3, 2048^3, NN and NT (C = A B^T, B
    stored n x k as a Linear layer's weight), GFLOP/s and fraction of the
-   roofline; then m = 1 (a decode step, y = x W^T and y = x B), GB/s of B
+   roofline; small-batch linear layers (m = 16, 64, 128 rows times a
+   4096 x 4096 weight, x W^T); then m = 1 (a decode step, y = x W^T and
+   y = x B), GB/s of B
    read and fraction of copy bandwidth. bench/peer_gemm.py times torch.mm on
    the same shapes. */
 #include "bench.h"
@@ -46,6 +48,24 @@ int main(void)
                          gflops / roof.sgemm_gflops);
         }
         free(a); free(b); free(c);
+    }
+    for (int s = 0; s < 3; s++) { /* small-batch linear layers: x W^T, W [4096, 4096] */
+        static const int batch[3] = {16, 64, 128};
+        gemm_case g;
+        bench_result r;
+        double gflops;
+        char shape[64];
+        g.trans_b = 1; g.m = batch[s]; g.n = 4096; g.k = 4096;
+        g.a = bench_matrix((size_t)g.m * g.k, 7919u);
+        g.b = bench_matrix((size_t)g.n * g.k, 104729u);
+        g.c = bench_matrix((size_t)g.m * g.n, 1u);
+        snprintf(shape, sizeof shape, "%dx%dx%d", g.m, g.n, g.k);
+        bench_progress(shape);
+        r = bench_time(gemm_run, &g, 20);
+        bench_progress_done();
+        gflops = 2.0 * g.m * g.n * g.k / r.median_s * 1e-9;
+        bench_report("sgemm_nt", shape, r, gflops, "GFLOP/s", gflops / roof.sgemm_gflops);
+        free((void *)g.a); free((void *)g.b); free(g.c);
     }
     for (int s = 0; s < 3; s++) {
         gemm_case g;

@@ -29,6 +29,12 @@ for n in (512, 1024, 2048):
     reps = 30 if n <= 512 else 15 if n <= 1024 else 7
     peerlib.record("sgemm_nn", shape, lambda: torch.mm(a, b, out=c), flops=flops, reps=reps)
     peerlib.record("sgemm_nt", shape, lambda: torch.mm(a, b.t(), out=c), flops=flops, reps=reps)
+w = torch.rand(4096, 4096) - 0.5
+for m in (16, 64, 128):
+    x = torch.rand(m, 4096) - 0.5
+    y = torch.empty(m, 4096)
+    peerlib.record("sgemm_nt", "%dx4096x4096" % m, lambda: torch.mm(x, w.t(), out=y),
+                   flops=2.0 * m * 4096 * 4096, reps=20)
 for trans_b, n, k in ((0, 4096, 4096), (1, 4096, 4096), (1, 11008, 4096)):
     x = torch.rand(1, k) - 0.5
     w = torch.rand(n, k) - 0.5 if trans_b else torch.rand(k, n) - 0.5

@@ -251,6 +251,42 @@ static void test_small_m_rows(void)
     }
 }
 
+/* The small-batch path against a Linear weight (trans_b, m past the
+   small-m path: up to MLK__SKINNY_M rows, or MLK__SKINNY_MAX_M when W is
+   big): against the reference, and bitwise against the packed path run on
+   the same problem, whose KC-slice order it keeps. m around the tile sizes
+   and the bounds of the path, n off MR, k past several KC slices and, for
+   the big weights, past the k chunk. */
+static void test_skinny(void)
+{
+    static const int shapes[][3] = {{9, 37, 300}, {31, 6, 513}, {64, 100, 1000}, {65, 40, 700},
+                                    {17, 1030, 2100}, {100, 1031, 2050}, {256, 700, 3001}, {257, 700, 3001}};
+    const int n_shapes = mlkt_quick() ? 5 : (int)(sizeof shapes / sizeof shapes[0]);
+    static const float betas[] = {0.0f, 1.0f, -0.75f};
+    for (int s = 0; s < n_shapes; s++)
+        for (int ta = 0; ta < 2; ta++) {
+            gemm_problem p = make_problem(ta, 1, shapes[s][0], shapes[s][1], shapes[s][2], mlkt_int(2) * 3,
+                                          s % 2 ? -1.25f : 1.0f, betas[(s + ta) % 3]);
+            mlk__gemm_args g = mlk__gemm_make_args(p.ta, p.tb, p.m, p.n, p.k, p.alpha, p.a, p.lda, p.b, p.ldb,
+                                                   p.beta, NULL, p.ldc);
+            float *c = copy_c(&p), *c_packed = copy_c(&p);
+            float *pack = mlkt_floats(mlk__gemm_b_floats(p.n, p.k) + mlk__gemm_a_floats(p.m, p.k));
+            CHECKF(mlk__gemm_skinny(&g) == (p.m <= MLK__SKINNY_M || (p.m <= MLK__SKINNY_MAX_M && p.n * p.k >= MLK__SKINNY_BIG_W)),
+                   "m=%d n=%d k=%d: path choice", p.m, p.n, p.k);
+            check_problem(&p);
+            CHECK_INT(run_sgemm(&p, c), MLK_OK);
+            g.c = c_packed;
+            mlk__gemm_blocked(&g, pack, pack + mlk__gemm_b_floats(p.n, p.k));
+            CHECKF(mlkt_same(c, c_packed, size_c(&p) * sizeof(float)),
+                   "ta=%d m=%d n=%d k=%d beta=%g: the small-batch path's bits differ from the packed path's",
+                   ta, p.m, p.n, p.k, p.beta);
+            mlkt_free(pack);
+            mlkt_free(c);
+            mlkt_free(c_packed);
+            free_problem(&p);
+        }
+}
+
 /* BLAS conventions: m or n == 0 is a no-op (C may be NULL), k == 0 gives
    C = beta C, alpha == 0 gives C = beta C without reading A or B. */
 static void test_degenerate(void)
@@ -401,6 +437,7 @@ int main(void)
     MLKT_RUN(test_large, 2);
     MLKT_RUN(test_small_m, 7);
     MLKT_RUN(test_small_m_rows, 8);
+    MLKT_RUN(test_skinny, 9);
     MLKT_RUN(test_degenerate, 3);
     MLKT_RUN(test_nonfinite, 4);
     MLKT_RUN(test_calls_in_parallel, 5);

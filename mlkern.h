@@ -6442,9 +6442,24 @@ static void mlk__ternary_permute_x(const int8_t *x, int k, size_t kpad, int8_t *
     }
 }
 
-/* acc16[r] += pair sums of one 128-weight block for rows r < rows. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+/* VNNI: vpdpbusd adds the four u8 x s8 products of each int32 lane into it
+   in one instruction, exactly (no int16 stage, nothing to widen). */
+#define MLK__VNNI 1
+static inline __m256i mlk__dpbusd(__m256i acc, __m256i u8, __m256i s8)
+{
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u8, s8);
+#else
+    return _mm256_dpbusd_avx_epi32(acc, u8, s8);
+#endif
+}
+#endif
+
+/* Adds one 128-weight block for rows r < rows: int16 pair sums into
+   acc[r], or with VNNI int32 quad sums into acc[4r + s] for shift s. */
 static inline void mlk__ternary_block(__m256i wbytes, const int8_t *xp, size_t x_stride,
-                                   int rows, __m256i *acc16)
+                                   int rows, __m256i *acc)
 {
     const __m256i mask = _mm256_set1_epi8(3);
     __m256i c0 = _mm256_and_si256(wbytes, mask);
@@ -6453,13 +6468,21 @@ static inline void mlk__ternary_block(__m256i wbytes, const int8_t *xp, size_t x
     __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(wbytes, 6), mask);
     for (int r = 0; r < rows; r++) {
         const int8_t *xr = xp + (size_t)r * x_stride;
+#if defined(MLK__VNNI)
+        __m256i *a = acc + 4 * r; /* one accumulator per shift: four independent chains */
+        a[0] = mlk__dpbusd(a[0], c0, _mm256_loadu_si256((const __m256i *)xr));
+        a[1] = mlk__dpbusd(a[1], c1, _mm256_loadu_si256((const __m256i *)(xr + 32)));
+        a[2] = mlk__dpbusd(a[2], c2, _mm256_loadu_si256((const __m256i *)(xr + 64)));
+        a[3] = mlk__dpbusd(a[3], c3, _mm256_loadu_si256((const __m256i *)(xr + 96)));
+#else
         __m256i s01 = _mm256_add_epi16(
             _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i *)xr)),
             _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i *)(xr + 32))));
         __m256i s23 = _mm256_add_epi16(
             _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i *)(xr + 64))),
             _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i *)(xr + 96))));
-        acc16[r] = _mm256_add_epi16(acc16[r], _mm256_add_epi16(s01, s23));
+        acc[r] = _mm256_add_epi16(acc[r], _mm256_add_epi16(s01, s23));
+#endif
     }
 }
 
@@ -6486,8 +6509,19 @@ static inline void mlk__ternary_hsum(const __m256i *acc, int rows, int32_t *dot)
 static inline void mlk__ternary_dot_avx2(const uint8_t *wrow, size_t full, const uint8_t *tail,
                                       const int8_t *xp, size_t x_stride, int rows, int32_t *dot)
 {
+    __m256i acc32[MLK__TERNARY_MR];
+#if defined(MLK__VNNI)
+    __m256i acc4[4 * MLK__TERNARY_MR];
+    for (int r = 0; r < 4 * rows; r++) acc4[r] = _mm256_setzero_si256();
+    for (size_t b = 0; b < full; b++)
+        mlk__ternary_block(_mm256_loadu_si256((const __m256i *)(wrow + 32 * b)), xp + 128 * b, x_stride, rows, acc4);
+    if (tail) mlk__ternary_block(_mm256_loadu_si256((const __m256i *)tail), xp + 128 * full, x_stride, rows, acc4);
+    for (int r = 0; r < rows; r++)
+        acc32[r] = _mm256_add_epi32(_mm256_add_epi32(acc4[4 * r], acc4[4 * r + 1]),
+                                    _mm256_add_epi32(acc4[4 * r + 2], acc4[4 * r + 3]));
+#else
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc16[MLK__TERNARY_MR], acc32[MLK__TERNARY_MR];
+    __m256i acc16[MLK__TERNARY_MR];
     for (int r = 0; r < rows; r++) {
         acc16[r] = _mm256_setzero_si256();
         acc32[r] = _mm256_setzero_si256();
@@ -6508,6 +6542,7 @@ static inline void mlk__ternary_dot_avx2(const uint8_t *wrow, size_t full, const
         for (int r = 0; r < rows; r++)
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
     }
+#endif
     mlk__ternary_hsum(acc32, rows, dot);
 }
 

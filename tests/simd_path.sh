@@ -1,12 +1,12 @@
 #!/bin/sh
 # One x86 SIMD path of mlkern.h, whatever path -march=native picks on this
-# machine: the test programs built for an x86-64 level (v3: AVX2 + FMA; v4:
-# AVX-512) and run with small shapes (MLKT_QUICK). Exits 77 (not run here,
-# with the reason) when this CPU cannot execute that level.
+# machine: the test programs built for an x86-64 level (v3: AVX2 + FMA; v4
+# plus VNNI: AVX-512) and run with small shapes (MLKT_QUICK). Exits 77 (not
+# run here, with the reason) when this CPU cannot execute that level.
 # Usage: tests/simd_path.sh avx2|avx512   (tests/extra/x86_*.sh)
 case $1 in
     avx2) level=x86-64-v3; flags="avx2 fma" ;;
-    avx512) level=x86-64-v4; flags="avx512f avx512dq avx512bw avx512vl" ;;
+    avx512) level="x86-64-v4 -mavx512vnni"; flags="avx512f avx512dq avx512bw avx512vl avx512_vnni" ;;
     *) echo "usage: $0 avx2|avx512"; exit 2 ;;
 esac
 for f in $flags; do

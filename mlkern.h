@@ -2746,7 +2746,7 @@ static void mlk__softmax_best_sort(mlk__softmax_best *b, float *val, int32_t *id
 
 #define MLK__SOFTMAX_BLOCK 64
 
-#if defined(MLK__AVX2)
+#if defined(MLK__AVX2) || defined(MLK__NEON)
 /* Position of the lowest set bit of a nonzero word (de Bruijn multiply). */
 static int mlk__softmax_lowest_bit(uint64_t word)
 {
@@ -2889,6 +2889,68 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
         for (int j = 0; j < 8; j++) m = lane_m[j] > m ? lane_m[j] : m;
         if (m > -INFINITY)
             for (int j = 0; j < 8; j++)
+                if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
+    }
+#elif defined(MLK__NEON)
+    { /* the AVX2 scan above on 4 lanes: a block is 16 quads. NEON's max
+         keeps NaN, so one compare of the block max finds NaN and +inf. */
+        const float32x4_t pinf = vdupq_n_f32(INFINITY);
+        const uint32x4_t lane_bit = {1, 2, 4, 8};
+        float32x4_t m4 = vdupq_n_f32(-INFINITY);
+        float64x2_t l_lo = vdupq_n_f64(0.0), l_hi = l_lo; /* lanes 0-1, 2-3 */
+        uint32x4_t bad4 = vdupq_n_u32(0);
+        float lane_m[4], tail[MLK__SOFTMAX_BLOCK];
+        double lane_l[4];
+        for (int i = 0, len; i < n; i += len) {
+            const float *block = x + i;
+            float32x4_t v[16], block_max, block_l;
+            len = n - i < MLK__SOFTMAX_BLOCK ? n - i : MLK__SOFTMAX_BLOCK;
+            if (len < MLK__SOFTMAX_BLOCK) {
+                for (int j = 0; j < MLK__SOFTMAX_BLOCK; j++) tail[j] = j < len ? block[j] : -INFINITY;
+                block = tail;
+            }
+            for (int j = 0; j < 16; j++) v[j] = vld1q_f32(block + 4 * j);
+            block_max = v[0];
+            for (int j = 1; j < 16; j++) block_max = vmaxq_f32(block_max, v[j]);
+            bad4 = vorrq_u32(bad4, vmvnq_u32(vcltq_f32(block_max, pinf)));
+            if (vmaxvq_u32(vcgtq_f32(block_max, m4))) {
+                float32x4_t new_m = vmaxq_f32(m4, block_max); /* -inf - -inf is NaN: exp4 gives 0 */
+                float32x4_t f = mlk__exp4(vmulq_n_f32(vsubq_f32(m4, new_m), inv_t));
+                l_lo = vmulq_f64(l_lo, vcvt_f64_f32(vget_low_f32(f)));
+                l_hi = vmulq_f64(l_hi, vcvt_high_f64_f32(f));
+                m4 = new_m;
+            }
+            { /* the block's sum as a tree */
+                float32x4_t e[8];
+                for (int j = 0; j < 8; j++)
+                    e[j] = vaddq_f32(mlk__exp4(vmulq_n_f32(vsubq_f32(v[2 * j], m4), inv_t)),
+                                     mlk__exp4(vmulq_n_f32(vsubq_f32(v[2 * j + 1], m4), inv_t)));
+                block_l = vaddq_f32(vaddq_f32(vaddq_f32(e[0], e[1]), vaddq_f32(e[2], e[3])),
+                                    vaddq_f32(vaddq_f32(e[4], e[5]), vaddq_f32(e[6], e[7])));
+                l_lo = vaddq_f64(l_lo, vcvt_f64_f32(vget_low_f32(block_l)));
+                l_hi = vaddq_f64(l_hi, vcvt_high_f64_f32(block_l));
+            }
+            if (best && i + len > best->cap && vmaxvq_u32(vcgtq_f32(block_max, vdupq_n_f32(best->floor_val)))) {
+                float32x4_t floor4;
+                uint64_t above = 0;
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor4 = vdupq_n_f32(best->floor_val);
+                for (int j = 0; j < 16; j++)
+                    above |= (uint64_t)vaddvq_u32(vandq_u32(vcgtq_f32(v[j], floor4), lane_bit)) << 4 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) {
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
+        }
+        bad = vmaxvq_u32(bad4) != 0;
+        vst1q_f32(lane_m, m4);
+        vst1q_f64(lane_l, l_lo);
+        vst1q_f64(lane_l + 2, l_hi);
+        for (int j = 0; j < 4; j++) m = lane_m[j] > m ? lane_m[j] : m;
+        if (m > -INFINITY)
+            for (int j = 0; j < 4; j++)
                 if (lane_m[j] > -INFINITY) l += lane_l[j] * mlk__expf((lane_m[j] - m) * inv_t);
     }
 #else

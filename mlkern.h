@@ -1500,6 +1500,40 @@ static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, c
     *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
     *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
 }
+#elif defined(MLK__NEON)
+/* The same 16 elements in four quads (x[0] holds e .. e+3). */
+static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
+                                   float32x4_t *x)
+{
+    int8x16_t q;
+    float scale;
+    switch (type) {
+    case MLK_KV_F16:
+        for (int i = 0; i < 4; i++)
+            x[i] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(const void *)row + e + 4 * i)));
+        return;
+    case MLK_KV_Q8:
+        q = vld1q_s8((const int8_t *)(const void *)(data + e));
+        break;
+    case MLK_KV_Q4: { /* 8 bytes -> 16 nibbles in element order, minus the bias */
+        uint8x8_t bytes = vld1_u8(data + e / 2);
+        uint8x8x2_t pairs = vzip_u8(vand_u8(bytes, vdup_n_u8(15)), vshr_n_u8(bytes, 4));
+        q = vsubq_s8(vreinterpretq_s8_u8(vcombine_u8(pairs.val[0], pairs.val[1])), vdupq_n_s8(8));
+        break;
+    }
+    default:
+        for (int i = 0; i < 4; i++) x[i] = vld1q_f32((const float *)(const void *)row + e + 4 * i);
+        return;
+    }
+    memcpy(&scale, row + 4 * (size_t)(e / MLK__ROW_QBLOCK), 4);
+    {
+        int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_s8(vget_high_s8(q));
+        x[0] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), scale);
+        x[1] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))), scale);
+        x[2] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), scale);
+        x[3] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))), scale);
+    }
+}
 #endif
 
 /* x[e] = element e of a typed row, e < dim. */
@@ -1515,6 +1549,13 @@ static void mlk__row_decode(mlk_kv_type type, int dim, const unsigned char *row,
         _mm256_storeu_ps(x + e + 8, hi8);
     }
     if (e < dim) mlk__avx_done();
+#elif defined(MLK__NEON)
+    const unsigned char *data = row + 4 * (size_t)mlk__row_qblocks(dim);
+    for (; e <= dim - 16; e += 16) {
+        float32x4_t quads[4];
+        mlk__row_load16(type, row, data, e, quads);
+        for (int i = 0; i < 4; i++) vst1q_f32(x + e + 4 * i, quads[i]);
+    }
 #endif
     for (; e < dim; e++) x[e] = mlk__row_get(type, dim, row, e);
 }
@@ -3624,6 +3665,9 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
     vec_end = dim / 16 * 16;
 #else
     (void)v_row;
+#if defined(MLK__NEON)
+    vec_end = dim / 16 * 16;
+#endif
 #endif
     (void)nb;
     for (int j = 0; j < nk; j += 2) {
@@ -3658,6 +3702,22 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         h3 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps(h1, 1)));
         _mm256_storeu_ps(dot, _mm256_insertf128_ps(h2, _mm256_castps256_ps128(h3), 1));
         if (vec_end < dim) mlk__avx_done();
+#elif defined(MLK__NEON)
+        const unsigned char *da = ka + 4 * (size_t)nb, *db = kb + 4 * (size_t)nb;
+        float32x4_t a[MLK__ATTN_GROUP_ROWS], b[MLK__ATTN_GROUP_ROWS];
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) a[r] = b[r] = vdupq_n_f32(0.0f);
+        for (int e = 0; e < vec_end; e += 16) {
+            float32x4_t xa[4], xb[4];
+            mlk__row_load16(type, ka, da, e, xa);
+            mlk__row_load16(type, kb, db, e, xb);
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++)
+                for (int i = 0; i < 4; i++) {
+                    float32x4_t qe = vld1q_f32(q[r] + e + 4 * i);
+                    a[r] = vfmaq_f32(a[r], qe, xa[i]);
+                    b[r] = vfmaq_f32(b[r], qe, xb[i]);
+                }
+        }
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) dot[2 * r] = vaddvq_f32(a[r]), dot[2 * r + 1] = vaddvq_f32(b[r]);
 #else
         for (int i = 0; i < 8; i++) dot[i] = 0.0f;
 #endif
@@ -3704,6 +3764,21 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         _mm256_storeu_ps(acc[3] + e0, a3), _mm256_storeu_ps(acc[3] + e0 + 8, b3);
     }
     if (e0 < dim) mlk__avx_done();
+#elif defined(MLK__NEON)
+    for (; e0 <= dim - 16; e0 += 16) {
+        float32x4_t a[MLK__ATTN_GROUP_ROWS][4];
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++)
+            for (int i = 0; i < 4; i++) a[r][i] = vld1q_f32(acc[r] + e0 + 4 * i);
+        for (int j = 0; j < nk; j++) {
+            const unsigned char *vj = v_row[j];
+            float32x4_t x[4];
+            mlk__row_load16(type, vj, vj + 4 * (size_t)nb, e0, x);
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++)
+                for (int i = 0; i < 4; i++) a[r][i] = vfmaq_n_f32(a[r][i], x[i], p[r][j]);
+        }
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++)
+            for (int i = 0; i < 4; i++) vst1q_f32(acc[r] + e0 + 4 * i, a[r][i]);
+    }
 #endif
     for (int j = 0; j < nk; j++)
         for (int e = e0; e < dim; e++) {

@@ -865,6 +865,25 @@ static mlk_status run_compact(const kv_case *t, unsigned nulls)
     return st;
 }
 
+/* prepare_compact: compact's cases, cap 4; pointers c keep copies
+   n_copies moves n_moves */
+static mlk_status run_prepare_compact(const kv_case *t, unsigned nulls)
+{
+    static const int lists[6][3] = {{0, 2, 3}, {1, 0, 0}, {0, 2, 2}, {2, 1, 0}, {-1, 0, 0}, {0, 6, 0}};
+    mlk_kv_cache *c = kv_fixture((mlk_kv_type)t->type, t->full);
+    int *copies = (int *)bi_out(8 * sizeof(int)), *n_copies = (int *)bi_out(sizeof(int));
+    int64_t *moves = (int64_t *)bi_out(6 * sizeof(int64_t));
+    int *n_moves = (int *)bi_out(sizeof(int));
+    mlk_status st;
+    bi_watch(c);
+    st = mlk_kv_prepare_compact(BI_P(nulls, 0, c), t->seq, t->a, t->b, BI_P(nulls, 1, lists[t->c]),
+                                BI_P(nulls, 2, copies), 4, BI_P(nulls, 3, n_copies), BI_P(nulls, 4, moves),
+                                BI_P(nulls, 5, n_moves));
+    bi_end("mlk_kv_prepare_compact", t->what, st, t->want);
+    mlk_kv_destroy(c);
+    return st;
+}
+
 /* kv_attn: seq = first id, a = layer, b = n_seqs (second id 0),
    c = n_q of the first, d = heads; data: 1 tree (valid), 2 bad tree,
    3 scale NaN; pointers c seqs n_q q o */
@@ -1082,6 +1101,7 @@ static void test_kv(void)
     KV_TABLE(load_cases, run_load, 0x7u);
     KV_TABLE(truncate_cases, run_truncate, 0x1u);
     KV_TABLE(compact_cases, run_compact, 0x3u);
+    KV_TABLE(compact_cases, run_prepare_compact, 0x3Fu);
     KV_TABLE(kv_attn_cases, run_kv_attn, 0x1Fu);
     KV_TABLE(stats_cases, run_stats, 0x3u);
     /* seq_len: -1 for a NULL cache and every bad id */

@@ -83,8 +83,10 @@
    its segment once: running max and sum (the online softmax) and, for
    top-k, the segment's k best (value, index) keys sorted in shared
    memory. The segments' states merge in a fixed order; top-k merges the
-   candidate lists in rounds of MLK_CUDA_SEGMENT keys. Ties go to the
-   lower index, as on the CPU.
+   segments' sorted lists pairwise (a merge-path search per key, keeping
+   the best k) until they fit one block. Ties go to the lower index, as on
+   the CPU. Any k from 1 to n; the workspace holds about 3 x 8 bytes per
+   candidate key (min(k, MLK_CUDA_SEGMENT) per segment).
        template <typename T> mlk_status mlk_cuda_softmax(int rows, int n,
            const T *x, T *y, int *status, void *workspace,
            size_t workspace_bytes, cudaStream_t stream);
@@ -99,15 +101,21 @@
            int *status, void *workspace, size_t workspace_bytes,
            cudaStream_t stream);
        size_t mlk_cuda_topk_workspace_size(int rows, int n, int k);
-   k is 1..n; when n > MLK_CUDA_SEGMENT, k is at most MLK_CUDA_MAX_K
-   (else MLK_ERR_SHAPE).
+   k is 1..n (else MLK_ERR_SHAPE), for any n.
 
    Sampling: mlk_sample's filters, order and draw (splitmix64 from
    *rng_state, one draw per row). The same state gives the same tokens as
    mlk_sample except when a draw lands within rounding of a boundary of the
    cumulative weights (the two sum in different orders; the tests measure
-   the agreement). The candidate set (top_k, or the whole row for top_p
-   alone) must fit the top-k limits above, else MLK_ERR_ARG.
+   the agreement). top_k and greedy draw from the top-k candidates, any
+   k. top_p alone sorts a whole row only when it must: a row of one
+   segment is its own candidate set; a longer one merges its best 1024
+   candidates first and walks them against the whole row's mass (summed
+   in another order than the CPU's, so a draw within rounding of the top_p
+   boundary may differ); only rows whose kept prefix reaches past those
+   merge all of their keys (the CPU grows its candidate set the same way)
+   and walk them with a whole block. Its workspace is about 24 bytes per
+   logit.
        template <typename T> mlk_status mlk_cuda_sample(int rows, int n,
            const T *logits, const mlk_sampler *s (host),
            uint64_t *rng_state, int32_t *out, int *status,
@@ -140,10 +148,23 @@
        cudaStreamSynchronize(stream);   then read *st, p and tok
 
    TESTING WITHOUT A GPU
-   The header is plain CUDA except two small functions, mlk_cuda__launch
-   (the <<<>>> launch) and mlk_cuda__dynamic_smem (extern __shared__),
-   which the test suite's host emulator replaces when it defines
-   MLKERN_CUDA_SIMT.
+   The header is plain CUDA except a few small functions that the test
+   suite's host emulator replaces when it defines MLKERN_CUDA_SIMT:
+   mlk_cuda__launch (the <<<>>> launch), mlk_cuda__dynamic_smem (extern
+   __shared__) and the tensor-core primitives, one inline-PTX instruction
+   each (section "tensor-core primitives" gives their fragment layouts):
+       mlk_cuda__mma_m16n8k16_bf16 / _f16 (float c[4], const uint32_t a[4],
+           const uint32_t b[2])               c += A B, f32 accumulators
+           (mlk_cuda__mma_m16n8k16<T> picks one by element type)
+       mlk_cuda__ldmatrix_x2 / _x2_trans (uint32_t r[2], const void *row)
+       mlk_cuda__ldmatrix_x4 / _x4_trans (uint32_t r[4], const void *row)
+       mlk_cuda__cp_async16 (void *smem, const void *gmem)
+       mlk_cuda__cp_async16_zfill (void *smem, const void *gmem, int src_bytes)
+       mlk_cuda__cp_async_commit (), mlk_cuda__cp_async_wait<N> ()
+   The emulator's twins follow the PTX ISA manual; its cp.async lands a
+   copy only at the wait that covers it (the destination holds 0xFF bytes
+   until then), so a kernel that reads shared memory before waiting fails
+   its test there.
 */
 #ifndef MLKERN_CUDA_CUH
 #define MLKERN_CUDA_CUH
@@ -165,9 +186,8 @@
 #endif
 
 /* Logits per block in the softmax family (the top-k keys of a segment fill
-   32 KiB of shared memory), and the largest k for rows longer than that. */
+   32 KiB of shared memory). */
 #define MLK_CUDA_SEGMENT 4096
-#define MLK_CUDA_MAX_K (MLK_CUDA_SEGMENT / 2)
 
 MLKERN_CUDA_DEF cudaError_t mlk_cuda_last_error(const char **message);
 
@@ -411,6 +431,123 @@ template <int N> static __device__ __forceinline__ void mlk_cuda__block_sum(floa
     for (int i = 0; i < N; i++) v[i] = lane < n_warps ? smem[i * 32 + lane] : 0.0f;
     mlk_cuda__warp_sum<N>(v);
     __syncthreads();
+}
+
+/* ======================================================================
+   tensor-core primitives: mma.sync, ldmatrix, cp.async (sm_80 on)
+   ====================================================================== */
+
+/* One PTX instruction each; the emulator (tests/cuda/simt.h) supplies
+   twins with the same names that implement the PTX ISA's layouts, and
+   tests/cuda/test_primitives.cu holds both to the same host reference.
+   Fragments of lane l, with g = l / 4 and t = l % 4; a 32-bit register
+   holds two 16-bit elements, the lower column (or row) in its low half:
+     A, 16 x 16, row-major:  a[0] = A[g][2t, 2t+1]     a[1] = A[g+8][2t, 2t+1]
+                             a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+     B, 16 x 8 (k x n):      b[0] = B[2t, 2t+1][g]     b[1] = B[2t+8, 2t+9][g]
+     C, 16 x 8, float:       c[0], c[1] = C[g][2t, 2t+1]   c[2], c[3] = C[g+8][2t, 2t+1]
+   mma: c += A B, every lane of the warp taking part (warp-collective).
+   ldmatrix xN loads N 8 x 8 matrices of 16-bit elements from shared
+   memory: lanes 8i .. 8i+7 give the addresses of the rows of matrix i
+   (16 bytes each, 16-byte aligned; the other lanes' addresses are
+   ignored), and r[i] of lane l gets row l / 4, columns 2(l % 4) and
+   2(l % 4) + 1 of matrix i, or of its transpose with _trans. So x4 on
+   the four 8 x 8 quarters of a row-major 16 x 16 tile (top-left,
+   bottom-left, top-right, bottom-right) is an A fragment, x2 on an n x k
+   tile (8 rows of 16) is a B fragment, and x2_trans on a k x n tile
+   (16 rows of 8) is one too.
+   cp.async copies 16 bytes global -> shared without a register (.cg:
+   cached in L2 only, for data a block reads once); _zfill copies the
+   first src_bytes (0..16) and zero-fills the rest, for tails, and reads
+   nothing when src_bytes is 0. Copies land only by
+   mlk_cuda__cp_async_wait<N>(): the issuing thread waits until at most N
+   of its committed groups are pending; other threads see the data after
+   a __syncthreads that follows the wait. */
+#ifndef MLKERN_CUDA_SIMT
+static __device__ __forceinline__ void mlk_cuda__mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+static __device__ __forceinline__ void mlk_cuda__mma_m16n8k16_f16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+static __device__ __forceinline__ uint32_t mlk_cuda__smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void mlk_cuda__ldmatrix_x2(uint32_t r[2], const void *smem_row_ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(mlk_cuda__smem_addr(smem_row_ptr))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__ldmatrix_x2_trans(uint32_t r[2], const void *smem_row_ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(mlk_cuda__smem_addr(smem_row_ptr))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__ldmatrix_x4(uint32_t r[4], const void *smem_row_ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(mlk_cuda__smem_addr(smem_row_ptr))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__ldmatrix_x4_trans(uint32_t r[4], const void *smem_row_ptr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(mlk_cuda__smem_addr(smem_row_ptr))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__cp_async16(void *smem, const void *gmem)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(mlk_cuda__smem_addr(smem)), "l"(gmem)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__cp_async16_zfill(void *smem, const void *gmem, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mlk_cuda__smem_addr(smem)), "l"(gmem),
+                 "r"(src_bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mlk_cuda__cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void mlk_cuda__cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
+/* The mma for T's element type: __nv_bfloat16 or __half. */
+template <typename T>
+static __device__ __forceinline__ void mlk_cuda__mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    static_assert(std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value, "bf16 or fp16");
+    if constexpr (std::is_same<T, __half>::value) mlk_cuda__mma_m16n8k16_f16(c, a, b);
+    else mlk_cuda__mma_m16n8k16_bf16(c, a, b);
 }
 
 /* ======================================================================
@@ -1018,20 +1155,51 @@ mlk_cuda__sm_write_kernel(int n, int n_seg, const T *__restrict__ x, const mlk_c
     }
 }
 
-/* A round of the top-k merge: block (row, chunk) keeps the best n_keys of
-   the chunk's (at most MLK_CUDA_SEGMENT) candidate keys. */
+/* A level of the top-k merge: output list o of a row holds the best
+   out_len keys of input lists 2o and 2o + 1 (each sorted, zero keys
+   padding; an odd last list has no partner), one key per thread, found
+   by a co-rank search (how many of the first j outputs come from list
+   2o, ties to it), so the result is sorted too. Outputs past cap, and
+   rows with only[row] == 0 (only non-NULL), are left unwritten; an
+   output reads input keys before its own position only, so a capped
+   level feeds the next one. */
 __global__ void __launch_bounds__(MLK_CUDA__SM_THREADS)
-mlk_cuda__topk_round_kernel(int count, int n_chunks, int n_keys, const unsigned long long *__restrict__ in,
+mlk_cuda__topk_merge_kernel(int n_in, int in_len, int n_out, int out_len, int chunks, int cap,
+                            const int *__restrict__ only, const unsigned long long *__restrict__ in,
                             unsigned long long *__restrict__ out)
 {
-    unsigned long long *key = (unsigned long long *)mlk_cuda__dynamic_smem();
-    int row = blockIdx.x / n_chunks, chunk = blockIdx.x % n_chunks, base = chunk * MLK_CUDA_SEGMENT;
-    int len = count - base < MLK_CUDA_SEGMENT ? count - base : MLK_CUDA_SEGMENT;
-    mlk_cuda__load_sort(in + (size_t)row * count + base, len, n_keys, key);
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) out[(size_t)blockIdx.x * n_keys + j] = key[j];
+    int chunk = blockIdx.x % chunks, list = blockIdx.x / chunks % n_out, row = blockIdx.x / chunks / n_out;
+    int j = chunk * MLK_CUDA__SM_THREADS + threadIdx.x;
+    if (j >= out_len || j >= cap || (only && !only[row])) return;
+    const unsigned long long *a = in + ((size_t)row * n_in + 2 * (size_t)list) * in_len, *b = a + in_len;
+    int la = in_len, lb = 2 * list + 1 < n_in ? in_len : 0;
+    unsigned long long *o = out + ((size_t)row * n_out + list) * out_len;
+    if (j >= la + lb) { /* past an unpartnered list: padding */
+        o[j] = 0ull;
+        return;
+    }
+    int lo = j - lb > 0 ? j - lb : 0, hi = j < la ? j : la;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (a[mid] >= b[j - 1 - mid]) lo = mid + 1;
+        else hi = mid;
+    }
+    int from_b = j - lo;
+    o[j] = lo < la && (from_b >= lb || a[lo] >= b[from_b]) ? a[lo] : b[from_b];
 }
 
-/* Last round: the row's best k keys become probabilities (or log-probabilities)
+/* A row's candidates, best first: the last merge level's count keys,
+   sorted in shared memory (padded to at least `at_least`) when they fit
+   one block; more than that is a single list, sorted already. */
+static __device__ __forceinline__ const unsigned long long *mlk_cuda__row_cands(const unsigned long long *in, int count,
+                                                                                int at_least, unsigned long long *smem)
+{
+    if (count > MLK_CUDA_SEGMENT) return in;
+    mlk_cuda__load_sort(in, count, at_least, smem);
+    return smem;
+}
+
+/* Last step: the row's best k keys become probabilities (or log-probabilities)
    of softmax(x / T) over the whole row, and indices. */
 template <bool LOG>
 __global__ void __launch_bounds__(MLK_CUDA__SM_THREADS)
@@ -1039,11 +1207,11 @@ mlk_cuda__topk_final_kernel(int count, int k, float inv_t, const unsigned long l
                             const mlk_cuda__ml *__restrict__ row_ml, const int *__restrict__ flag,
                             int *__restrict__ status, float *__restrict__ out, int32_t *__restrict__ idx)
 {
-    unsigned long long *key = (unsigned long long *)mlk_cuda__dynamic_smem();
     mlk_cuda__report(flag, status);
     if (*flag) return;
     int row = blockIdx.x;
-    mlk_cuda__load_sort(in + (size_t)row * count, count, k, key);
+    const unsigned long long *key = mlk_cuda__row_cands(in + (size_t)row * count, count, k,
+                                                        (unsigned long long *)mlk_cuda__dynamic_smem());
     mlk_cuda__ml st = row_ml[row];
     float log_l = logf(st.l);
     for (int j = threadIdx.x; j < k; j += blockDim.x) {
@@ -1055,33 +1223,56 @@ mlk_cuda__topk_final_kernel(int count, int k, float inv_t, const unsigned long l
 
 /* ---- host side ---- */
 
-/* What a softmax-family call needs: segments, the candidate counts of each
-   top-k round, and the workspace carved from them. */
+/* What a softmax-family call needs: segments, the top-k merge levels, and
+   the workspace carved from them. Level 0 is the scan's: a sorted list of
+   seg_keys keys per segment; level r holds the best level_len(r) keys of
+   2^r segments in each of level_lists(r) lists. The merge stops at the
+   first level whose keys fit one block (or that is one list). */
 struct mlk_cuda__sm_plan {
-    int n_seg, seg_keys, count0, rounds;
+    int n_seg, keys, seg_keys, rounds; /* keys: candidates per row, 0 for none */
+    size_t level_keys;                 /* per row, the most of any level past 0 */
     size_t bytes;
 };
 
 static inline int mlk_cuda__n_seg(int n) { return (n + MLK_CUDA_SEGMENT - 1) / MLK_CUDA_SEGMENT; }
 
+static inline int mlk_cuda__level_lists(const mlk_cuda__sm_plan &p, int r) { return ((p.n_seg - 1) >> r) + 1; }
+
+static inline int mlk_cuda__level_len(const mlk_cuda__sm_plan &p, int r)
+{
+    long long len = (long long)p.seg_keys << r;
+    return len < p.keys ? (int)len : p.keys;
+}
+
 /* keys = 0: no top-k. Returns false on size overflow. */
 static inline bool mlk_cuda__sm_planning(int rows, int n, int keys, mlk_cuda__sm_plan *p)
 {
-    size_t a, b = 0;
+    size_t a, level0 = 0, level, blocks;
     p->n_seg = mlk_cuda__n_seg(n);
-    p->seg_keys = keys < n ? keys : n;
-    if (p->seg_keys > MLK_CUDA_SEGMENT) p->seg_keys = MLK_CUDA_SEGMENT;
-    p->count0 = keys ? p->n_seg * p->seg_keys : 0;
+    p->keys = keys < n ? keys : n;
+    p->seg_keys = p->keys < MLK_CUDA_SEGMENT ? p->keys : MLK_CUDA_SEGMENT;
     p->rounds = 0;
-    for (int c = p->count0; c > MLK_CUDA_SEGMENT; c = (c + MLK_CUDA_SEGMENT - 1) / MLK_CUDA_SEGMENT * keys) p->rounds++;
+    p->level_keys = 0;
     if (!mlk_cuda__count(rows, p->n_seg, sizeof(mlk_cuda__ml), &a)) return false;
     p->bytes = 256 + mlk_cuda__round(a * sizeof(mlk_cuda__ml)) + mlk_cuda__round((size_t)rows * sizeof(mlk_cuda__ml));
     if (keys) {
-        if (!mlk_cuda__count(rows, p->count0, 2 * sizeof(unsigned long long), &b)) return false;
-        /* two buffers: round r reads one and writes the other */
-        p->bytes += 2 * mlk_cuda__round(b * sizeof(unsigned long long));
+        if (!mlk_cuda__count(rows, p->n_seg * p->seg_keys, sizeof(unsigned long long), &level0)) return false;
+        for (int r = 0; mlk_cuda__level_lists(*p, r) > 1 &&
+                        (size_t)mlk_cuda__level_lists(*p, r) * mlk_cuda__level_len(*p, r) > MLK_CUDA_SEGMENT;) {
+            p->rounds = ++r;
+            level = (size_t)mlk_cuda__level_lists(*p, r) * mlk_cuda__level_len(*p, r);
+            /* one merge thread per key, and block indices within a grid */
+            if (!mlk_cuda__count(rows, (int)(level / MLK_CUDA__SM_THREADS + mlk_cuda__level_lists(*p, r)),
+                                 1, &blocks) || blocks > 0x7FFFFFFFu)
+                return false;
+            p->level_keys = level > p->level_keys ? level : p->level_keys;
+        }
+        /* level 0, then levels 1, 3, ... and 2, 4, ... in turn */
+        p->bytes += mlk_cuda__round(level0 * sizeof(unsigned long long)) +
+                    (p->rounds > 0) * mlk_cuda__round((size_t)rows * p->level_keys * sizeof(unsigned long long)) +
+                    (p->rounds > 1) * mlk_cuda__round((size_t)rows * p->level_keys * sizeof(unsigned long long));
     }
-    p->bytes += 256; /* the sampler's copy of the rng state, and its per-segment masses use the key buffers */
+    p->bytes += 256; /* the sampler's copy of the rng state */
     return true;
 }
 
@@ -1089,7 +1280,7 @@ static inline bool mlk_cuda__sm_planning(int rows, int n, int keys, mlk_cuda__sm
 struct mlk_cuda__sm_ws {
     int *flag;
     mlk_cuda__ml *seg_ml, *row_ml;
-    unsigned long long *keys[2], *rng;
+    unsigned long long *keys[3], *rng;
 };
 
 static inline mlk_cuda__sm_ws mlk_cuda__sm_carve(mlk_cuda__scratch *sc, int rows, const mlk_cuda__sm_plan &p)
@@ -1098,10 +1289,24 @@ static inline mlk_cuda__sm_ws mlk_cuda__sm_carve(mlk_cuda__scratch *sc, int rows
     w.flag = mlk_cuda__take<int>(sc, 64);
     w.seg_ml = mlk_cuda__take<mlk_cuda__ml>(sc, (size_t)rows * p.n_seg);
     w.row_ml = mlk_cuda__take<mlk_cuda__ml>(sc, (size_t)rows);
-    w.keys[0] = p.count0 ? mlk_cuda__take<unsigned long long>(sc, (size_t)rows * p.count0) : NULL;
-    w.keys[1] = p.count0 ? mlk_cuda__take<unsigned long long>(sc, (size_t)rows * p.count0) : NULL;
+    w.keys[0] = p.keys ? mlk_cuda__take<unsigned long long>(sc, (size_t)rows * p.n_seg * p.seg_keys) : NULL;
+    w.keys[1] = p.rounds > 0 ? mlk_cuda__take<unsigned long long>(sc, (size_t)rows * p.level_keys) : NULL;
+    w.keys[2] = p.rounds > 1 ? mlk_cuda__take<unsigned long long>(sc, (size_t)rows * p.level_keys) : NULL;
     w.rng = mlk_cuda__take<unsigned long long>(sc, 32);
     return w;
+}
+
+static inline unsigned long long *mlk_cuda__level_keys(const mlk_cuda__sm_ws &w, int r)
+{
+    return r == 0 ? w.keys[0] : w.keys[2 - r % 2];
+}
+
+/* The last level: where each row's candidates are, and how many. */
+static inline const unsigned long long *mlk_cuda__cands(const mlk_cuda__sm_plan &p, const mlk_cuda__sm_ws &w,
+                                                        int *count)
+{
+    *count = mlk_cuda__level_lists(p, p.rounds) * mlk_cuda__level_len(p, p.rounds);
+    return mlk_cuda__level_keys(w, p.rounds);
 }
 
 static const size_t mlk_cuda__key_smem = MLK_CUDA_SEGMENT * sizeof(unsigned long long);
@@ -1114,7 +1319,7 @@ static inline cudaError_t mlk_cuda__sm_scan(int rows, int n, const T *x, float i
     cudaError_t e = cudaMemsetAsync(w.flag, 0, sizeof(int), stream);
     unsigned blocks = (unsigned)((size_t)rows * p.n_seg);
     if (e != cudaSuccess) return e;
-    if (p.count0)
+    if (p.keys)
         e = mlk_cuda__launch(mlk_cuda__sm_scan_kernel<T, true>, dim3(blocks), dim3(MLK_CUDA__SM_THREADS),
                              mlk_cuda__key_smem, stream, n, p.n_seg, x, inv_t, p.seg_keys, w.seg_ml, w.keys[0], w.flag);
     else
@@ -1125,24 +1330,20 @@ static inline cudaError_t mlk_cuda__sm_scan(int rows, int n, const T *x, float i
                             rows, p.n_seg, inv_t, (const mlk_cuda__ml *)w.seg_ml, w.row_ml, w.flag);
 }
 
-/* Runs the merge rounds until a row's candidates fit one block; returns the
-   buffer holding them and their count per row. */
-static inline cudaError_t mlk_cuda__topk_rounds(int rows, int keys, const mlk_cuda__sm_plan &p,
-                                                const mlk_cuda__sm_ws &w, const unsigned long long **out, int *count,
-                                                cudaStream_t stream)
+/* Runs the merge levels; cap and only as mlk_cuda__topk_merge_kernel's. */
+static inline cudaError_t mlk_cuda__topk_rounds(int rows, const mlk_cuda__sm_plan &p, const mlk_cuda__sm_ws &w, int cap,
+                                                const int *only, cudaStream_t stream)
 {
-    int c = p.count0, cur = 0;
-    for (int r = 0; r < p.rounds; r++) {
-        int chunks = (c + MLK_CUDA_SEGMENT - 1) / MLK_CUDA_SEGMENT;
-        cudaError_t e = mlk_cuda__launch(mlk_cuda__topk_round_kernel, dim3((unsigned)((size_t)rows * chunks)),
-                                         dim3(MLK_CUDA__SM_THREADS), mlk_cuda__key_smem, stream, c, chunks, keys,
-                                         (const unsigned long long *)w.keys[cur], w.keys[1 - cur]);
+    for (int r = 1; r <= p.rounds; r++) {
+        int lists = mlk_cuda__level_lists(p, r), len = mlk_cuda__level_len(p, r);
+        int chunks = (len + MLK_CUDA__SM_THREADS - 1) / MLK_CUDA__SM_THREADS;
+        cudaError_t e = mlk_cuda__launch(mlk_cuda__topk_merge_kernel, dim3((unsigned)((size_t)rows * lists * chunks)),
+                                         dim3(MLK_CUDA__SM_THREADS), 0, stream, mlk_cuda__level_lists(p, r - 1),
+                                         mlk_cuda__level_len(p, r - 1), lists, len, chunks, cap, only,
+                                         (const unsigned long long *)mlk_cuda__level_keys(w, r - 1),
+                                         mlk_cuda__level_keys(w, r));
         if (e != cudaSuccess) return e;
-        c = chunks * keys;
-        cur = 1 - cur;
     }
-    *out = w.keys[cur];
-    *count = c;
     return cudaSuccess;
 }
 
@@ -1156,9 +1357,7 @@ MLKERN_CUDA_DEF size_t mlk_cuda_softmax_workspace_size(int rows, int n)
 MLKERN_CUDA_DEF size_t mlk_cuda_topk_workspace_size(int rows, int n, int k)
 {
     mlk_cuda__sm_plan p;
-    if (rows < 1 || n < 1 || k < 1 || k > n || (n > MLK_CUDA_SEGMENT && k > MLK_CUDA_MAX_K) ||
-        !mlk_cuda__sm_planning(rows, n, k, &p))
-        return 0;
+    if (rows < 1 || n < 1 || k < 1 || k > n || !mlk_cuda__sm_planning(rows, n, k, &p)) return 0;
     return p.bytes;
 }
 
@@ -1215,7 +1414,7 @@ static inline mlk_status mlk_cuda__topk(int rows, int n, const T *logits, float 
     mlk_cuda__scratch sc;
     size_t out_count;
     if (!logits || !out || !idx) return MLK_ERR_NULL;
-    if (rows < 1 || n < 1 || k < 1 || k > n || (n > MLK_CUDA_SEGMENT && k > MLK_CUDA_MAX_K)) return MLK_ERR_SHAPE;
+    if (rows < 1 || n < 1 || k < 1 || k > n) return MLK_ERR_SHAPE;
     mlk_status st = mlk_cuda__sm_sizes(rows, n);
     if (st != MLK_OK) return st;
     if (!mlk_cuda__count(rows, k, sizeof(float), &out_count)) return MLK_ERR_OVERFLOW;
@@ -1225,10 +1424,10 @@ static inline mlk_status mlk_cuda__topk(int rows, int n, const T *logits, float 
     if (st != MLK_OK) return st;
     mlk_cuda__sm_ws w = mlk_cuda__sm_carve(&sc, rows, p);
     float inv_t = 1.0f / temperature;
-    const unsigned long long *cand = NULL;
-    int count = 0;
+    int count;
+    const unsigned long long *cand = mlk_cuda__cands(p, w, &count);
     cudaError_t e = mlk_cuda__sm_scan<T>(rows, n, logits, inv_t, p, w, stream);
-    if (e == cudaSuccess) e = mlk_cuda__topk_rounds(rows, k, p, w, &cand, &count, stream);
+    if (e == cudaSuccess) e = mlk_cuda__topk_rounds(rows, p, w, k, NULL, stream);
     if (e == cudaSuccess)
         e = mlk_cuda__launch(mlk_cuda__topk_final_kernel<LOG>, dim3((unsigned)rows), dim3(MLK_CUDA__SM_THREADS),
                              mlk_cuda__key_smem, stream, count, k, inv_t, cand, (const mlk_cuda__ml *)w.row_ml,
@@ -1300,21 +1499,43 @@ static __device__ __forceinline__ void mlk_cuda__sample_done(int rows, const int
         *rng_state = *state_copy + (unsigned long long)rows * 0x9E3779B97F4A7C15ull;
 }
 
-/* With candidates (top_k, top_p or greedy): one block per row sorts the
-   row's candidate keys; thread 0 then runs mlk_sample's walk over them in
-   the CPU's order (at most MLK_CUDA_SEGMENT steps), so the double sums
-   are the CPU's too. */
-__global__ void __launch_bounds__(MLK_CUDA__SM_THREADS)
-mlk_cuda__sample_cand_kernel(int rows, int count, int cap, mlk_cuda__sampler s, const unsigned long long *__restrict__ in,
-                             const mlk_cuda__ml *__restrict__ row_ml, const int *__restrict__ flag,
-                             int *__restrict__ status, const unsigned long long *__restrict__ state_copy,
-                             unsigned long long *rng_state, int32_t *__restrict__ out)
+/* mlk_sample's weight of logit v: exp((v - max) / T), the CPU's bits. */
+static __device__ __forceinline__ float mlk_cuda__weight(float v, float m, float inv_t)
 {
-    unsigned long long *key = (unsigned long long *)mlk_cuda__dynamic_smem();
+    return mlk_cuda__expf_cpu(__fmul_rn(__fsub_rn(v, m), inv_t));
+}
+
+/* The whole row's mass from its segments' masses ([rows, n_seg]), in order. */
+static __device__ __forceinline__ double mlk_cuda__row_total(const double *seg_total, int n_seg, int row)
+{
+    double total = 0.0;
+    for (int g = 0; g < n_seg; g++) total += seg_total[(size_t)row * n_seg + g];
+    return total;
+}
+
+/* With candidates (top_k, top_p or greedy): one block per row gets the
+   row's candidates in order (mlk_cuda__row_cands); thread 0 then runs
+   mlk_sample's walk over the first len of them in the CPU's order, so the
+   double sums are the CPU's too. The walk's total is the candidates' mass
+   (top_k, or a whole row), else seg_total's (top_p alone over a longer
+   row: the whole row's, in another order than the CPU's). more: NULL, or
+   a first look at the best len < n candidates: a row whose kept prefix
+   may not end inside them gets more[row] = 1 and no draw yet (else 0);
+   the call without `more` reports the status and advances the state. */
+__global__ void __launch_bounds__(MLK_CUDA__SM_THREADS)
+mlk_cuda__sample_cand_kernel(int rows, int n, int count, int len, mlk_cuda__sampler s,
+                             const unsigned long long *__restrict__ in, const double *__restrict__ seg_total, int n_seg,
+                             const mlk_cuda__ml *__restrict__ row_ml, const int *__restrict__ flag,
+                             int *__restrict__ more, int *__restrict__ status,
+                             const unsigned long long *__restrict__ state_copy, unsigned long long *rng_state,
+                             int32_t *__restrict__ out)
+{
     int row = blockIdx.x;
-    mlk_cuda__sample_done(rows, flag, status, state_copy, rng_state);
+    if (!more) mlk_cuda__sample_done(rows, flag, status, state_copy, rng_state);
+    if (more && threadIdx.x == 0) more[row] = 0;
     if (*flag) return;
-    mlk_cuda__load_sort(in + (size_t)row * count, count, cap, key);
+    const unsigned long long *key = mlk_cuda__row_cands(in + (size_t)row * count, count, len,
+                                                        (unsigned long long *)mlk_cuda__dynamic_smem());
     if (threadIdx.x != 0) return;
     if (s.greedy) {
         out[row] = mlk_cuda__key_idx(key[0]);
@@ -1323,17 +1544,23 @@ mlk_cuda__sample_cand_kernel(int rows, int count, int cap, mlk_cuda__sampler s, 
     float m = row_ml[row].m;
     double total = 0.0, kept = 0.0, target;
     int n_keep = 0;
-    for (int j = 0; j < cap; j++) total += mlk_cuda__expf_cpu(__fmul_rn(__fsub_rn(mlk_cuda__key_val(key[j]), m), s.inv_t));
+    if (seg_total) total = mlk_cuda__row_total(seg_total, n_seg, row);
+    else
+        for (int j = 0; j < len; j++) total += mlk_cuda__weight(mlk_cuda__key_val(key[j]), m, s.inv_t);
     for (;;) {
-        if (n_keep == cap) break;
-        float w = mlk_cuda__expf_cpu(__fmul_rn(__fsub_rn(mlk_cuda__key_val(key[n_keep]), m), s.inv_t));
+        if (n_keep == len) break;
+        float w = mlk_cuda__weight(mlk_cuda__key_val(key[n_keep]), m, s.inv_t);
         if (n_keep > 0 && !(kept < (double)s.top_p * total && w >= s.min_p && w > 0.0f)) break;
         kept += w;
         n_keep++;
     }
+    if (more && n_keep == len && len < n) {
+        more[row] = 1;
+        return;
+    }
     target = mlk_cuda__uniform(*state_copy, (unsigned long long)row) * kept;
     for (int j = 0; j < n_keep - 1; j++) {
-        target -= mlk_cuda__expf_cpu(__fmul_rn(__fsub_rn(mlk_cuda__key_val(key[j]), m), s.inv_t));
+        target -= mlk_cuda__weight(mlk_cuda__key_val(key[j]), m, s.inv_t);
         if (target < 0.0) {
             out[row] = mlk_cuda__key_idx(key[j]);
             return;
@@ -1342,10 +1569,76 @@ mlk_cuda__sample_cand_kernel(int rows, int count, int cap, mlk_cuda__sampler s, 
     out[row] = mlk_cuda__key_idx(key[n_keep - 1]);
 }
 
+/* top_p alone, the rows (only[row] != 0) whose kept prefix reaches past
+   the first candidates: all n of their sorted keys, walked by the whole
+   block. Thread t takes the run of keys [t * run, (t + 1) * run): it sums
+   their weights, a scan of the sums in thread order gives each run the
+   mass before it, and the first run where the walk stops (the kept mass
+   reaching top_p, or min_p) gives the kept prefix; the draw finds its
+   token the same way. The sums run in another order than the CPU's, as
+   the row's mass already does. Reports the status, advances the state. */
+__global__ void __launch_bounds__(MLK_CUDA__SM_THREADS)
+mlk_cuda__sample_wide_kernel(int rows, int n, mlk_cuda__sampler s, const unsigned long long *__restrict__ in,
+                             const double *__restrict__ seg_total, int n_seg, const mlk_cuda__ml *__restrict__ row_ml,
+                             const int *__restrict__ flag, const int *__restrict__ only, int *__restrict__ status,
+                             const unsigned long long *__restrict__ state_copy, unsigned long long *rng_state,
+                             int32_t *__restrict__ out)
+{
+    __shared__ double before[MLK_CUDA__SM_THREADS], kept;
+    __shared__ int stop, hit;
+    int row = blockIdx.x, t = threadIdx.x;
+    mlk_cuda__sample_done(rows, flag, status, state_copy, rng_state);
+    if (*flag || !only[row]) return; /* the same for the whole block */
+    const unsigned long long *key = in + (size_t)row * n;
+    float m = row_ml[row].m;
+    int run = (n + MLK_CUDA__SM_THREADS - 1) / MLK_CUDA__SM_THREADS, lo = t * run, hi = lo + run < n ? lo + run : n;
+    double mass = 0.0;
+    for (int j = lo; j < hi; j++) mass += mlk_cuda__weight(mlk_cuda__key_val(key[j]), m, s.inv_t);
+    before[t] = mass;
+    __syncthreads();
+    if (t == 0) {
+        double acc = 0.0;
+        for (int i = 0; i < MLK_CUDA__SM_THREADS; i++) {
+            double run_mass = before[i];
+            before[i] = acc;
+            acc += run_mass;
+        }
+        kept = acc; /* every key, unless the walk stops before the end */
+        stop = hit = n;
+    }
+    __syncthreads();
+    double limit = (double)s.top_p * mlk_cuda__row_total(seg_total, n_seg, row);
+    int my_stop = n;
+    mass = before[t];
+    for (int j = lo; j < hi; j++) {
+        float w = mlk_cuda__weight(mlk_cuda__key_val(key[j]), m, s.inv_t);
+        if (j > 0 && !(mass < limit && w >= s.min_p && w > 0.0f)) {
+            my_stop = j;
+            break;
+        }
+        mass += w;
+    }
+    if (my_stop < n) atomicMin(&stop, my_stop);
+    __syncthreads();
+    if (my_stop == stop && my_stop < n) kept = mass; /* the one run holding the stop */
+    __syncthreads();
+    int n_keep = stop;
+    double target = mlk_cuda__uniform(*state_copy, (unsigned long long)row) * kept - before[t];
+    for (int j = lo; j < hi && j < n_keep - 1; j++) {
+        target -= mlk_cuda__weight(mlk_cuda__key_val(key[j]), m, s.inv_t);
+        if (target < 0.0) {
+            atomicMin(&hit, j);
+            break;
+        }
+    }
+    __syncthreads();
+    if (t == 0) out[row] = mlk_cuda__key_idx(key[hit < n_keep - 1 ? hit : n_keep - 1]);
+}
+
 /* The kept weight of logit v: w = exp((v - m) / T) if w >= min_p, else 0. */
 static __device__ __forceinline__ float mlk_cuda__kept_weight(float v, float m, const mlk_cuda__sampler &s)
 {
-    float w = mlk_cuda__expf_cpu(__fmul_rn(__fsub_rn(v, m), s.inv_t));
+    float w = mlk_cuda__weight(v, m, s.inv_t);
     return w >= s.min_p && w > 0.0f ? w : 0.0f;
 }
 
@@ -1431,6 +1724,13 @@ static inline int mlk_cuda__sample_cap(int n, const mlk_sampler *s)
     return s->top_p < 1.0f ? n : 0;
 }
 
+/* top_p alone over more than one segment first merges only this many
+   best candidates per row, then all of them for the rows whose kept
+   prefix does not end inside those (as mlk_sample grows its candidate set). */
+#define MLK_CUDA__TOP_P_FIRST 1024
+
+static inline bool mlk_cuda__top_p_grows(int n, int cap, const mlk_cuda__sm_plan &p) { return cap == n && p.rounds > 0; }
+
 static inline bool mlk_cuda__sample_bytes(int rows, int n, const mlk_sampler *s, size_t *bytes)
 {
     mlk_cuda__sm_plan p;
@@ -1438,7 +1738,7 @@ static inline bool mlk_cuda__sample_bytes(int rows, int n, const mlk_sampler *s,
     if (!mlk_cuda__sm_planning(rows, n, mlk_cuda__sample_cap(n, s), &p) ||
         !mlk_cuda__count(rows, p.n_seg, sizeof(double), &mass))
         return false;
-    *bytes = p.bytes + mlk_cuda__round(mass * sizeof(double));
+    *bytes = p.bytes + mlk_cuda__round(mass * sizeof(double)) + mlk_cuda__round((size_t)rows * sizeof(int));
     return true;
 }
 
@@ -1449,8 +1749,6 @@ static inline mlk_status mlk_cuda__sample_check(int rows, int n, const mlk_sampl
     if (!(s->temperature == 0.0f || 1.0f / s->temperature < INFINITY) || !(s->temperature >= 0.0f) ||
         s->temperature == INFINITY || s->top_k < 0 || !(s->top_p > 0.0f) || !(s->min_p >= 0.0f && s->min_p <= 1.0f))
         return MLK_ERR_ARG;
-    int cap = mlk_cuda__sample_cap(n, s);
-    if (n > MLK_CUDA_SEGMENT && cap > MLK_CUDA_MAX_K) return MLK_ERR_ARG; /* a candidate set past the top-k limit */
     return MLK_OK;
 }
 
@@ -1459,6 +1757,34 @@ MLKERN_CUDA_DEF size_t mlk_cuda_sample_workspace_size(int rows, int n, const mlk
     size_t bytes;
     if (!s || mlk_cuda__sample_check(rows, n, s) != MLK_OK || !mlk_cuda__sample_bytes(rows, n, s, &bytes)) return 0;
     return bytes;
+}
+
+/* The candidate paths: top_k or greedy in one walk; top_p alone over one
+   segment the same; over more, the row's mass first, a walk over the best
+   MLK_CUDA__TOP_P_FIRST, then the full merge and the block-wide walk for
+   the rows that need it. */
+static inline cudaError_t mlk_cuda__sample_cands(int rows, int n, int cap, const mlk_cuda__sampler &ks,
+                                                 const mlk_cuda__sm_plan &p, const mlk_cuda__sm_ws &w,
+                                                 const double *seg_total, int *more, int *status,
+                                                 unsigned long long *state, int32_t *out, cudaStream_t stream)
+{
+    int count;
+    const unsigned long long *cand = mlk_cuda__cands(p, w, &count);
+    bool grow = mlk_cuda__top_p_grows(n, cap, p);
+    int first = grow ? MLK_CUDA__TOP_P_FIRST : cap;
+    cudaError_t e = mlk_cuda__topk_rounds(rows, p, w, first, NULL, stream);
+    if (e == cudaSuccess)
+        e = mlk_cuda__launch(mlk_cuda__sample_cand_kernel, dim3((unsigned)rows), dim3(MLK_CUDA__SM_THREADS),
+                             mlk_cuda__key_smem, stream, rows, n, count, first, ks, cand, grow ? seg_total : NULL,
+                             p.n_seg, (const mlk_cuda__ml *)w.row_ml, (const int *)w.flag, grow ? more : NULL,
+                             status, (const unsigned long long *)w.rng, state, out);
+    if (!grow || e != cudaSuccess) return e;
+    e = mlk_cuda__topk_rounds(rows, p, w, n, more, stream);
+    if (e != cudaSuccess) return e;
+    return mlk_cuda__launch(mlk_cuda__sample_wide_kernel, dim3((unsigned)rows), dim3(MLK_CUDA__SM_THREADS), 0, stream,
+                            rows, n, ks, cand, seg_total, p.n_seg, (const mlk_cuda__ml *)w.row_ml,
+                            (const int *)w.flag, (const int *)more, status, (const unsigned long long *)w.rng, state,
+                            out);
 }
 
 template <typename T>
@@ -1477,27 +1803,26 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_sample(int rows, int n, const T *logits, con
     if (st != MLK_OK) return st;
     mlk_cuda__sm_ws w = mlk_cuda__sm_carve(&sc, rows, p);
     double *seg_mass = mlk_cuda__take<double>(&sc, (size_t)rows * p.n_seg);
+    int *more = mlk_cuda__take<int>(&sc, (size_t)rows);
     mlk_cuda__sampler ks;
     ks.greedy = s->temperature == 0.0f;
     ks.inv_t = ks.greedy ? 1.0f : 1.0f / s->temperature;
     ks.top_p = s->top_p;
     ks.min_p = s->min_p;
+    /* top_p alone over several segments needs the whole row's mass: every weight counts */
+    mlk_cuda__sampler mass_of = ks;
+    if (mlk_cuda__top_p_grows(n, cap, p)) mass_of.min_p = 0.0f;
     unsigned long long *state = (unsigned long long *)rng_state;
     cudaError_t e = cudaMemcpyAsync(w.rng, state, sizeof *state, cudaMemcpyDeviceToDevice, stream);
     if (e == cudaSuccess) e = mlk_cuda__sm_scan<T>(rows, n, logits, ks.inv_t, p, w, stream);
+    if (e == cudaSuccess && (!cap || mlk_cuda__top_p_grows(n, cap, p)))
+        e = mlk_cuda__launch(mlk_cuda__sample_mass_kernel<T>, dim3((unsigned)((size_t)rows * p.n_seg)),
+                             dim3(MLK_CUDA__SM_THREADS), 0, stream, n, p.n_seg, logits, mass_of,
+                             (const mlk_cuda__ml *)w.row_ml, (const int *)w.flag, seg_mass);
     if (cap) {
-        const unsigned long long *cand = NULL;
-        int count = 0;
-        if (e == cudaSuccess) e = mlk_cuda__topk_rounds(rows, cap, p, w, &cand, &count, stream);
         if (e == cudaSuccess)
-            e = mlk_cuda__launch(mlk_cuda__sample_cand_kernel, dim3((unsigned)rows), dim3(MLK_CUDA__SM_THREADS),
-                                 mlk_cuda__key_smem, stream, rows, count, cap, ks, cand, (const mlk_cuda__ml *)w.row_ml,
-                                 (const int *)w.flag, status, (const unsigned long long *)w.rng, state, out);
+            e = mlk_cuda__sample_cands(rows, n, cap, ks, p, w, seg_mass, more, status, state, out, stream);
     } else {
-        if (e == cudaSuccess)
-            e = mlk_cuda__launch(mlk_cuda__sample_mass_kernel<T>, dim3((unsigned)((size_t)rows * p.n_seg)),
-                                 dim3(MLK_CUDA__SM_THREADS), 0, stream, n, p.n_seg, logits, ks,
-                                 (const mlk_cuda__ml *)w.row_ml, (const int *)w.flag, seg_mass);
         if (e == cudaSuccess)
             e = mlk_cuda__launch(mlk_cuda__sample_walk_kernel<T>, dim3((unsigned)((rows + 31) / 32)), dim3(32), 0,
                                  stream, rows, n, p.n_seg, logits, ks, (const mlk_cuda__ml *)w.row_ml,

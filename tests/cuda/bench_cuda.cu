@@ -6,7 +6,12 @@
 #include <cuda_runtime.h>
 #define MLKERN_IMPLEMENTATION /* the CPU side: mlk_status_str, mlk_ternary_row_bytes */
 #include "mlkern.h"
+/* MLKCT_HEADER_IMPL: the header's implementation is compiled here, not
+   linked, while the attention section still lives in wip_attn.cuh */
+#define MLKERN_CUDA_IMPLEMENTATION
 #include "mlkern_cuda.cuh"
+#include "wip_attn.cuh"
+#include "wip_attn_bwd.cuh"
 
 #include <algorithm>
 #include <stdio.h>
@@ -119,6 +124,24 @@ static void bench_topk(int rows, int n, int k)
     cudaFree(x); cudaFree(p); cudaFree(idx); cudaFree(st); cudaFree(ws);
 }
 
+/* mlk_cuda_sample over uniform logits in [-1, 1): T 0.005 keeps top_p
+   inside the first candidates, T 1 needs the whole row. */
+static void bench_sample(int rows, int n, mlk_sampler s, const char *what)
+{
+    size_t count = (size_t)rows * n;
+    float *x = dev_random<float>(count);
+    int32_t *tok = (int32_t *)dev((size_t)rows * sizeof(int32_t), 0);
+    int *st = (int *)dev(sizeof(int), 0);
+    uint64_t *rng = (uint64_t *)dev(sizeof(uint64_t), 0);
+    size_t ws_bytes = mlk_cuda_sample_workspace_size(rows, n, &s);
+    void *ws = dev(ws_bytes, 0);
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%d_%s", rows, n, what);
+    double ms = time_ms([&]() { status_ok(mlk_cuda_sample<float>(rows, n, x, &s, rng, tok, st, ws, ws_bytes, 0), "sample"); });
+    report("sample", "f32", shape, ms, (double)count * sizeof(float));
+    cudaFree(x); cudaFree(tok); cudaFree(st); cudaFree(rng); cudaFree(ws);
+}
+
 static void bench_ternary(int m, int n, int k)
 {
     size_t row_bytes = mlk_ternary_row_bytes(k);
@@ -130,6 +153,90 @@ static void bench_ternary(int m, int n, int k)
     double ms = time_ms([&]() { status_ok(mlk_cuda_ternary_gemm(m, n, k, xq, xs, w, 1.0f, y, 0), "ternary_gemm"); });
     report("ternary_gemm", "i8xt2", shape, ms, (double)n * row_bytes + (double)m * k);
     cudaFree(xq); cudaFree(w); cudaFree(xs); cudaFree(y);
+}
+
+/* Paged decode: n_seqs sequences of len positions each, one query each;
+   GB/s counts the K and V rows read (and q, o). The pool's bytes are 0x3C
+   (F16 1.06; Q8 scales 0.0115, codes 60): finite, as a real cache. */
+static void bench_kv_decode(mlk_kv_type type, const char *dtype, int n_seqs, int len, int heads, int kv_heads, int d)
+{
+    mlk_kv_config cfg = {1, kv_heads, d, 16, n_seqs * ((len + 15) / 16), n_seqs, type};
+    mlk_kv_cache *c = NULL;
+    mlk_kv_layout lay;
+    status_ok(mlk_kv_create_bookkeeping(&cfg, &c), "kv_create_bookkeeping");
+    std::vector<int> seqs(n_seqs), n_q(n_seqs, 1);
+    for (int s = 0; s < n_seqs; s++) {
+        status_ok(mlk_kv_seq_new(c, &seqs[s]), "kv_seq_new");
+        status_ok(mlk_kv_append(c, seqs[s], len), "kv_append");
+    }
+    status_ok(mlk_kv_get_layout(c, &lay), "kv_get_layout");
+    void *pool = dev(lay.block_bytes * (size_t)lay.num_blocks, 0x3C);
+    size_t qn = (size_t)n_seqs * heads * d;
+    float *q = dev_random<float>(qn), *o = (float *)dev(qn * sizeof(float), 0);
+    float *lse = (float *)dev((size_t)n_seqs * heads * sizeof(float), 0);
+    size_t ws_bytes = mlk_cuda_kv_attn_workspace_size(c, n_seqs, seqs.data(), n_q.data(), heads, NULL);
+    void *ws = dev(ws_bytes, 0);
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%d_h%d/%d_d%d", n_seqs, len, heads, kv_heads, d);
+    double ms = time_ms([&]() {
+        status_ok(mlk_cuda_kv_attn(c, pool, 0, n_seqs, seqs.data(), n_q.data(), q, heads, NULL, o, lse, ws, ws_bytes, 0),
+                  "kv_attn");
+    });
+    report("kv_attn_decode", dtype, shape, ms,
+           (double)n_seqs * len * mlk_kv_bytes_per_token(&cfg) + 2.0 * qn * sizeof(float));
+    cudaFree(pool); cudaFree(q); cudaFree(o); cudaFree(lse); cudaFree(ws);
+    mlk_kv_destroy(c);
+}
+
+/* Causal attention forward over (b, h, n, d) BHND; GB/s counts q, k, v, o once. */
+template <typename T> static void bench_attn_fwd(int b, int h, int n, int d, const char *dtype)
+{
+    mlk_attn_desc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.batch = b;
+    desc.heads = h;
+    desc.len_q = n;
+    desc.head_dim = d;
+    desc.causal = 1;
+    size_t count = (size_t)b * h * n * d, ws_bytes = mlk_cuda_attn_fwd_workspace_size(&desc);
+    T *q = dev_random<T>(count), *k = dev_random<T>(count), *v = dev_random<T>(count);
+    T *o = (T *)dev(count * sizeof(T), 0);
+    float *lse = (float *)dev((size_t)b * h * n * sizeof(float), 0);
+    void *ws = ws_bytes ? dev(ws_bytes, 0) : NULL;
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d_causal", b, h, n, d);
+    double ms = time_ms([&]() { status_ok(mlk_cuda_attn_fwd<T>(&desc, q, k, v, o, lse, ws, ws_bytes, 0), "attn_fwd"); });
+    report("attn_fwd", dtype, shape, ms, 4.0 * count * sizeof(T));
+    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse); cudaFree(ws);
+}
+
+/* Attention backward (D, dK/dV, dQ) from the forward's o and lse; GB/s
+   counts q, k, v, o, dout read and dq, dk, dv written once. */
+static void bench_attn_bwd(int b, int h, int n, int d, int causal)
+{
+    mlk_attn_desc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.batch = b;
+    desc.heads = h;
+    desc.len_q = n;
+    desc.head_dim = d;
+    desc.causal = causal;
+    size_t count = (size_t)b * h * n * d;
+    float *q = dev_random<float>(count), *k = dev_random<float>(count), *v = dev_random<float>(count);
+    float *dout = dev_random<float>(count), *o = (float *)dev(count * sizeof(float), 0);
+    float *dq = (float *)dev(count * sizeof(float), 0), *dk = (float *)dev(count * sizeof(float), 0);
+    float *dv = (float *)dev(count * sizeof(float), 0), *lse = (float *)dev((size_t)b * h * n * sizeof(float), 0);
+    size_t ws_bytes = mlk_cuda_attn_bwd_workspace_size(&desc);
+    void *ws = dev(ws_bytes, 0);
+    status_ok(mlk_cuda_attn_fwd<float>(&desc, q, k, v, o, lse, NULL, 0, 0), "attn_fwd");
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d%s", b, h, n, d, causal ? "_causal" : "");
+    double ms = time_ms([&]() {
+        status_ok(mlk_cuda_attn_bwd<float>(&desc, q, k, v, o, dout, lse, dq, dk, dv, ws, ws_bytes, 0), "attn_bwd");
+    });
+    report("attn_bwd", "f32", shape, ms, 8.0 * count * sizeof(float));
+    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(dout); cudaFree(o);
+    cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(lse); cudaFree(ws);
 }
 
 int main(void)
@@ -146,6 +253,16 @@ int main(void)
     bench_topk(64, 128256, 50);
     bench_topk(512, 128256, 50);
     bench_topk(8, 262144, 50);
+    bench_topk(8, 262144, 4096);
+    bench_sample(64, 128256, mlk_sampler{0.005f, 0, 0.9f, 0.0f}, "top_p0.9_T0.005");
+    bench_sample(64, 128256, mlk_sampler{1.0f, 0, 0.9f, 0.0f}, "top_p0.9_T1");
+    bench_sample(64, 128256, mlk_sampler{1.0f, 4096, 1.0f, 0.0f}, "top_k4096");
     bench_ternary(1, 4096, 4096);
+    bench_kv_decode(MLK_KV_F16, "f16", 32, 4096, 32, 8, 128);
+    bench_kv_decode(MLK_KV_Q8, "q8", 32, 4096, 32, 8, 128);
+    bench_attn_fwd<float>(1, 8, 4096, 64, "f32");
+    bench_attn_fwd<__nv_bfloat16>(1, 8, 4096, 64, "bf16");
+    bench_attn_bwd(1, 8, 4096, 64, 1);
+    bench_attn_bwd(1, 8, 4096, 64, 0);
     return 0;
 }

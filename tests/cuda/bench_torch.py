@@ -55,10 +55,40 @@ def topk_softmax(rows, n, k):
     report("topk_softmax", "f32", f"{rows}x{n}_k{k}", time_ms(run), 4 * rows * n)
 
 
+def sample(rows, n, temperature, top_k, top_p, what):
+    # logits uniform in [-1, 1) as bench_cuda.cu's; HF's filters: sort, cumulative mass, multinomial
+    x = torch.rand(rows, n, device="cuda") * 2 - 1
+
+    def run():
+        logits = x / temperature
+        if top_k:
+            v, i = torch.topk(logits, top_k, dim=-1)
+        else:
+            v, i = torch.sort(logits, dim=-1, descending=True)
+        p = torch.softmax(v, dim=-1)
+        if top_p < 1:
+            drop = p.cumsum(dim=-1) - p > top_p
+            p = p.masked_fill(drop, 0)
+        return i.gather(-1, torch.multinomial(p, 1))
+
+    report("sample", "f32", f"{rows}x{n}_{what}", time_ms(run), 4 * rows * n)
+
+
 def gemv(m, n, k):
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     w = torch.randn(n, k, device="cuda", dtype=torch.float16)
     report("fp16_matmul", "f16", f"{m}x{n}x{k}", time_ms(lambda: x @ w.t()), 2 * n * k)
+
+
+def attn_bwd(b, h, n, d, causal):
+    # the backward of PyTorch's own attention (it picks its kernel) from a
+    # kept forward; GB/s as bench_cuda.cu counts it
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", requires_grad=True) for _ in range(3))
+    dout = torch.randn(b, h, n, d, device="cuda")
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+    run = lambda: torch.autograd.grad(o, (q, k, v), dout, retain_graph=True)
+    shape = f"{b}x{h}x{n}x{d}" + ("_causal" if causal else "")
+    report("attn_bwd", "f32", shape, time_ms(run), 8 * 4 * b * h * n * d)
 
 
 layernorm(32768, 1024, torch.float32, "f32")
@@ -68,4 +98,10 @@ layernorm(8192, 4096, torch.bfloat16, "bf16")
 topk_softmax(64, 128256, 50)
 topk_softmax(512, 128256, 50)
 topk_softmax(8, 262144, 50)
+topk_softmax(8, 262144, 4096)
+sample(64, 128256, 0.005, 0, 0.9, "top_p0.9_T0.005")
+sample(64, 128256, 1.0, 0, 0.9, "top_p0.9_T1")
+sample(64, 128256, 1.0, 4096, 1.0, "top_k4096")
 gemv(1, 4096, 4096)
+attn_bwd(1, 8, 4096, 64, 1)
+attn_bwd(1, 8, 4096, 64, 0)

@@ -8,7 +8,8 @@
 NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_ARCHS ?= 80 90
 CUDA_TESTS  = $(patsubst tests/cuda/%.cu,%,$(wildcard tests/cuda/test_*.cu))
-CUDA_HDRS   = mlkern.h mlkern_cuda.cuh tests/mlkt.h tests/cuda/mlkct.h tests/cuda/simt.h
+# (tests/cuda/*.cuh: parts of mlkern_cuda.cuh still written beside it)
+CUDA_HDRS   = mlkern.h mlkern_cuda.cuh tests/mlkt.h tests/cuda/mlkct.h tests/cuda/simt.h $(wildcard tests/cuda/*.cuh)
 # the CUDA headers for the emulator build: where nvcc itself looks (nvcc may
 # be a wrapper script outside the toolkit, so not relative to its path)
 ifndef CUDA_INC

@@ -16,15 +16,31 @@
    shuffle the order of the blocks. A kernel that is correct gives bitwise
    the same result in every order; a missing barrier lets one thread read
    shared memory before or after another writes it, depending on the
-   order, and shows up as a difference. The emulator is strict where a GPU
+   order, and shows up as a difference. Reverse and shuffle also let a
+   warp whose warp operation completes run on at once, as far as it can
+   alone, so warps drift apart as far as their barriers allow (forward
+   keeps them in step): a warp that reads what another has not written
+   yet, or overwrites what another still reads, differs between the
+   orders. The emulator is strict where a GPU
    is undefined: __syncthreads after some threads of the block returned, a
    warp operation whose mask names an exited lane or lanes waiting at
    different operations, and a shuffle reading a lane outside the mask all
    abort with a message.
 
-   mlkern_cuda.cuh keeps what cannot compile here behind two functions that
+   mlkern_cuda.cuh keeps what cannot compile here behind functions that
    this file defines instead (MLKERN_CUDA_SIMT): mlk_cuda__launch (the
-   <<<>>> launch) and mlk_cuda__dynamic_smem (extern __shared__). The
+   <<<>>> launch), mlk_cuda__dynamic_smem (extern __shared__) and the
+   tensor-core primitives, one PTX instruction each. mma and ldmatrix are
+   warp-collective, as on the GPU: each lane parks pointers to its
+   registers and, once all 32 wait, the warp's matrices are gathered from
+   every lane's fragments in the PTX ISA's layouts and the results
+   scattered back (the mma sums in double and rounds once to float; a
+   tensor core may differ in the last bits). cp.async is stricter than
+   the GPU: the source is read at issue, the destination turns to 0xFF
+   bytes at issue and receives the data only at the cp.async wait_group
+   that covers it (copies still pending when the thread exits are
+   dropped), so a kernel that reads before waiting, or lets another
+   thread read before a barrier that follows the wait, reads garbage. The
    bf16/fp16 types and conversions are the CUDA toolkit's own host code, so
    rounding matches the device. Device math functions are the host's libm:
    results may differ from a GPU's in the last bits (tests use tolerances
@@ -54,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <algorithm>
+#include <deque>
 #include <functional>
 #include <map>
 #include <tuple>
@@ -67,14 +84,24 @@ namespace simt {
 
 enum order { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
 enum state { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
-enum warp_op { OP_SYNC, OP_SHFL, OP_SHFL_XOR, OP_SHFL_UP, OP_SHFL_DOWN, OP_BALLOT, OP_ANY, OP_ALL };
+/* OP_MMA_BF16 and later: warp-collective instructions (every lane's
+   operands at once; `arg` names the variant and must agree) */
+enum warp_op { OP_SYNC, OP_SHFL, OP_SHFL_XOR, OP_SHFL_UP, OP_SHFL_DOWN, OP_BALLOT, OP_ANY, OP_ALL,
+               OP_MMA_BF16, OP_MMA_F16, OP_LDMATRIX };
 
 static const char *op_name(int op)
 {
     static const char *names[] = {"__syncwarp", "__shfl_sync", "__shfl_xor_sync", "__shfl_up_sync",
-                                  "__shfl_down_sync", "__ballot_sync", "__any_sync", "__all_sync"};
+                                  "__shfl_down_sync", "__ballot_sync", "__any_sync", "__all_sync",
+                                  "mma.m16n8k16.bf16", "mma.m16n8k16.f16", "ldmatrix"};
     return names[op];
 }
+
+/* A cp.async in flight: the source's bytes, read at issue. */
+struct async_copy {
+    unsigned char *dst;
+    unsigned char bytes[16];
+};
 
 struct thread {
     uint3 tid;
@@ -89,6 +116,9 @@ struct thread {
     int op, arg, width;
     unsigned mask;
     uint64_t value, result;
+    void *operands; /* a collective's: mma_operands or ldmatrix_operands */
+    std::vector<async_copy> uncommitted;
+    std::deque<std::vector<async_copy>> committed; /* oldest group first */
 };
 
 struct run_state {
@@ -241,61 +271,163 @@ inline int shfl_source(const thread &t)
     return src;
 }
 
-/* Resolves the warp operations that can complete; returns how many lanes
-   were released. */
-inline int resolve_warps()
+/* ---- the warp-collective instructions ---- */
+
+struct mma_operands {
+    float *c;
+    const uint32_t *a, *b;
+};
+
+struct ldmatrix_operands {
+    uint32_t *r;
+    const void *row;
+};
+
+inline double half_bits(uint32_t h, bool bf16)
 {
-    run_state &s = g();
-    int released = 0, n_warps = (int)((s.threads.size() + 31) / 32);
-    for (int w = 0; w < n_warps; w++) {
-        thread *lanes = &s.threads[(size_t)w * 32];
-        int first = -1;
-        for (int l = 0; l < 32 && lane_exists(w, l); l++)
-            if (lanes[l].st == AT_WARP) { first = l; break; }
-        if (first < 0) continue;
-        unsigned mask = lanes[first].mask;
-        int op = lanes[first].op, ready = 1;
-        if (!(mask >> first & 1)) fail("warp operation by a lane outside its own mask");
-        for (int l = 0; l < 32; l++) {
-            if (!(mask >> l & 1)) continue;
-            if (!lane_exists(w, l)) fail("warp mask names a lane that does not exist");
-            thread &t = lanes[l];
-            if (t.st == DONE) fail("warp mask names a lane that has exited");
-            if (t.st != AT_WARP) { ready = 0; continue; }
-            if (t.op != op || t.mask != mask) {
-                char msg[160];
-                snprintf(msg, sizeof msg, "lanes of warp %d wait at different warp operations (%s mask %08x, %s mask %08x)",
-                         w, op_name(op), mask, op_name(t.op), t.mask);
-                fail(msg);
-            }
-        }
-        if (!ready) continue;
-        uint64_t votes = 0;
-        int all = 1;
-        for (int l = 0; l < 32; l++)
-            if (mask >> l & 1) {
-                votes |= (uint64_t)(lanes[l].value != 0) << l;
-                all &= lanes[l].value != 0;
-            }
-        for (int l = 0; l < 32; l++) {
-            if (!(mask >> l & 1)) continue;
-            thread &t = lanes[l];
-            switch (op) {
-            case OP_SYNC: t.result = 0; break;
-            case OP_BALLOT: t.result = votes; break;
-            case OP_ANY: t.result = votes != 0; break;
-            case OP_ALL: t.result = (uint64_t)all; break;
-            default: {
-                int src = shfl_source(t);
-                if (src >= 0 && !(mask >> src & 1)) fail("shuffle reads a lane outside the mask");
-                t.result = src < 0 ? t.value : lanes[src].value;
-            }
-            }
-            t.st = RUNNABLE;
-            released++;
+    if (bf16) {
+        uint32_t u = h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return (double)f;
+    }
+    __half_raw r;
+    r.x = (unsigned short)h;
+    return (double)__half2float(__half(r));
+}
+
+/* D = A B + C for one warp's m16n8k16 fragments (lane l: g = l / 4, t = l % 4). */
+inline void collective_mma(thread *lanes, bool bf16)
+{
+    double a[16][16], b[16][8], c[16][8];
+    for (int l = 0; l < 32; l++) {
+        const mma_operands *o = (const mma_operands *)lanes[l].operands;
+        int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) /* a[i]: rows g, g+8, g, g+8; columns 2t, 2t, 2t+8, 2t+8 */
+            for (int h = 0; h < 2; h++)
+                a[g + 8 * (i & 1)][2 * t + 8 * (i >> 1) + h] = half_bits(o->a[i] >> 16 * h & 0xFFFF, bf16);
+        for (int i = 0; i < 2; i++) /* b[i]: k rows 2t + 8i and the next, column g */
+            for (int h = 0; h < 2; h++) b[2 * t + 8 * i + h][g] = half_bits(o->b[i] >> 16 * h & 0xFFFF, bf16);
+        for (int i = 0; i < 4; i++) c[g + 8 * (i >> 1)][2 * t + (i & 1)] = (double)o->c[i];
+    }
+    for (int l = 0; l < 32; l++) {
+        const mma_operands *o = (const mma_operands *)lanes[l].operands;
+        int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+            double d = c[row][col];
+            for (int k = 0; k < 16; k++) d += a[row][k] * b[k][col];
+            o->c[i] = (float)d;
         }
     }
+}
+
+/* ldmatrix .x1/.x2/.x4 (count), .trans: lanes 8i..8i+7 address matrix i's rows. */
+inline void collective_ldmatrix(thread *lanes, int count, bool trans)
+{
+    uint16_t m[4][8][8];
+    for (int i = 0; i < count; i++)
+        for (int j = 0; j < 8; j++) {
+            const void *row = ((const ldmatrix_operands *)lanes[8 * i + j].operands)->row;
+            if ((uintptr_t)row % 16) fail("ldmatrix row address not 16-byte aligned");
+            memcpy(m[i][j], row, 16);
+        }
+    for (int l = 0; l < 32; l++) {
+        const ldmatrix_operands *o = (const ldmatrix_operands *)lanes[l].operands;
+        int r = l / 4, c = 2 * (l % 4);
+        for (int i = 0; i < count; i++) {
+            uint32_t lo = trans ? m[i][c][r] : m[i][r][c], hi = trans ? m[i][c + 1][r] : m[i][r][c + 1];
+            o->r[i] = lo | hi << 16;
+        }
+    }
+}
+
+inline void run_collective(int op, int arg, thread *lanes, unsigned mask)
+{
+    if (mask != 0xFFFFFFFFu) fail("a warp-collective instruction (mma, ldmatrix) needs all 32 lanes");
+    if (op == OP_LDMATRIX) collective_ldmatrix(lanes, arg & 7, arg >> 3 & 1);
+    else collective_mma(lanes, op == OP_MMA_BF16);
+}
+
+/* Completes warp w's pending operation if every lane of its mask waits
+   at it; returns how many lanes were released. */
+inline int resolve_warp(int w)
+{
+    thread *lanes = &g().threads[(size_t)w * 32];
+    int first = -1, released = 0;
+    for (int l = 0; l < 32 && lane_exists(w, l); l++)
+        if (lanes[l].st == AT_WARP) { first = l; break; }
+    if (first < 0) return 0;
+    unsigned mask = lanes[first].mask;
+    int op = lanes[first].op, arg = lanes[first].arg, ready = 1;
+    if (!(mask >> first & 1)) fail("warp operation by a lane outside its own mask");
+    for (int l = 0; l < 32; l++) {
+        if (!(mask >> l & 1)) continue;
+        if (!lane_exists(w, l)) fail("warp mask names a lane that does not exist");
+        thread &t = lanes[l];
+        if (t.st == DONE) fail("warp mask names a lane that has exited");
+        if (t.st != AT_WARP) { ready = 0; continue; }
+        if (t.op != op || t.mask != mask || (op >= OP_MMA_BF16 && t.arg != arg)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "lanes of warp %d wait at different warp operations (%s mask %08x, %s mask %08x)",
+                     w, op_name(op), mask, op_name(t.op), t.mask);
+            fail(msg);
+        }
+    }
+    if (!ready) return 0;
+    if (op >= OP_MMA_BF16) run_collective(op, arg, lanes, mask);
+    uint64_t votes = 0;
+    int all = 1;
+    for (int l = 0; l < 32; l++)
+        if (mask >> l & 1) {
+            votes |= (uint64_t)(lanes[l].value != 0) << l;
+            all &= lanes[l].value != 0;
+        }
+    for (int l = 0; l < 32; l++) {
+        if (!(mask >> l & 1)) continue;
+        thread &t = lanes[l];
+        switch (op) {
+        case OP_SYNC: case OP_MMA_BF16: case OP_MMA_F16: case OP_LDMATRIX: t.result = 0; break;
+        case OP_BALLOT: t.result = votes; break;
+        case OP_ANY: t.result = votes != 0; break;
+        case OP_ALL: t.result = (uint64_t)all; break;
+        default: {
+            int src = shfl_source(t);
+            if (src >= 0 && !(mask >> src & 1)) fail("shuffle reads a lane outside the mask");
+            t.result = src < 0 ? t.value : lanes[src].value;
+        }
+        }
+        t.st = RUNNABLE;
+        released++;
+    }
     return released;
+}
+
+inline int resolve_warps()
+{
+    int released = 0, n_warps = (int)((g().threads.size() + 31) / 32);
+    for (int w = 0; w < n_warps; w++) released += resolve_warp(w);
+    return released;
+}
+
+/* Away from FORWARD, a warp whose operation completes runs on at once,
+   until it waits for lanes or threads that have not arrived: warps drift
+   apart as far as their barriers allow (FORWARD keeps them in step), so a
+   warp that reads shared memory another warp fills, or overwrites what
+   another still reads, without a __syncthreads between the two gives
+   other bits in another order. */
+inline void run_ahead(thread *t)
+{
+    run_state &s = g();
+    if (s.ord == FORWARD || t->st != AT_WARP) return;
+    thread *lanes = &s.threads[(size_t)t->warp * 32];
+    int n = (int)std::min<size_t>(32, s.threads.size() - (size_t)t->warp * 32);
+    std::vector<int> idx;
+    while (resolve_warp(t->warp)) {
+        make_order(idx, n);
+        for (int l : idx)
+            if (lanes[l].st == RUNNABLE) to_thread(&lanes[l]);
+    }
 }
 
 /* Runs one block to completion. */
@@ -305,6 +437,8 @@ inline void run_block()
     std::vector<int> idx;
     for (thread &t : s.threads) {
         t.st = RUNNABLE;
+        t.uncommitted.clear();
+        t.committed.clear();
         start_thread(&t);
     }
     std::fill(s.dyn_smem.begin(), s.dyn_smem.end(), (unsigned char)0xFF);
@@ -312,7 +446,10 @@ inline void run_block()
         make_order(idx, (int)s.threads.size());
         for (int i : idx) {
             thread *t = &s.threads[(size_t)i];
-            if (t->st == RUNNABLE) to_thread(t);
+            if (t->st == RUNNABLE) {
+                to_thread(t);
+                run_ahead(t);
+            }
         }
         if (resolve_warps()) continue;
         size_t done = 0, warp = 0;
@@ -404,6 +541,45 @@ inline uint64_t wait_warp(int op, unsigned mask, uint64_t value, int arg, int wi
     return g().cur->result;
 }
 
+inline void wait_collective(int op, int arg, void *operands)
+{
+    if (!g().cur) fail("warp-collective instruction outside a kernel");
+    g().cur->operands = operands;
+    wait_warp(op, 0xFFFFFFFFu, 0, arg, 32);
+}
+
+inline void cp_async(void *smem, const void *gmem, int src_bytes)
+{
+    thread *t = g().cur;
+    if (!t) fail("cp.async outside a kernel");
+    if (src_bytes < 0 || src_bytes > 16) fail("cp.async src-size outside 0..16");
+    if ((uintptr_t)smem % 16 || (uintptr_t)gmem % 16) fail("cp.async address not 16-byte aligned");
+    async_copy c;
+    c.dst = (unsigned char *)smem;
+    memset(c.bytes, 0, sizeof c.bytes);
+    if (src_bytes) memcpy(c.bytes, gmem, (size_t)src_bytes);
+    memset(c.dst, 0xFF, sizeof c.bytes);
+    t->uncommitted.push_back(c);
+}
+
+inline void cp_async_commit()
+{
+    thread *t = g().cur;
+    if (!t) fail("cp.async.commit_group outside a kernel");
+    t->committed.push_back(std::move(t->uncommitted));
+    t->uncommitted.clear();
+}
+
+inline void cp_async_wait(int pending)
+{
+    thread *t = g().cur;
+    if (!t) fail("cp.async.wait_group outside a kernel");
+    while (t->committed.size() > (size_t)pending) {
+        for (const async_copy &c : t->committed.front()) memcpy(c.dst, c.bytes, sizeof c.bytes);
+        t->committed.pop_front();
+    }
+}
+
 template <typename T> uint64_t bits_of(T v)
 {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
@@ -466,6 +642,45 @@ inline unsigned __ballot_sync(unsigned mask, int pred)
 }
 inline int __any_sync(unsigned mask, int pred) { return (int)simt::wait_warp(simt::OP_ANY, mask, pred != 0, 0, 32); }
 inline int __all_sync(unsigned mask, int pred) { return (int)simt::wait_warp(simt::OP_ALL, mask, pred != 0, 0, 32); }
+
+/* The tensor-core primitives of mlkern_cuda.cuh (its section gives the layouts). */
+inline void mlk_cuda__mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    simt::mma_operands o = {c, a, b};
+    simt::wait_collective(simt::OP_MMA_BF16, 0, &o);
+}
+inline void mlk_cuda__mma_m16n8k16_f16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    simt::mma_operands o = {c, a, b};
+    simt::wait_collective(simt::OP_MMA_F16, 0, &o);
+}
+inline void mlk_cuda__ldmatrix_x2(uint32_t r[2], const void *smem_row_ptr)
+{
+    simt::ldmatrix_operands o = {r, smem_row_ptr};
+    simt::wait_collective(simt::OP_LDMATRIX, 2, &o);
+}
+inline void mlk_cuda__ldmatrix_x2_trans(uint32_t r[2], const void *smem_row_ptr)
+{
+    simt::ldmatrix_operands o = {r, smem_row_ptr};
+    simt::wait_collective(simt::OP_LDMATRIX, 2 | 8, &o);
+}
+inline void mlk_cuda__ldmatrix_x4(uint32_t r[4], const void *smem_row_ptr)
+{
+    simt::ldmatrix_operands o = {r, smem_row_ptr};
+    simt::wait_collective(simt::OP_LDMATRIX, 4, &o);
+}
+inline void mlk_cuda__ldmatrix_x4_trans(uint32_t r[4], const void *smem_row_ptr)
+{
+    simt::ldmatrix_operands o = {r, smem_row_ptr};
+    simt::wait_collective(simt::OP_LDMATRIX, 4 | 8, &o);
+}
+inline void mlk_cuda__cp_async16(void *smem, const void *gmem) { simt::cp_async(smem, gmem, 16); }
+inline void mlk_cuda__cp_async16_zfill(void *smem, const void *gmem, int src_bytes)
+{
+    simt::cp_async(smem, gmem, src_bytes);
+}
+inline void mlk_cuda__cp_async_commit() { simt::cp_async_commit(); }
+template <int N> inline void mlk_cuda__cp_async_wait() { simt::cp_async_wait(N); }
 
 /* Atomics: a block's threads never run at the same time, so plain code is atomic. */
 template <typename T> T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }

@@ -1,7 +1,8 @@
 /* CUDA softmax family: softmax and log-softmax (float32, bf16, fp16 rows),
-   top-k softmax / log-softmax (k from 1 to 1024 and up to n, ties, rows
-   split over many blocks), and sampling with the same random numbers as
-   mlk_sample; against the CPU kernels on the same inputs and double
+   top-k softmax / log-softmax (k from 1 to n, ties, rows split over many
+   blocks, k past a segment on long rows), and sampling with the same
+   random numbers as mlk_sample (top_k and top_p alone on vocabularies of
+   128256 and 262144); against the CPU kernels on the same inputs and double
    references, the CPU's error rules (NaN, +inf, all -inf rows: status
    MLK_ERR_VALUE and nothing written) and every bad argument. */
 #include "mlkct.h"
@@ -139,16 +140,17 @@ static void test_softmax_bad_rows(void)
             dbuf<float> dx = dbuf_from(x.data(), count), dy = dbuf_new<float>(count);
             dbuf<float> dp = dbuf_new<float>((size_t)rows * 3);
             dbuf<int32_t> di = dbuf_new<int32_t>((size_t)rows * 3), dout = dbuf_new<int32_t>(rows);
-            dbuf<int> dst = dbuf_new<int>(4);
+            dbuf<int> dst = dbuf_new<int>(5);
             uint64_t seed = 42;
             dbuf<uint64_t> drng = dbuf_from(&seed, 1);
-            mlk_sampler smp = {0.7f, 0, 1.0f, 0.0f};
+            mlk_sampler smp = {0.7f, 0, 1.0f, 0.0f}, top_p = {1.0f, 0, 0.9f, 0.0f};
             CHECK_INT(mlk_cuda_softmax<float>(rows, n, dx.p, dy.p, dst.p, NULL, 0, 0), MLK_OK);
             CHECK_INT(mlk_cuda_log_softmax<float>(rows, n, dx.p, dy.p, dst.p + 1, NULL, 0, 0), MLK_OK);
             CHECK_INT(mlk_cuda_topk_softmax<float>(rows, n, dx.p, 1.0f, 3, dp.p, di.p, dst.p + 2, NULL, 0, 0), MLK_OK);
             CHECK_INT(mlk_cuda_sample<float>(rows, n, dx.p, &smp, drng.p, dout.p, dst.p + 3, NULL, 0, 0), MLK_OK);
+            CHECK_INT(mlk_cuda_sample<float>(rows, n, dx.p, &top_p, drng.p, dout.p, dst.p + 4, NULL, 0, 0), MLK_OK);
             std::vector<int> st = dbuf_get(dst);
-            for (int i = 0; i < 4; i++) CHECKF(st[(size_t)i] == MLK_ERR_VALUE, "bad row kind %d n %d: call %d status %d", bad, n, i, st[(size_t)i]);
+            for (int i = 0; i < 5; i++) CHECKF(st[(size_t)i] == MLK_ERR_VALUE, "bad row kind %d n %d: call %d status %d", bad, n, i, st[(size_t)i]);
             std::vector<float> hy = dbuf_get(dy), hp = dbuf_get(dp);
             std::vector<int32_t> hi = dbuf_get(di), ho = dbuf_get(dout);
             std::vector<uint64_t> hr = dbuf_get(drng);
@@ -240,7 +242,9 @@ static void test_topk_shapes(void)
 {
     struct { int rows, n, k; } cases[] = {
         {3, 1, 1}, {3, 10, 1}, {3, 10, 10}, {2, 100, 37}, {2, 4096, 1024}, {2, 4096, 4096}, {2, 4097, 50},
-        {2, 4097, 2048}, {2, 9000, 1024}, {1, 32000, 50}, {1, 32000, 1024}, {1, 262144, 50}, {1, 128256 + 1, 1000}};
+        {2, 4097, 2048}, {2, 9000, 1024}, {1, 32000, 50}, {1, 32000, 1024}, {1, 262144, 50}, {1, 128256 + 1, 1000},
+        /* k past the old limits: past half a segment, a whole one, the whole row */
+        {2, 9000, 3000}, {2, 4097, 4097}, {1, 20000, 4096}, {1, 20000, 20000}, {1, 128256, 4096}, {1, 262144, 5000}};
     for (const auto &c : cases)
         for (int kind = 0; kind < 4; kind++) {
             if (c.n > 20000 && kind != 2) continue; /* the long rows once, with ties */
@@ -255,9 +259,10 @@ static void test_topk_shapes(void)
 /* ---- sampling ---- */
 
 /* Draws the same rows on CPU and GPU from the same state. With candidates
-   (top_k / top_p / greedy) the walk is the CPU's, sum for sum: every token
-   must agree. Without, the kept mass is summed in another order, so a draw
-   within rounding of a boundary may differ: measured, and held to 1 in 1000. */
+   (top_k, greedy, top_p alone within one segment) the walk is the CPU's,
+   sum for sum: every token must agree. Without, or top_p alone over longer
+   rows (the row's mass), a sum runs in another order, so a draw within
+   rounding of a boundary may differ: measured, and held to 1 in 1000. */
 template <typename T> static void check_sample(int rows, int n, mlk_sampler s, int kind, uint64_t seed)
 {
     size_t count = (size_t)rows * n;
@@ -291,11 +296,13 @@ template <typename T> static void check_sample(int rows, int n, mlk_sampler s, i
         differ += tok[r] != cpu[r];
         valid &= tok[r] >= 0 && tok[r] < n && xf[(size_t)r * n + tok[r]] > -INFINITY;
     }
-    bool exact = s.temperature == 0.0f || (s.top_k > 0 && s.top_k < n) || s.top_p < 1.0f;
+    /* top_p alone past one segment walks against the row's mass summed in another order */
+    bool exact = s.temperature == 0.0f || (s.top_k > 0 && s.top_k < n) || (s.top_p < 1.0f && n <= MLK_CUDA_SEGMENT);
     CHECKF(valid, "sampled tokens are valid, unmasked indices");
     CHECKF(exact ? differ == 0 : differ * 1000 <= rows, "%s rows %d n %d T %g top_k %d top_p %g min_p %g: %d of %d tokens differ from mlk_sample",
            mlkct_type_name<T>(), rows, n, s.temperature, s.top_k, s.top_p, s.min_p, differ, rows);
-    if (differ) printf("test_softmax: sampling n %d, plain path: %d of %d draws differ from the CPU (boundary rounding)\n", n, differ, rows);
+    if (differ) printf("test_softmax: sampling n %d, %s path: %d of %d draws differ from the CPU (boundary rounding)\n", n,
+                       s.top_p < 1.0f ? "top_p" : "plain", differ, rows);
     mlkt_digest(out.data(), out.size());
     dbuf_free(dx);
     dbuf_free(dout);
@@ -318,6 +325,28 @@ static void test_sample_agreement(void)
     }
     check_sample<__nv_bfloat16>(20, 3000, settings[4], 0, 11);
     check_sample<__half>(20, 3000, settings[1], 0, 12);
+}
+
+/* Long rows: top_p alone (normal logits: the first 1024 candidates hold
+   the kept prefix; ties and a high temperature: they do not, and the
+   whole row is merged), top_k past a segment, real vocabulary sizes. */
+static void test_sample_long_rows(void)
+{
+    const int rows = mlkct_small() ? 3 : 2000;
+    mlk_sampler top_p = {1.0f, 0, 0.9f, 0.0f}, top_p_hot = {3.0f, 0, 0.95f, 0.0f}, top_p_min = {1.0f, 0, 0.8f, 0.02f};
+    mlk_sampler top_k = {1.0f, 4096, 1.0f, 0.0f}, top_kp = {0.9f, 3000, 0.9f, 0.0f};
+    check_sample<float>(rows, 9000, top_p, 0, 21);
+    check_sample<float>(rows, 9000, top_p, 2, 22);
+    check_sample<float>(rows, 9000, top_p_hot, 1, 23);
+    check_sample<float>(rows, 9000, top_p_min, 0, 24);
+    check_sample<float>(rows, 9000, top_k, 0, 25);
+    check_sample<float>(rows, 9000, top_kp, 2, 26);
+    check_sample<float>(2, 128256, top_p, 0, 27);
+    check_sample<float>(2, 128256, top_p_hot, 0, 28);
+    check_sample<float>(2, 128256, top_k, 0, 29);
+    check_sample<float>(1, 262144, top_p, 2, 30);
+    check_sample<float>(1, 262144, top_kp, 0, 31);
+    check_sample<__nv_bfloat16>(2, 128256, top_p, 0, 32);
 }
 
 /* ---- bad arguments: the CPU's status, nothing written, nothing launched ---- */
@@ -359,11 +388,9 @@ static void test_bad_arguments(void)
     for (float t : temps)
         CHECK_INT(mlk_cuda_topk_softmax<float>(rows, n, x.p, t, 2, p.p, idx.p, st.p, NULL, 0, 0),
                   mlk_topk_softmax(rows, n, hx.data(), t, 2, hp.data(), hi.data()));
-    /* the GPU's limit on k for long rows */
-    CHECK_INT(mlk_cuda_topk_softmax<float>(1, MLK_CUDA_SEGMENT + 1, x.p, 1.0f, MLK_CUDA_MAX_K + 1, p.p, idx.p, st.p,
-                                           NULL, 0, 0), MLK_ERR_SHAPE);
-    CHECK(mlk_cuda_topk_workspace_size(1, MLK_CUDA_SEGMENT + 1, MLK_CUDA_MAX_K + 1) == 0);
-    CHECK(mlk_cuda_topk_workspace_size(1, MLK_CUDA_SEGMENT + 1, MLK_CUDA_MAX_K) > 0);
+    /* long rows take any k up to n, and no more */
+    CHECK(mlk_cuda_topk_workspace_size(1, 262144, 262144) > 0);
+    CHECK(mlk_cuda_topk_workspace_size(1, 262144, 262145) == 0);
     mlk_sampler bad[] = {{-1.0f, 0, 1.0f, 0.0f}, {NAN, 0, 1.0f, 0.0f}, {INFINITY, 0, 1.0f, 0.0f},
                          {1.0f, -1, 1.0f, 0.0f}, {1.0f, 0, 0.0f, 0.0f}, {1.0f, 0, NAN, 0.0f},
                          {1.0f, 0, 1.0f, -0.1f}, {1.0f, 0, 1.0f, 1.5f}, {1e-45f, 0, 1.0f, 0.0f}};
@@ -374,10 +401,9 @@ static void test_bad_arguments(void)
     CHECK_INT(mlk_cuda_sample<float>(rows, n, x.p, NULL, rng.p, idx.p, st.p, NULL, 0, 0), MLK_ERR_NULL);
     CHECK_INT(mlk_cuda_sample<float>(rows, n, x.p, &ok, NULL, idx.p, st.p, NULL, 0, 0), MLK_ERR_NULL);
     CHECK_INT(mlk_cuda_sample<float>(rows, n, x.p, &ok, rng.p, NULL, st.p, NULL, 0, 0), MLK_ERR_NULL);
-    mlk_sampler top_p_long = {1.0f, 0, 0.9f, 0.0f}; /* a candidate set of a whole long row */
-    CHECK_INT(mlk_cuda_sample<float>(1, MLK_CUDA_SEGMENT + 1, x.p, &top_p_long, rng.p, idx.p, st.p, NULL, 0, 0),
-              MLK_ERR_ARG);
-    CHECK(mlk_cuda_sample_workspace_size(1, MLK_CUDA_SEGMENT + 1, &top_p_long) == 0);
+    mlk_sampler top_p_long = {1.0f, 0, 0.9f, 0.0f}, top_k_long = {1.0f, 100000, 1.0f, 0.0f};
+    CHECK(mlk_cuda_sample_workspace_size(1, 262144, &top_p_long) > 0);
+    CHECK(mlk_cuda_sample_workspace_size(1, 262144, &top_k_long) > 0);
     /* workspaces: too small or misaligned */
     size_t need = mlk_cuda_softmax_workspace_size(rows, n);
     dbuf<unsigned char> ws = dbuf_new<unsigned char>(need + 512);
@@ -410,6 +436,7 @@ int main(void)
     MLKT_RUN(test_softmax_bad_rows, 4);
     MLKT_RUN(test_topk_shapes, 5);
     MLKT_RUN(test_sample_agreement, 6);
+    MLKT_RUN(test_sample_long_rows, 8);
     MLKT_RUN(test_bad_arguments, 7);
     return mlkct_finish("test_softmax");
 }

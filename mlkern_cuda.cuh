@@ -132,6 +132,149 @@
            const int8_t *xq, const float *xscale, const uint8_t *wpacked,
            float wscale (host), float *y, cudaStream_t stream);
 
+
+   Paged KV cache: the bookkeeping stays in a host cache without storage
+   (mlk_kv_create_bookkeeping), the rows in a device pool of
+   layout.num_blocks * layout.block_bytes bytes in exactly the CPU's layout
+   (mlk_kv_get_layout of that cache), so the bytes equal those a host cache
+   fed the same calls would hold. Zero the pool once after allocating it
+   (cudaMemset): row padding is never written, as on the CPU. A slot is a
+   pool position, block * block_size + offset, with block from the
+   sequence's table (mlk_kv_seq_blocks). Block copies are the host's
+   (source, new block) pairs, done in order before anything else.
+       template <typename T> mlk_status mlk_cuda_kv_store(
+           const mlk_kv_layout *layout (host), void *pool, int n_copies,
+           const int *copies (host), int layer, int n,
+           const int64_t *slots, const T *k, const T *v, int *status,
+           void *workspace, size_t workspace_bytes, cudaStream_t stream);
+       size_t mlk_cuda_kv_store_workspace_size(const mlk_kv_layout *layout);
+   mlk_kv_store's device twin, one call per layer: copies are the pairs
+   mlk_kv_prepare_write reported for the rows' sequences (pass them with
+   the first layer's call, n_copies 0 after), then n rows (any mix of
+   sequences: row i goes to slots[i]) of k, v [n, kv_heads, head_dim]
+   (float, bf16 or fp16, the CPU twin taking their float values) are
+   written in the pool's row format: bitwise mlk_kv_store's encoding (F16
+   rounding to nearest even and saturating at +-65504, Q8/Q4 scales and
+   codes, Q4's low nibble first). Found on the device (*status, as the
+   softmax family's): a NaN or inf into a Q8/Q4 pool (MLK_ERR_VALUE) or a
+   slot outside the pool (MLK_ERR_ARG); then no row is written, while the
+   block copies, which the host's bookkeeping already counts on, are made.
+       mlk_status mlk_cuda_kv_compact(const mlk_kv_layout *layout (host),
+           void *pool, int n_copies, const int *copies (host), int n_moves,
+           const int64_t *moves (host), cudaStream_t stream);
+   The device side of mlk_kv_prepare_compact: its block copies, then its
+   row moves (source slot, destination slot) in order, each over every
+   layer, K and V and kv head.
+   Both check on the host that the layout is self-consistent, the pool
+   16-byte aligned (cudaMalloc's is), layer and every block and slot they
+   are given inside the pool (else MLK_ERR_ARG) and n >= 1 (MLK_ERR_SHAPE);
+   nothing is enqueued on error. Device helpers shared with paged attention:
+   mlk_cuda__row_f16_from_f32 and mlk_cuda__row_encode (one warp encodes
+   one row).
+
+
+   Attention forward, fp32 SIMT: one block of 4 warps per (batch item or
+   sequence, kv head, tile of 16 query rows (8 at head_dim > 128), run of
+   keys). A tile's rows are the (query, head) pairs of the kv head's query
+   heads, query-major, so a decode step of a GQA model reads each key once
+   for the whole group. Keys come in tiles of 32, one per lane: scores in
+   fp32, the online softmax in base 2 (log2(e) folded into the scale),
+   then P V with each lane owning head_dim / 32 output columns. Masks are
+   computed, never stored: causal bottom-right with per-item lengths,
+   sliding window, tree ancestors (walked up the parent array per tile);
+   masked keys are skipped, so a NaN or inf in a key or value a query
+   cannot see never reaches it. A launch of fewer than 512 blocks (decode,
+   short prefill chunks) splits its key ranges into runs of
+   MLK_CUDA_ATTN_SPLIT (512) keys, one block each, whose partial (o, lse)
+   a second kernel merges in run order: the split depends on the shapes
+   only, never on the GPU, and a call gives the same bits every time.
+       template <typename T> mlk_status mlk_cuda_attn_fwd(
+           const mlk_attn_desc *d (host), const T *q, const T *k,
+           const T *v, T *o, float *lse, void *workspace,
+           size_t workspace_bytes, cudaStream_t stream);
+       size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d);
+   mlk_attn_desc as on the CPU (layouts, GQA/MQA, causal, window, softcap,
+   sinks, kv_len, tree_parent); its pointers kv_len, tree_parent and sinks
+   are HOST arrays, checked on the host and copied into the workspace;
+   head_dim 1..256 (else MLK_ERR_SHAPE). q, k, v, o are T (float, bf16,
+   fp16), accumulation and lse [B, Hq, Nq] (or NULL) fp32. tile_q / tile_kv
+   are checked as on the CPU but the tiles are the kernel's own;
+   d->workspace, workspace_bytes and threads are the CPU's and ignored.
+   A row that sees nothing gets o = 0 and lse = -inf (its sink if any).
+       mlk_status mlk_cuda_kv_attn(const mlk_kv_cache *c (host),
+           const void *pool, int layer, int n_seqs, const int *seqs (host),
+           const int *n_q (host), const float *q, int heads,
+           const mlk_kv_attn_opts *opts (host), float *o, float *lse,
+           void *workspace, size_t workspace_bytes, cudaStream_t stream);
+       size_t mlk_cuda_kv_attn_workspace_size(const mlk_kv_cache *c,
+           int n_seqs, const int *seqs, const int *n_q, int heads,
+           const mlk_kv_attn_opts *opts);
+   mlk_kv_attn_opt on a device copy of the pool: c holds the bookkeeping
+   (mlk_kv_create_bookkeeping, or a cache with storage), pool the bytes on
+   the device in exactly mlk_kv_get_layout's layout; F32/F16/Q8/Q4 rows
+   are decoded in registers in the CPU's row formats. q, o [sum n_q,
+   heads, head_dim] and lse [sum n_q, heads] (or NULL) are device float
+   arrays; decode, chunked prefill, tree verification (opts->tree_parent,
+   one sequence), window, softcap, sinks (host [heads]) as on the CPU.
+   The launcher copies the block tables into the workspace
+   (cudaMemcpyAsync from a host buffer it allocates and frees in the call;
+   the cache may change once the call returns). opts->workspace,
+   workspace_bytes and threads are ignored.
+
+
+   bf16 / fp16 tensors of head_dim 64, 96 or 128 without a tree mask run
+   on tensor cores (mma.sync m16n8k16, fp32 accumulators), FlashAttention-2
+   style: a block of 4 warps takes 64 rows of a kv head's (query, head)
+   rows, query-major as the SIMT kernel's, each warp 16 rows whose Q
+   fragments stay in registers; K and V tiles of 32 keys stream through two
+   shared buffers by cp.async, the next tile's copies in flight while the
+   current one is multiplied. S = Q K^T, the mask, and the online softmax
+   in base 2 (log2(e) folded into the scale) run on the accumulator
+   fragments in registers; P, rounded to T in registers, is the A operand
+   of P V (V through ldmatrix.trans). Only the keys some row of the block
+   sees are visited (the SIMT kernel's key range); tiles inside the band
+   skip the per-element mask. Other calls take the SIMT kernel: q / k / v
+   not 16-byte aligned, and decode steps (fewer than 16 rows per kv head,
+   where the SIMT kernel's split key ranges keep the GPU busy). Differences from it: P is rounded to T
+   before P V (as FlashAttention does; the error stays within twice that
+   of a bf16 / fp16 matmul-softmax-matmul), and a value row holding inf or
+   NaN that one row of a block sees makes the block's other rows NaN too
+   (0 * inf in the product), where the SIMT kernel skips keys a row cannot
+   see.
+
+
+   Attention backward, fp32 SIMT, FlashAttention-2 order from the
+   forward's lse: a small kernel forms D = rowsum(dout * o); then one
+   block per (batch, kv head, tile of keys) keeps that tile's dK and dV in
+   registers while it walks the q tiles of every query head of the group
+   (heads in order, then tiles), and one block per (batch, head, q tile)
+   keeps dQ in registers over the key tiles in order. Both rebuild
+   P = exp(S - lse) and dS = P (dP - D) tile by tile (softcap: times
+   1 / cosh^2 of the raw score); no atomics and no partial sums, so a call
+   gives the same bits every run. Tiles: 32 x 32 up to head_dim 64,
+   16 x 16 up to 128, 8 x 8 up to 256.
+       template <typename T> mlk_status mlk_cuda_attn_bwd(
+           const mlk_attn_desc *d (host), const T *q, const T *k,
+           const T *v, const T *o, const T *dout, const float *lse,
+           T *dq, T *dk, T *dv, void *workspace, size_t workspace_bytes,
+           cudaStream_t stream);
+       template <typename T> mlk_status mlk_cuda_attn_sinks_grad(
+           const mlk_attn_desc *d (host), const T *o, const T *dout,
+           const float *lse, float *dsinks, void *workspace,
+           size_t workspace_bytes, cudaStream_t stream);
+       size_t mlk_cuda_attn_bwd_workspace_size(const mlk_attn_desc *d);
+   The descriptor and its checks are mlk_cuda_attn_fwd's (host kv_len,
+   tree_parent and sinks, head_dim 1..256); q, k, v, o, dout and the
+   gradients are T, lse [B, Hq, Nq] fp32 as the forward writes it. Any of
+   dq, dk, dv may be NULL (all three: nothing runs). dk and dv are summed
+   over the query heads of a group; rows with lse = -inf contribute
+   nothing and keys no query sees (past kv_len, masked) get 0, whatever
+   their values. mlk_cuda_attn_sinks_grad is mlk_attn_sinks_grad: dsinks
+   (device [Hq]) = -sum over the head's rows of exp(sinks[h] - lse) * D,
+   summed in double in a fixed order. Both take the workspace
+   mlk_cuda_attn_bwd_workspace_size gives (the staged arrays and D), or
+   NULL to allocate on the stream.
+
    Errors:
        cudaError_t mlk_cuda_last_error(const char **message);
 
@@ -232,6 +375,36 @@ MLKERN_CUDA_DEF size_t mlk_cuda_sample_workspace_size(int rows, int n, const mlk
 MLKERN_CUDA_DEF mlk_status mlk_cuda_ternary_gemm(int m, int n, int k, const int8_t *xq,
     const float *xscale, const uint8_t *wpacked, float wscale, float *y, cudaStream_t stream);
 
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_store(const mlk_kv_layout *layout, void *pool, int n_copies, const int *copies,
+    int layer, int n, const int64_t *slots, const T *k, const T *v, int *status, void *workspace,
+    size_t workspace_bytes, cudaStream_t stream);
+MLKERN_CUDA_DEF size_t mlk_cuda_kv_store_workspace_size(const mlk_kv_layout *layout);
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_compact(const mlk_kv_layout *layout, void *pool, int n_copies,
+    const int *copies, int n_moves, const int64_t *moves, cudaStream_t stream);
+
+/* Keys per run of a split key range (see the manual above). */
+#define MLK_CUDA_ATTN_SPLIT 512
+
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q, const T *k, const T *v, T *o,
+    float *lse, void *workspace, size_t workspace_bytes, cudaStream_t stream);
+MLKERN_CUDA_DEF size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d);
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_attn(const mlk_kv_cache *c, const void *pool, int layer, int n_seqs,
+    const int *seqs, const int *n_q, const float *q, int heads, const mlk_kv_attn_opts *opts, float *o,
+    float *lse, void *workspace, size_t workspace_bytes, cudaStream_t stream);
+MLKERN_CUDA_DEF size_t mlk_cuda_kv_attn_workspace_size(const mlk_kv_cache *c, int n_seqs, const int *seqs,
+    const int *n_q, int heads, const mlk_kv_attn_opts *opts);
+
+MLKERN_CUDA_DEF size_t mlk_cuda_attn_bwd_workspace_size(const mlk_attn_desc *d);
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *d, const T *q, const T *k, const T *v, const T *o,
+    const T *dout, const float *lse, T *dq, T *dk, T *dv, void *workspace, size_t workspace_bytes,
+    cudaStream_t stream);
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_sinks_grad(const mlk_attn_desc *d, const T *o, const T *dout,
+    const float *lse, float *dsinks, void *workspace, size_t workspace_bytes, cudaStream_t stream);
+
 #endif /* MLKERN_CUDA_CUH */
 
 /* ====================================================================== */
@@ -239,8 +412,11 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_ternary_gemm(int m, int n, int k, const int8
 #ifndef MLKERN_CUDA_IMPLEMENTATION_DONE
 #define MLKERN_CUDA_IMPLEMENTATION_DONE
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <type_traits>
 
 /* ======================================================================
@@ -1937,6 +2113,1996 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_ternary_gemm(int m, int n, int k, const int8
     return mlk_cuda__launched(e);
 }
 
+/* ---- KV row formats (mlkern.h's mlk__row_*): one row = head_dim values
+   of one head; Q8/Q4 rows hold ceil(head_dim / 32) float scales, then the
+   codes. */
+#define MLK_CUDA__ROW_QBLOCK 32
+#define MLK_CUDA__QUANT_TINY 7.888609052210118e-31f /* mlkern.h's MLK__QUANT_TINY, 2^-100 */
+
+/* f32 -> f16 bits, mlkern.h's scalar conversion step for step: round to
+   nearest even, clamped to +-65504, NaN to the quiet NaN 0x7e00 (sign kept). */
+static __device__ __forceinline__ unsigned short mlk_cuda__row_f16_from_f32(float f)
+{
+    if (f > 65504.0f) f = 65504.0f;
+    if (f < -65504.0f) f = -65504.0f;
+    unsigned x = __float_as_uint(f), sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+    if (x >= 0x38800000u) { /* a normal half: rebias the exponent, round off 13 bits */
+        x -= 0x38000000u;
+        return (unsigned short)(sign | ((x + 0xfffu + ((x >> 13) & 1u)) >> 13));
+    }
+    if (x < 0x33000000u) return (unsigned short)sign; /* below half the smallest subnormal */
+    unsigned mant = (x & 0x7fffffu) | 0x800000u;      /* value = mant * 2^(e - 150) */
+    int shift = 126 - (int)(x >> 23);                 /* in units of 2^-24 */
+    unsigned q = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (unsigned short)(sign | q);
+}
+
+/* mlkern.h's mlk__quant_sym for one element of a block of finite values
+   with max |x| = amax: its code in [-qmax, qmax], rounding half away from
+   zero; *scale gets the block's scale. The same operations, unfused. */
+static __device__ __forceinline__ int mlk_cuda__quant_sym(float x, float amax, int qmax, float *scale)
+{
+    if (amax == 0.0f) {
+        *scale = 0.0f;
+        return 0;
+    }
+    if (amax >= MLK_CUDA__QUANT_TINY) {
+        float v = __fmul_rn(x, __fdiv_rn((float)qmax, amax));
+        int t = (int)v;
+        float frac = __fsub_rn(v, (float)t);
+        t += (frac >= 0.5f) - (frac <= -0.5f);
+        *scale = __fdiv_rn(amax, (float)qmax);
+        return t > qmax ? qmax : (t < -qmax ? -qmax : t);
+    }
+    /* tiny blocks in double, the scale rounded up so that no code clamps */
+    double exact = (double)amax / qmax;
+    float s = (float)exact;
+    if ((double)s < exact) s = nextafterf(s, INFINITY);
+    double v = (double)x / (double)s;
+    *scale = s;
+    return (int)(v >= 0 ? floor(v + 0.5) : -floor(0.5 - v));
+}
+
+/* The 32 lanes of a warp encode the d values x (any dtype) into row, in
+   the row format of type: bitwise mlkern.h's mlk__row_encode. Lane l
+   takes element 32 c + l of each quantisation block c. */
+template <typename T>
+static __device__ __forceinline__ void mlk_cuda__row_encode(mlk_kv_type type, int d, const T *__restrict__ x,
+                                                            unsigned char *__restrict__ row)
+{
+    int lane = threadIdx.x % 32, nb = (d + MLK_CUDA__ROW_QBLOCK - 1) / MLK_CUDA__ROW_QBLOCK;
+    unsigned char *data = row + 4 * (size_t)nb;
+    for (int b0 = 0; b0 < d; b0 += MLK_CUDA__ROW_QBLOCK) { /* the same trip count for the whole warp */
+        int e = b0 + lane;
+        float v = e < d ? mlk_cuda__to_float(x[e]) : 0.0f;
+        if (type == MLK_KV_F32) {
+            if (e < d) ((float *)row)[e] = v;
+            continue;
+        }
+        if (type == MLK_KV_F16) {
+            if (e < d) ((unsigned short *)row)[e] = mlk_cuda__row_f16_from_f32(v);
+            continue;
+        }
+        float amax = fabsf(v), scale;
+        for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+        int q = mlk_cuda__quant_sym(v, amax, type == MLK_KV_Q8 ? 127 : 7, &scale);
+        int q_next = __shfl_down_sync(0xFFFFFFFFu, q, 1);
+        if (lane == 0) ((float *)row)[b0 / MLK_CUDA__ROW_QBLOCK] = scale;
+        if (type == MLK_KV_Q8) {
+            if (e < d) data[e] = (unsigned char)(signed char)q;
+        } else if (lane % 2 == 0 && e < d) { /* b0 is even: an element pair shares a byte */
+            data[e / 2] = (unsigned char)((q + 8) | (e + 1 < d ? (q_next + 8) << 4 : 0));
+        }
+    }
+}
+
+/* ---- pool addressing ---- */
+
+/* The layout's strides as the kernels take them. */
+struct mlk_cuda__kv_geom {
+    long long total_slots;
+    size_t row_bytes, block_bytes, layer_stride, kv_stride, head_stride;
+    int block_size, kv_heads, head_dim, layers;
+    mlk_kv_type type;
+};
+
+static __device__ __forceinline__ size_t mlk_cuda__kv_slot_off(const mlk_cuda__kv_geom &g, long long slot)
+{
+    return (size_t)(slot / g.block_size) * g.block_bytes + (size_t)(slot % g.block_size) * g.row_bytes;
+}
+
+/* Up to MLK_CUDA__KV_PAIRS (source, destination) pairs per launch, by
+   value: block ids for copies, slots for moves. */
+#define MLK_CUDA__KV_PAIRS 64
+struct mlk_cuda__kv_pairs {
+    int n;
+    long long src[MLK_CUDA__KV_PAIRS], dst[MLK_CUDA__KV_PAIRS];
+};
+
+/* Pair i, in order, copies pool block src to block dst (unit_words words
+   W each). A thread copies the same words in every pair, so a pair that
+   reads what an earlier one wrote sees it, with no barrier. */
+template <typename W>
+__global__ void __launch_bounds__(256)
+mlk_cuda__kv_copy_kernel(size_t unit_words, mlk_cuda__kv_pairs pairs, W *pool)
+{
+    for (size_t w = (size_t)blockIdx.x * blockDim.x + threadIdx.x; w < unit_words; w += (size_t)gridDim.x * blockDim.x)
+        for (int i = 0; i < pairs.n; i++) pool[(size_t)pairs.dst[i] * unit_words + w] = pool[(size_t)pairs.src[i] * unit_words + w];
+}
+
+/* Move i, in order, copies the rows of slot src to slot dst in every
+   plane (layer, K / V, head); thread t owns word t % row_words of plane
+   t / row_words in every move, so moves stay ordered as in
+   mlk_kv_compact without a barrier. */
+template <typename W>
+__global__ void __launch_bounds__(256)
+mlk_cuda__kv_move_kernel(mlk_cuda__kv_geom g, mlk_cuda__kv_pairs moves, unsigned char *pool)
+{
+    size_t row_words = g.row_bytes / sizeof(W), t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t planes = (size_t)g.layers * 2 * g.kv_heads;
+    if (t >= planes * row_words) return;
+    size_t plane = t / row_words, word = t % row_words;
+    size_t base = (plane / (2 * (size_t)g.kv_heads)) * g.layer_stride +
+                  (plane / g.kv_heads % 2) * g.kv_stride + (plane % g.kv_heads) * g.head_stride;
+    for (int i = 0; i < moves.n; i++) {
+        const W *src = (const W *)(pool + base + mlk_cuda__kv_slot_off(g, moves.src[i]));
+        W *dst = (W *)(pool + base + mlk_cuda__kv_slot_off(g, moves.dst[i]));
+        dst[word] = src[word];
+    }
+}
+
+/* ---- store ---- */
+
+#define MLK_CUDA__KV_BAD_VALUE 1 /* a NaN or inf into a quantised pool */
+#define MLK_CUDA__KV_BAD_SLOT 2
+
+/* Flags what the host cannot see: slots outside the pool, non-finite
+   values for Q8/Q4. */
+template <typename T>
+__global__ void __launch_bounds__(256)
+mlk_cuda__kv_store_check_kernel(mlk_cuda__kv_geom g, int n, const int64_t *__restrict__ slots,
+                                const T *__restrict__ k, const T *__restrict__ v, int *__restrict__ flag)
+{
+    size_t count = (size_t)n * g.kv_heads * g.head_dim, stride = (size_t)gridDim.x * blockDim.x;
+    size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int bad = 0;
+    for (size_t i = t; i < (size_t)n; i += stride)
+        if (!(slots[i] >= 0 && slots[i] < g.total_slots)) bad |= MLK_CUDA__KV_BAD_SLOT;
+    if (g.type == MLK_KV_Q8 || g.type == MLK_KV_Q4)
+        for (size_t i = t; i < count; i += stride)
+            if (!(fabsf(mlk_cuda__to_float(k[i])) < INFINITY && fabsf(mlk_cuda__to_float(v[i])) < INFINITY))
+                bad |= MLK_CUDA__KV_BAD_VALUE;
+    if (bad) atomicOr(flag, bad);
+}
+
+/* One warp per row (token i, K or V, head h) into its slot of the layer. */
+#define MLK_CUDA__KV_WARPS 4
+template <typename T>
+__global__ void __launch_bounds__(32 * MLK_CUDA__KV_WARPS)
+mlk_cuda__kv_store_kernel(mlk_cuda__kv_geom g, int layer, int n, const int64_t *__restrict__ slots,
+                          const T *__restrict__ k, const T *__restrict__ v, const int *__restrict__ flag,
+                          int *__restrict__ status, unsigned char *__restrict__ pool)
+{
+    if (status && blockIdx.x == 0 && threadIdx.x == 0)
+        *status = (*flag & MLK_CUDA__KV_BAD_SLOT) ? (int)MLK_ERR_ARG : *flag ? (int)MLK_ERR_VALUE : (int)MLK_OK;
+    size_t r = (size_t)blockIdx.x * MLK_CUDA__KV_WARPS + threadIdx.x / 32;
+    if (*flag || r >= (size_t)n * 2 * g.kv_heads) return; /* a whole warp */
+    size_t i = r / (2 * (size_t)g.kv_heads);
+    int kv = (int)(r / g.kv_heads % 2), h = (int)(r % g.kv_heads);
+    const T *x = (kv ? v : k) + (i * g.kv_heads + h) * g.head_dim;
+    unsigned char *row = pool + mlk_cuda__kv_slot_off(g, slots[i]) + (size_t)layer * g.layer_stride +
+                         (size_t)kv * g.kv_stride + (size_t)h * g.head_stride;
+    mlk_cuda__row_encode<T>(g.type, g.head_dim, x, row);
+}
+
+/* ---- host side ---- */
+
+/* The layout as the CPU cache exports it: every size >= 1, a known type,
+   row bytes as mlk_kv_bytes_per_token counts them and mlk__kv_row's
+   strides. */
+static inline mlk_status mlk_cuda__kv_geometry(const mlk_kv_layout *l, mlk_cuda__kv_geom *g)
+{
+    mlk_kv_config cfg;
+    size_t pair_bytes;
+    cfg.layers = l->layers;
+    cfg.kv_heads = l->kv_heads;
+    cfg.head_dim = l->head_dim;
+    cfg.block_size = l->block_size;
+    cfg.num_blocks = l->num_blocks;
+    cfg.max_seqs = 1;
+    cfg.type = l->type;
+    pair_bytes = mlk_kv_bytes_per_token(&cfg); /* 0 for a bad size or type */
+    if (!pair_bytes || l->row_bytes * 2 * (size_t)l->kv_heads != pair_bytes ||
+        l->head_stride != l->row_bytes * (size_t)l->block_size ||
+        l->kv_stride != l->head_stride * (size_t)l->kv_heads || l->layer_stride != 2 * l->kv_stride ||
+        l->block_bytes != l->layer_stride * (size_t)l->layers ||
+        (size_t)l->num_blocks > SIZE_MAX / l->block_bytes)
+        return MLK_ERR_ARG;
+    g->total_slots = (long long)l->num_blocks * l->block_size;
+    g->row_bytes = l->row_bytes;
+    g->block_bytes = l->block_bytes;
+    g->layer_stride = l->layer_stride;
+    g->kv_stride = l->kv_stride;
+    g->head_stride = l->head_stride;
+    g->block_size = l->block_size;
+    g->kv_heads = l->kv_heads;
+    g->head_dim = l->head_dim;
+    g->layers = l->layers;
+    g->type = l->type;
+    return MLK_OK;
+}
+
+/* pairs[2 i], pairs[2 i + 1] all in [0, limit) */
+template <typename I> static inline bool mlk_cuda__kv_pairs_in(int count, const I *pairs, long long limit)
+{
+    for (int i = 0; i < 2 * count; i++)
+        if (pairs[i] < 0 || (long long)pairs[i] >= limit) return false;
+    return true;
+}
+
+/* Enqueues the pairs in launches of MLK_CUDA__KV_PAIRS, in order. */
+template <typename I, typename F>
+static inline cudaError_t mlk_cuda__kv_each_pairs(int count, const I *pairs, F launch)
+{
+    for (int at = 0; at < count; at += MLK_CUDA__KV_PAIRS) {
+        mlk_cuda__kv_pairs p;
+        p.n = count - at < MLK_CUDA__KV_PAIRS ? count - at : MLK_CUDA__KV_PAIRS;
+        for (int i = 0; i < p.n; i++) {
+            p.src[i] = (long long)pairs[2 * (at + i)];
+            p.dst[i] = (long long)pairs[2 * (at + i) + 1];
+        }
+        cudaError_t e = launch(p);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+/* Blocks of 256 for a grid-stride loop over `threads` items: at most 1024. */
+static inline unsigned mlk_cuda__kv_grid(size_t threads)
+{
+    size_t blocks = (threads + 255) / 256;
+    return (unsigned)(blocks < 1024 ? blocks : 1024);
+}
+
+/* The block copies, in 16- or 4-byte words (blocks are whole words of 4). */
+static inline cudaError_t mlk_cuda__kv_copy_blocks(const mlk_cuda__kv_geom &g, void *pool, int n_copies,
+                                                   const int *copies, cudaStream_t stream)
+{
+    bool wide = g.block_bytes % 16 == 0;
+    size_t words = g.block_bytes / (wide ? 16 : 4);
+    dim3 grid(mlk_cuda__kv_grid(words)), block(256);
+    return mlk_cuda__kv_each_pairs(n_copies, copies, [&](const mlk_cuda__kv_pairs &p) {
+        return wide ? mlk_cuda__launch(mlk_cuda__kv_copy_kernel<uint4>, grid, block, 0, stream, words, p, (uint4 *)pool)
+                    : mlk_cuda__launch(mlk_cuda__kv_copy_kernel<unsigned>, grid, block, 0, stream, words, p,
+                                       (unsigned *)pool);
+    });
+}
+
+MLKERN_CUDA_DEF size_t mlk_cuda_kv_store_workspace_size(const mlk_kv_layout *layout)
+{
+    mlk_cuda__kv_geom g;
+    return layout && mlk_cuda__kv_geometry(layout, &g) == MLK_OK ? 256 : 0;
+}
+
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_store(const mlk_kv_layout *layout, void *pool, int n_copies, const int *copies,
+    int layer, int n, const int64_t *slots, const T *k, const T *v, int *status, void *workspace,
+    size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__kv_geom g;
+    mlk_cuda__scratch sc;
+    if (!layout || !pool || !slots || !k || !v || (n_copies > 0 && !copies)) return MLK_ERR_NULL;
+    mlk_status st = mlk_cuda__kv_geometry(layout, &g);
+    if (st != MLK_OK) return st;
+    if (layer < 0 || layer >= g.layers || n_copies < 0 || (uintptr_t)pool % 16) return MLK_ERR_ARG;
+    if (n < 1) return MLK_ERR_SHAPE;
+    size_t token_elems = (size_t)g.kv_heads * g.head_dim, rows = (size_t)n * 2 * g.kv_heads;
+    if (token_elems > SIZE_MAX / sizeof(T) / (size_t)n || rows / MLK_CUDA__KV_WARPS >= 0x7FFFFFFFu)
+        return MLK_ERR_OVERFLOW;
+    if (!mlk_cuda__kv_pairs_in(n_copies, copies, layout->num_blocks)) return MLK_ERR_ARG;
+    st = mlk_cuda__scratch_init(&sc, workspace, workspace_bytes, 256, stream);
+    if (st != MLK_OK) return st;
+    int *flag = mlk_cuda__take<int>(&sc, 1);
+    cudaError_t e = mlk_cuda__kv_copy_blocks(g, pool, n_copies, copies, stream);
+    if (e == cudaSuccess) e = cudaMemsetAsync(flag, 0, sizeof(int), stream);
+    if (e == cudaSuccess)
+        e = mlk_cuda__launch(mlk_cuda__kv_store_check_kernel<T>, dim3(mlk_cuda__kv_grid(token_elems * n)),
+                             dim3(256), 0, stream, g, n, slots, k, v, flag);
+    if (e == cudaSuccess)
+        e = mlk_cuda__launch(mlk_cuda__kv_store_kernel<T>, dim3((unsigned)((rows + MLK_CUDA__KV_WARPS - 1) / MLK_CUDA__KV_WARPS)),
+                             dim3(32 * MLK_CUDA__KV_WARPS), 0, stream, g, layer, n, slots, k, v, (const int *)flag,
+                             status, (unsigned char *)pool);
+    return mlk_cuda__scratch_done(&sc, mlk_cuda__launched(e), stream);
+}
+
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_compact(const mlk_kv_layout *layout, void *pool, int n_copies,
+    const int *copies, int n_moves, const int64_t *moves, cudaStream_t stream)
+{
+    mlk_cuda__kv_geom g;
+    if (!layout || !pool || (n_copies > 0 && !copies) || (n_moves > 0 && !moves)) return MLK_ERR_NULL;
+    mlk_status st = mlk_cuda__kv_geometry(layout, &g);
+    if (st != MLK_OK) return st;
+    if (n_copies < 0 || n_moves < 0 || (uintptr_t)pool % 16 || !mlk_cuda__kv_pairs_in(n_copies, copies, layout->num_blocks) ||
+        !mlk_cuda__kv_pairs_in(n_moves, moves, g.total_slots))
+        return MLK_ERR_ARG;
+    cudaError_t e = mlk_cuda__kv_copy_blocks(g, pool, n_copies, copies, stream);
+    size_t align = g.row_bytes % 16 == 0 ? 16 : g.row_bytes % 4 == 0 ? 4 : 2;
+    size_t threads = (size_t)g.layers * 2 * g.kv_heads * (g.row_bytes / align);
+    dim3 grid((unsigned)((threads + 255) / 256)), block(256);
+    unsigned char *bytes = (unsigned char *)pool;
+    if (e == cudaSuccess)
+        e = mlk_cuda__kv_each_pairs(n_moves, moves, [&](const mlk_cuda__kv_pairs &p) {
+            if (align == 16) return mlk_cuda__launch(mlk_cuda__kv_move_kernel<uint4>, grid, block, 0, stream, g, p, bytes);
+            if (align == 4) return mlk_cuda__launch(mlk_cuda__kv_move_kernel<unsigned>, grid, block, 0, stream, g, p, bytes);
+            return mlk_cuda__launch(mlk_cuda__kv_move_kernel<unsigned short>, grid, block, 0, stream, g, p, bytes);
+        });
+    return mlk_cuda__launched(e);
+}
+
+/* ======================================================================
+   attention common: visibility, logits, online softmax
+   ====================================================================== */
+
+/* The helpers the forward, the tensor-core forward and the backward share,
+   so masks and scores exist once:
+   Names and meanings are stable; the backward (mlk_cuda_attn_bwd) builds
+   on them so masks and scores exist once.
+   mlk_cuda__attn_mask            one item's visibility: n_keys (its kv
+                                  length), n_q, causal, window, and device
+                                  tree_parent / tree_depth [n_q] or NULL.
+   mlk_cuda__attn_key_range(m, qa, qb, &lo, &hi)
+                                  keys [lo, hi) holding every key some
+                                  query in [qa, qb) sees (mlk__attn_key_range).
+   mlk_cuda__attn_tree_bits(m, i, k0)
+                                  bit t set when key k0 + t is the tree key
+                                  of an ancestor-or-self of query i (a
+                                  32-key tile's ancestor bitset; 0 without
+                                  a tree; walks i's parents once).
+   mlk_cuda__attn_visible(m, i, j, anc_bit)
+                                  the visibility rule for query i, key j
+                                  (anc_bit: bit j - k0 of the tile's bits).
+   mlk_cuda__attn_logits          scale and softcap resolved for base 2:
+   mlk_cuda__attn_logits_of(scale, softcap), .q_scale (multiply q by it),
+   mlk_cuda__attn_logit2(lg, dot) the base-2 logit of dot = (q_scale q).k:
+                                  s * log2(e) with s the CPU's score
+                                  (softcap as tanh), so p = exp2(logit2 -
+                                  lse * log2(e)).
+   mlk_cuda__attn_online          one row's running max m (base 2) and
+                                  this lane's share l of the sum:
+   mlk_cuda__attn_online_start(sink)  the row before any key (sink: the
+                                  head's logit or -inf; lane 0 holds its 1),
+   mlk_cuda__attn_online_rescale(&st, tile_max)
+                                  moves m to max(m, tile_max) and returns
+                                  the factor exp2(m_old - m_new) for l and
+                                  the accumulators (never NaN: 0 from an
+                                  empty row, 1 while the row stays empty),
+   mlk_cuda__attn_online_lse(m, l) the natural-log lse from m and the
+                                  row's whole sum (-inf when l is 0).
+   mlk_cuda__attn_warp_max / mlk_cuda__attn_warp_sum
+                                  butterflies: every lane gets the same bits.
+   mlk_cuda__attn_dense<T>, mlk_cuda__attn_paged<TYPE>
+                                  the front ends: row(kv, item, kvh, key)
+                                  and elem(row, e) fetch element e of a key
+                                  (kv 0) or value (kv 1) row (strided T
+                                  rows, or a pool row decoded); q_elem,
+                                  store_o and lse_at address queries and
+                                  outputs; mlk_cuda__attn_task_of(f, block,
+                                  run) gives a block's rows and keys. */
+
+#define MLK_CUDA__LOG2E 1.4426950408889634f
+#define MLK_CUDA__LN2 0.6931471805599453f
+
+/* Visibility of one item's keys to its queries: query i sits at position
+   i + off, off = n_keys - n_q (bottom-right alignment); with a tree the
+   last n_q keys are the nodes and node i sits at off + depth(i). */
+struct mlk_cuda__attn_mask {
+    int n_keys, n_q, causal, window;
+    const int *tree_parent, *tree_depth; /* device [n_q], or NULL */
+};
+
+/* Positions are long long: a window of INT_MAX plus a position must not overflow. */
+static __device__ __forceinline__ long long mlk_cuda__attn_query_pos(const mlk_cuda__attn_mask &m, int i)
+{
+    long long off = (long long)m.n_keys - m.n_q;
+    return m.tree_parent ? off + m.tree_depth[i] : off + i;
+}
+
+static __device__ __forceinline__ long long mlk_cuda__attn_key_pos(const mlk_cuda__attn_mask &m, int j)
+{
+    int off = m.n_keys - m.n_q;
+    return m.tree_parent && j >= off ? (long long)off + m.tree_depth[j - off] : (long long)j;
+}
+
+static __device__ __forceinline__ void mlk_cuda__attn_key_range(const mlk_cuda__attn_mask &m, int qa, int qb,
+                                                                int *lo, int *hi)
+{
+    long long off = (long long)m.n_keys - m.n_q, l = 0, h = m.n_keys;
+    if (m.tree_parent) {
+        h = off + qb < h ? off + qb : h; /* node qb-1's own key is the last one */
+        if (m.window > 0) l = off - m.window + 1; /* depth >= 0: conservative */
+    } else {
+        if (m.causal && qb + off < h) h = qb + off;
+        if (m.window > 0) {
+            l = qa + off - m.window + 1;
+            if (!m.causal && qb - 1 + off + m.window < h) h = qb - 1 + off + m.window;
+        }
+    }
+    if (l < 0) l = 0;
+    if (h < l) h = l;
+    *lo = (int)l;
+    *hi = (int)h;
+}
+
+static __device__ __forceinline__ unsigned mlk_cuda__attn_tree_bits(const mlk_cuda__attn_mask &m, int i, int k0)
+{
+    unsigned bits = 0;
+    int t0 = k0 - (m.n_keys - m.n_q); /* node of key k0 (negative: a prefix key) */
+    if (!m.tree_parent || t0 + 32 <= 0) return 0; /* no tree, or a tile of prefix keys */
+    for (int node = i; node >= 0 && node >= t0; node = m.tree_parent[node])
+        if (node < t0 + 32) bits |= 1u << (node - t0);
+    return bits;
+}
+
+static __device__ __forceinline__ bool mlk_cuda__attn_visible(const mlk_cuda__attn_mask &m, int i, int j,
+                                                              bool anc_bit)
+{
+    int off = m.n_keys - m.n_q;
+    if (j < 0 || j >= m.n_keys) return false;
+    if (m.tree_parent) {
+        if (j >= off && !anc_bit) return false;
+    } else if (m.causal && j > i + off) {
+        return false;
+    }
+    if (m.window > 0) {
+        long long pq = mlk_cuda__attn_query_pos(m, i), pk = mlk_cuda__attn_key_pos(m, j);
+        if (m.causal || m.tree_parent) return pk > pq - m.window;
+        return pk - pq < m.window && pq - pk < m.window;
+    }
+    return true;
+}
+
+/* Scores in base 2. Without softcap log2(e) rides in q_scale; with it the
+   tanh needs the CPU's score s = scale q.k, so log2(e) comes after it. */
+struct mlk_cuda__attn_logits {
+    float q_scale, cap, cap_log2; /* cap 0: no softcap */
+};
+
+static inline mlk_cuda__attn_logits mlk_cuda__attn_logits_of(float scale, float softcap)
+{
+    mlk_cuda__attn_logits lg;
+    lg.cap = softcap > 0.0f ? softcap : 0.0f;
+    lg.q_scale = lg.cap > 0.0f ? scale : scale * MLK_CUDA__LOG2E;
+    lg.cap_log2 = lg.cap * MLK_CUDA__LOG2E;
+    return lg;
+}
+
+static __device__ __forceinline__ float mlk_cuda__attn_logit2(const mlk_cuda__attn_logits &lg, float dot)
+{
+    return lg.cap > 0.0f ? lg.cap_log2 * tanhf(dot / lg.cap) : dot;
+}
+
+struct mlk_cuda__attn_online {
+    float m, l;
+};
+
+static __device__ __forceinline__ mlk_cuda__attn_online mlk_cuda__attn_online_start(float sink)
+{
+    mlk_cuda__attn_online st;
+    st.m = sink > -INFINITY ? sink * MLK_CUDA__LOG2E : -INFINITY;
+    st.l = sink > -INFINITY && threadIdx.x % 32 == 0 ? 1.0f : 0.0f;
+    return st;
+}
+
+static __device__ __forceinline__ float mlk_cuda__attn_online_rescale(mlk_cuda__attn_online *st, float tile_max)
+{
+    float m_new = fmaxf(st->m, tile_max);
+    if (m_new == -INFINITY) return 1.0f; /* still empty: -inf - -inf would be NaN */
+    float alpha = st->m == -INFINITY ? 0.0f : exp2f(st->m - m_new);
+    st->m = m_new;
+    return alpha;
+}
+
+static __device__ __forceinline__ float mlk_cuda__attn_online_lse(float m, float l)
+{
+    return l != 0.0f ? (m + log2f(l)) * MLK_CUDA__LN2 : -INFINITY;
+}
+
+static __device__ __forceinline__ float mlk_cuda__attn_warp_max(float v)
+{
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, off));
+    return v;
+}
+
+static __device__ __forceinline__ float mlk_cuda__attn_warp_sum(float v)
+{
+    float s[1] = {v};
+    mlk_cuda__warp_sum<1>(s);
+    return s[0];
+}
+
+
+/* ======================================================================
+   attention forward: one kernel, two front ends (dense, paged)
+   ====================================================================== */
+
+/* A block is MLK_CUDA__ATTN_WARPS warps; a key tile is 32 keys, one per
+   lane. Row tiles hold 4 * RW rows, RW per warp (rows w, w + 4, ...). */
+#define MLK_CUDA__ATTN_WARPS 4
+#define MLK_CUDA__ATTN_TILE_KV 32
+/* Below this many (item, kv head, row tile) blocks a launch splits its key
+   ranges: fewer blocks than a GPU has SMs (x a few) leave it idle. */
+#define MLK_CUDA__ATTN_FEW_BLOCKS 512
+
+/* What both front ends share: the head geometry, the mask options, the
+   logits, and where split runs leave their partial state. */
+struct mlk_cuda__attn_common {
+    int head_dim, group, kv_heads, heads, causal, window;
+    int n_tiles;                         /* (item, row tile) pairs: blockIdx.x / kv_heads */
+    int split_len;                       /* 0: unsplit; else keys per run */
+    mlk_cuda__attn_logits lg;
+    const int *tree_parent, *tree_depth; /* device [n_q] or NULL */
+    const float *sinks;                  /* device [heads] or NULL */
+    float *part_o, *part_lse;            /* split: [run][block][rows][head_dim], [run][block][rows] */
+};
+
+/* The rows and keys one block works on. */
+struct mlk_cuda__attn_task {
+    int item, kvh, v0, n_rows; /* rows v0 .. v0+n_rows-1 of the item's n_q x group (query-major) */
+    int lo, hi, n_runs;        /* keys [lo, hi), in n_runs runs when split */
+    mlk_cuda__attn_mask m;
+};
+
+/* Rows per warp for DV output columns per lane (head_dim <= 32 DV): 4,
+   or 2 at head_dim > 128 so that q, a tile and p fit in 48 KiB of smem. */
+__host__ __device__ constexpr int mlk_cuda__attn_rw(int dv) { return dv <= 4 ? 4 : 2; }
+template <int DV> struct mlk_cuda__attn_shape {
+    static const int RW = mlk_cuda__attn_rw(DV), ROWS = MLK_CUDA__ATTN_WARPS * RW;
+};
+
+/* Dense front end: q, k, v, o of type T in BHND or BNHD, one item per batch entry. */
+template <typename T> struct mlk_cuda__attn_dense {
+    mlk_cuda__attn_common c;
+    const T *q, *k, *v;
+    T *o;
+    float *lse;
+    const int *kv_len; /* device [batch] or NULL */
+    int len_q, len_kv, tiles_per_item;
+    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+
+    __device__ __forceinline__ int item_of(int tile, int *tile_in_item) const
+    {
+        *tile_in_item = tile % tiles_per_item;
+        return tile / tiles_per_item;
+    }
+    __device__ __forceinline__ void mask_of(int item, mlk_cuda__attn_mask *m) const
+    {
+        m->n_keys = kv_len ? kv_len[item] : len_kv;
+        m->n_q = len_q;
+    }
+    __device__ __forceinline__ size_t q_at(int item, int i, int h) const
+    {
+        return (size_t)item * q_batch + (size_t)h * q_head + (size_t)i * q_tok;
+    }
+    __device__ __forceinline__ float q_elem(int item, int i, int h, int e) const
+    {
+        return mlk_cuda__to_float(q[q_at(item, i, h) + e]);
+    }
+    __device__ __forceinline__ void store_o(int item, int i, int h, int e, float x) const
+    {
+        o[q_at(item, i, h) + e] = mlk_cuda__from_float<T>(x);
+    }
+    __device__ __forceinline__ float *lse_at(int item, int i, int h) const
+    {
+        return lse ? lse + ((size_t)item * c.heads + h) * len_q + i : NULL;
+    }
+    /* the row fetch: key `key` of kv head kvh, K (kv 0) or V (kv 1) */
+    typedef const T *row_t;
+    __device__ __forceinline__ row_t row(int kv, int item, int kvh, int key) const
+    {
+        return (kv ? v : k) + (size_t)item * kv_batch + (size_t)kvh * kv_head + (size_t)key * kv_tok;
+    }
+    __device__ __forceinline__ float elem(row_t r, int e) const { return mlk_cuda__to_float(r[e]); }
+};
+
+/* One sequence of a paged call, as the kernel sees it. */
+struct mlk_cuda__kv_seq {
+    int n_keys, n_q, table_at, tile0; /* its block table starts at tables[table_at]; its first row tile */
+    size_t row0;                      /* its first row of q / o: [row0 + i, heads, head_dim] */
+};
+
+/* Element e of a typed row (mlkern.h's row formats): F32 / F16 values;
+   Q8 / Q4 nb float scales, then int8 codes or 4-bit codes biased by 8
+   (element e in byte e / 2, low nibble first). */
+template <int TYPE> static __device__ __forceinline__ float mlk_cuda__kv_elem(const unsigned char *row, int nb, int e)
+{
+    if (TYPE == MLK_KV_F32) return ((const float *)row)[e];
+    if (TYPE == MLK_KV_F16) return __half2float(((const __half *)row)[e]);
+    float scale = ((const float *)row)[e / 32];
+    if (TYPE == MLK_KV_Q8) return scale * (float)(signed char)row[4 * nb + e];
+    return scale * (float)((row[4 * nb + e / 2] >> (e & 1) * 4 & 15) - 8);
+}
+
+/* Paged front end: float q / o, keys from the device pool through block tables. */
+template <int TYPE> struct mlk_cuda__attn_paged {
+    mlk_cuda__attn_common c;
+    const float *q;
+    float *o, *lse;
+    const unsigned char *pool;
+    const mlk_cuda__kv_seq *seqs; /* device [n_seqs] */
+    const int *tables;            /* device: the sequences' block tables, concatenated */
+    int n_seqs, block_size, nb;
+    size_t block_bytes, layer_off, kv_stride, head_stride, row_bytes;
+
+    __device__ __forceinline__ int item_of(int tile, int *tile_in_item) const
+    {
+        int lo = 0, hi = n_seqs;
+        while (hi - lo > 1) { /* the last sequence whose first tile is <= tile */
+            int mid = (lo + hi) / 2;
+            if (seqs[mid].tile0 <= tile) lo = mid;
+            else hi = mid;
+        }
+        *tile_in_item = tile - seqs[lo].tile0;
+        return lo;
+    }
+    __device__ __forceinline__ void mask_of(int item, mlk_cuda__attn_mask *m) const
+    {
+        m->n_keys = seqs[item].n_keys;
+        m->n_q = seqs[item].n_q;
+    }
+    __device__ __forceinline__ size_t row_at(int item, int i, int h) const
+    {
+        return (seqs[item].row0 + (size_t)i) * c.heads + (size_t)h;
+    }
+    __device__ __forceinline__ float q_elem(int item, int i, int h, int e) const
+    {
+        return q[row_at(item, i, h) * c.head_dim + e];
+    }
+    __device__ __forceinline__ void store_o(int item, int i, int h, int e, float x) const
+    {
+        o[row_at(item, i, h) * c.head_dim + e] = x;
+    }
+    __device__ __forceinline__ float *lse_at(int item, int i, int h) const
+    {
+        return lse ? lse + row_at(item, i, h) : NULL;
+    }
+    typedef const unsigned char *row_t;
+    __device__ __forceinline__ row_t row(int kv, int item, int kvh, int key) const
+    {
+        int block = tables[seqs[item].table_at + key / block_size];
+        return pool + (size_t)block * block_bytes + layer_off + (size_t)kv * kv_stride + (size_t)kvh * head_stride +
+               (size_t)(key % block_size) * row_bytes;
+    }
+    __device__ __forceinline__ float elem(row_t r, int e) const { return mlk_cuda__kv_elem<TYPE>(r, nb, e); }
+};
+
+/* The block's task: its item, rows, and keys (its run's, when split);
+   n_runs 0 for a run index past the task's runs (the block has nothing to do). */
+template <class F, int ROWS>
+static __device__ __forceinline__ mlk_cuda__attn_task mlk_cuda__attn_task_of(const F &f, int block, int run)
+{
+    const mlk_cuda__attn_common &c = f.c;
+    mlk_cuda__attn_task t;
+    int tile;
+    t.kvh = block % c.kv_heads;
+    t.item = f.item_of(block / c.kv_heads, &tile);
+    f.mask_of(t.item, &t.m);
+    t.m.causal = c.causal;
+    t.m.window = c.window;
+    t.m.tree_parent = c.tree_parent;
+    t.m.tree_depth = c.tree_depth;
+    t.v0 = tile * ROWS;
+    t.n_rows = t.m.n_q * c.group - t.v0 < ROWS ? t.m.n_q * c.group - t.v0 : ROWS;
+    mlk_cuda__attn_key_range(t.m, t.v0 / c.group, (t.v0 + t.n_rows - 1) / c.group + 1, &t.lo, &t.hi);
+    t.n_runs = 1;
+    if (c.split_len) {
+        t.n_runs = t.hi - t.lo > c.split_len ? (t.hi - t.lo - 1) / c.split_len + 1 : 1;
+        t.lo += run * c.split_len;
+        if (t.hi - t.lo > c.split_len) t.hi = t.lo + c.split_len;
+    }
+    if (run >= t.n_runs) t.n_runs = 0;
+    return t;
+}
+
+/* One tile of K or V rows into smem (row j at dst + j * ld), a warp per row. */
+template <class F>
+static __device__ __forceinline__ void mlk_cuda__attn_load_tile(const F &f, int kv, const mlk_cuda__attn_task &t,
+                                                                int k0, int nk, float *dst, int ld)
+{
+    int lane = threadIdx.x % 32, d = f.c.head_dim;
+    for (int j = threadIdx.x / 32; j < nk; j += MLK_CUDA__ATTN_WARPS) {
+        typename F::row_t r = f.row(kv, t.item, t.kvh, k0 + j);
+        for (int e = lane; e < d; e += 32) dst[j * ld + e] = f.elem(r, e);
+    }
+}
+
+/* Writes one row's result: o (the lane's DV columns) and lse (lane 0). */
+template <class F, int DV>
+static __device__ __forceinline__ void mlk_cuda__attn_store_row(const F &f, const mlk_cuda__attn_task &t, int r,
+                                                                const float (&o)[DV], float lse)
+{
+    int lane = threadIdx.x % 32, i = (t.v0 + r) / f.c.group, h = t.kvh * f.c.group + (t.v0 + r) % f.c.group;
+#pragma unroll
+    for (int c = 0; c < DV; c++)
+        if (lane + 32 * c < f.c.head_dim) f.store_o(t.item, i, h, lane + 32 * c, o[c]);
+    float *l = f.lse_at(t.item, i, h);
+    if (l && lane == 0) *l = lse;
+}
+
+/* The forward: block x = (item, row tile) * kv_heads + kv head, y = run.
+   Dynamic smem: q [ROWS][head_dim] (scaled), a K or V tile [32][head_dim + 1]
+   (odd stride: lane j reading row j is conflict-free), p [ROWS][32]. */
+template <class F, int DV>
+__global__ void __launch_bounds__(32 * MLK_CUDA__ATTN_WARPS, 4) /* <= 128 registers: ptxas's own pick spills */
+mlk_cuda__attn_fwd_kernel(F f)
+{
+    const int RW = mlk_cuda__attn_shape<DV>::RW, ROWS = mlk_cuda__attn_shape<DV>::ROWS;
+    const mlk_cuda__attn_common &c = f.c;
+    const int d = c.head_dim, ld = d + 1, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    mlk_cuda__attn_task t = mlk_cuda__attn_task_of<F, ROWS>(f, (int)blockIdx.x, (int)blockIdx.y);
+    if (t.n_runs == 0) return; /* the whole block */
+    float *q_s = (float *)mlk_cuda__dynamic_smem(), *kv_s = q_s + ROWS * d, *p_s = kv_s + MLK_CUDA__ATTN_TILE_KV * ld;
+    for (int x = threadIdx.x; x < ROWS * d; x += blockDim.x) {
+        int r = x / d, v = t.v0 + r;
+        q_s[x] = r < t.n_rows ? c.lg.q_scale * f.q_elem(t.item, v / c.group, t.kvh * c.group + v % c.group, x % d)
+                              : 0.0f;
+    }
+    const int live = (t.n_rows - warp + MLK_CUDA__ATTN_WARPS - 1) / MLK_CUDA__ATTN_WARPS; /* rows of this warp */
+    float acc[RW][DV];
+    mlk_cuda__attn_online st[RW];
+#pragma unroll
+    for (int rr = 0; rr < RW; rr++) {
+        int r = warp + MLK_CUDA__ATTN_WARPS * rr, h = t.kvh * c.group + (t.v0 + r) % c.group;
+        bool sink = c.sinks && blockIdx.y == 0 && r < t.n_rows; /* the first run counts the sink */
+        st[rr] = mlk_cuda__attn_online_start(sink ? c.sinks[h] : -INFINITY);
+#pragma unroll
+        for (int e = 0; e < DV; e++) acc[rr][e] = 0.0f;
+    }
+    for (int k0 = t.lo; k0 < t.hi; k0 += MLK_CUDA__ATTN_TILE_KV) {
+        int nk = t.hi - k0 < MLK_CUDA__ATTN_TILE_KV ? t.hi - k0 : MLK_CUDA__ATTN_TILE_KV, key = k0 + lane;
+        unsigned seen[RW], seen_any = 0;
+        float dot[RW];
+        __syncthreads(); /* q is in; the previous tile's V is done with */
+        mlk_cuda__attn_load_tile(f, 0, t, k0, nk, kv_s, ld);
+        __syncthreads();
+#pragma unroll
+        for (int rr = 0; rr < RW; rr++) dot[rr] = 0.0f;
+        if (lane < nk) /* lane j: key k0 + j against the warp's live rows, each key element read once */
+            for (int e = 0; e < d; e++) {
+                float kx = kv_s[lane * ld + e];
+#pragma unroll
+                for (int rr = 0; rr < RW; rr++)
+                    if (rr < live) dot[rr] += q_s[(warp + MLK_CUDA__ATTN_WARPS * rr) * d + e] * kx;
+            }
+#pragma unroll
+        for (int rr = 0; rr < RW; rr++) {
+            int r = warp + MLK_CUDA__ATTN_WARPS * rr, i = (t.v0 + r) / c.group;
+            bool vis = r < t.n_rows && lane < nk &&
+                       mlk_cuda__attn_visible(t.m, i, key, mlk_cuda__attn_tree_bits(t.m, i, k0) >> lane & 1u);
+            float logit = vis ? mlk_cuda__attn_logit2(c.lg, dot[rr]) : -INFINITY;
+            float alpha = mlk_cuda__attn_online_rescale(&st[rr], mlk_cuda__attn_warp_max(logit));
+            float p = vis && st[rr].m > -INFINITY ? exp2f(logit - st[rr].m) : 0.0f;
+            st[rr].l = st[rr].l * alpha + p;
+#pragma unroll
+            for (int e = 0; e < DV; e++) acc[rr][e] *= alpha;
+            seen[rr] = __ballot_sync(0xFFFFFFFFu, vis);
+            seen_any |= seen[rr];
+            p_s[r * 32 + lane] = p;
+        }
+        __syncthreads(); /* every warp is done with K */
+        mlk_cuda__attn_load_tile(f, 1, t, k0, nk, kv_s, ld);
+        __syncthreads();
+        for (unsigned b = seen_any; b; b &= b - 1) { /* keys some row of the warp sees, in order */
+            int j = __ffs((int)b) - 1;
+            float vx[DV];
+#pragma unroll
+            for (int e = 0; e < DV; e++) vx[e] = lane + 32 * e < d ? kv_s[j * ld + lane + 32 * e] : 0.0f;
+#pragma unroll
+            for (int rr = 0; rr < RW; rr++) {
+                if (!(seen[rr] >> j & 1u)) continue; /* masked: never multiplied, so its NaN or inf stays out */
+                float p = p_s[(warp + MLK_CUDA__ATTN_WARPS * rr) * 32 + j];
+#pragma unroll
+                for (int e = 0; e < DV; e++) acc[rr][e] += p * vx[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RW; rr++) {
+        int r = warp + MLK_CUDA__ATTN_WARPS * rr;
+        float l = mlk_cuda__attn_warp_sum(st[rr].l), inv = 1.0f / l;
+        if (r >= t.n_rows) continue;
+        /* l is 0 only for a row that saw nothing: o = 0, lse = -inf */
+#pragma unroll
+        for (int e = 0; e < DV; e++) acc[rr][e] = l != 0.0f ? acc[rr][e] * inv : 0.0f;
+        float lse = mlk_cuda__attn_online_lse(st[rr].m, l);
+        if (!c.split_len) {
+            mlk_cuda__attn_store_row<F, DV>(f, t, r, acc[rr], lse);
+            continue;
+        }
+        size_t at = ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * ROWS + r;
+#pragma unroll
+        for (int e = 0; e < DV; e++)
+            if (lane + 32 * e < d) c.part_o[at * d + lane + 32 * e] = acc[rr][e];
+        if (lane == 0) c.part_lse[at] = lse;
+    }
+}
+
+/* Merges the runs of a split launch in run order (mlk_attn_merge's
+   arithmetic): lse = m + log(sum w), o = sum w o_run / sum w with
+   m = max lse_run and w = exp(lse_run - m); a run with lse -inf weighs
+   nothing, and rows whose runs all saw nothing get o = 0, lse = -inf.
+   Grid: the forward's blocks. */
+template <class F, int DV>
+__global__ void __launch_bounds__(32 * MLK_CUDA__ATTN_WARPS)
+mlk_cuda__attn_merge_kernel(F f)
+{
+    const int RW = mlk_cuda__attn_shape<DV>::RW, ROWS = mlk_cuda__attn_shape<DV>::ROWS;
+    const mlk_cuda__attn_common &c = f.c;
+    const int d = c.head_dim, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    mlk_cuda__attn_task t = mlk_cuda__attn_task_of<F, ROWS>(f, (int)blockIdx.x, 0);
+    const size_t run_stride = (size_t)gridDim.x * ROWS;
+    for (int rr = 0; rr < RW; rr++) {
+        int r = warp + MLK_CUDA__ATTN_WARPS * rr;
+        if (r >= t.n_rows) break;
+        size_t at = (size_t)blockIdx.x * ROWS + r;
+        float m = -INFINITY, wsum = 0.0f, o[DV];
+        bool nan = false; /* a run that saw a NaN score: the row is NaN, as unsplit */
+        for (int s = 0; s < t.n_runs; s++) {
+            float l = c.part_lse[at + s * run_stride];
+            m = fmaxf(m, l);
+            nan |= l != l;
+        }
+#pragma unroll
+        for (int e = 0; e < DV; e++) o[e] = 0.0f;
+        for (int s = 0; m > -INFINITY && s < t.n_runs; s++) {
+            size_t rs = at + s * run_stride;
+            float w = expf(c.part_lse[rs] - m);
+            if (!(w > 0.0f)) continue; /* a run that saw nothing adds nothing, not even 0 * NaN */
+            wsum += w;
+#pragma unroll
+            for (int e = 0; e < DV; e++)
+                if (lane + 32 * e < d) o[e] += w * c.part_o[rs * d + lane + 32 * e];
+        }
+        float inv = 1.0f / wsum, lse = nan ? NAN : m > -INFINITY ? m + logf(wsum) : -INFINITY;
+#pragma unroll
+        for (int e = 0; e < DV; e++) o[e] = nan ? NAN : m > -INFINITY ? o[e] * inv : 0.0f;
+        mlk_cuda__attn_store_row<F, DV>(f, t, r, o, lse);
+    }
+}
+
+/* ---- host side: plans, staging, launches ---- */
+
+/* Output columns per lane: head_dim 1..256 in classes of 32, 64, 128, 256. */
+static inline int mlk_cuda__attn_dv(int head_dim) { return head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
+static inline int mlk_cuda__attn_rows(int dv) { return MLK_CUDA__ATTN_WARPS * mlk_cuda__attn_rw(dv); }
+
+static inline size_t mlk_cuda__attn_smem(int head_dim)
+{
+    int rows = mlk_cuda__attn_rows(mlk_cuda__attn_dv(head_dim));
+    return ((size_t)rows * head_dim + (size_t)MLK_CUDA__ATTN_TILE_KV * (head_dim + 1) + (size_t)rows * 32) *
+           sizeof(float);
+}
+
+/* How a call covers its rows: blocks (row tiles x kv heads), key runs. */
+struct mlk_cuda__attn_plan {
+    int dv, rows, blocks, runs, split_len;
+};
+
+/* n_tiles row tiles; max_keys the longest item. Splits when there are few
+   blocks: a fixed run length, so the split depends on the shapes alone. */
+static inline bool mlk_cuda__attn_planning(int head_dim, int kv_heads, long long n_tiles, int max_keys,
+                                           mlk_cuda__attn_plan *p)
+{
+    p->dv = mlk_cuda__attn_dv(head_dim);
+    p->rows = mlk_cuda__attn_rows(p->dv);
+    if (n_tiles > INT_MAX || n_tiles * kv_heads > INT_MAX) return false;
+    p->blocks = (int)(n_tiles * kv_heads);
+    long long runs = ((long long)max_keys + MLK_CUDA_ATTN_SPLIT - 1) / MLK_CUDA_ATTN_SPLIT;
+    bool split = p->blocks < MLK_CUDA__ATTN_FEW_BLOCKS && runs > 1 && runs <= 65535;
+    p->runs = split ? (int)runs : 1;
+    p->split_len = split ? MLK_CUDA_ATTN_SPLIT : 0;
+    return true;
+}
+
+/* Bytes of the split runs' partial states. */
+static inline size_t mlk_cuda__attn_part_bytes(const mlk_cuda__attn_plan &p, int head_dim)
+{
+    if (!p.split_len) return 0;
+    size_t rows = (size_t)p.runs * p.blocks * p.rows;
+    return mlk_cuda__round(rows * head_dim * sizeof(float)) + mlk_cuda__round(rows * sizeof(float));
+}
+
+static inline void mlk_cuda__attn_carve_parts(mlk_cuda__scratch *sc, const mlk_cuda__attn_plan &p, int head_dim,
+                                              mlk_cuda__attn_common *c)
+{
+    size_t rows = (size_t)p.runs * p.blocks * p.rows;
+    c->split_len = p.split_len;
+    c->part_o = p.split_len ? mlk_cuda__take<float>(sc, rows * head_dim) : NULL;
+    c->part_lse = p.split_len ? mlk_cuda__take<float>(sc, rows) : NULL;
+}
+
+/* Host arrays the kernels read (lengths, trees, sinks, block tables) are
+   carved from the front of the scratch and sent in one copy from a host
+   mirror of the same layout. */
+struct mlk_cuda__staging {
+    unsigned char *host;
+    size_t bytes;
+};
+
+template <typename U>
+static inline U *mlk_cuda__stage(mlk_cuda__scratch *sc, const mlk_cuda__staging &hs, size_t count, U **host_view)
+{
+    *host_view = count ? (U *)(hs.host + sc->used) : NULL;
+    return count ? mlk_cuda__take<U>(sc, count) : NULL;
+}
+
+/* Sends the staged bytes (pageable memory: staged by the driver before
+   the call returns, so the mirror can go at once). */
+static inline cudaError_t mlk_cuda__stage_send(mlk_cuda__scratch *sc, mlk_cuda__staging &hs, cudaStream_t stream)
+{
+    cudaError_t e = hs.bytes ? cudaMemcpyAsync(sc->base, hs.host, hs.bytes, cudaMemcpyHostToDevice, stream)
+                             : cudaSuccess;
+    free(hs.host);
+    hs.host = NULL;
+    return e;
+}
+
+/* Tree parents and depths of n nodes into staged arrays. */
+static inline void mlk_cuda__stage_tree(int n, const int *parent, int *parent_h, int *depth_h)
+{
+    for (int i = 0; i < n; i++) {
+        parent_h[i] = parent[i];
+        depth_h[i] = parent[i] < 0 ? 0 : depth_h[parent[i]] + 1;
+    }
+}
+
+static inline mlk_status mlk_cuda__tree_check(int n, const int *parent)
+{
+    for (int i = 0; i < n; i++)
+        if (parent[i] < -1 || parent[i] >= i) return MLK_ERR_TREE;
+    return MLK_OK;
+}
+
+static inline mlk_status mlk_cuda__sinks_check(int heads, const float *sinks)
+{
+    if (sinks)
+        for (int h = 0; h < heads; h++)
+            if (!(sinks[h] < INFINITY)) return MLK_ERR_ARG; /* NaN or +inf */
+    return MLK_OK;
+}
+
+template <class F, int DV>
+static inline cudaError_t mlk_cuda__attn_run(const F &f, const mlk_cuda__attn_plan &p, cudaStream_t stream)
+{
+    cudaError_t e = mlk_cuda__launch(mlk_cuda__attn_fwd_kernel<F, DV>, dim3((unsigned)p.blocks, (unsigned)p.runs),
+                                     dim3(32 * MLK_CUDA__ATTN_WARPS), mlk_cuda__attn_smem(f.c.head_dim), stream, f);
+    if (e == cudaSuccess && p.split_len)
+        e = mlk_cuda__launch(mlk_cuda__attn_merge_kernel<F, DV>, dim3((unsigned)p.blocks),
+                             dim3(32 * MLK_CUDA__ATTN_WARPS), 0, stream, f);
+    return e;
+}
+
+template <class F> static inline cudaError_t mlk_cuda__attn_launch(const F &f, const mlk_cuda__attn_plan &p,
+                                                                   cudaStream_t stream)
+{
+    switch (p.dv) {
+    case 1: return mlk_cuda__attn_run<F, 1>(f, p, stream);
+    case 2: return mlk_cuda__attn_run<F, 2>(f, p, stream);
+    case 4: return mlk_cuda__attn_run<F, 4>(f, p, stream);
+    default: return mlk_cuda__attn_run<F, 8>(f, p, stream);
+    }
+}
+
+/* ======================================================================
+   attention forward on tensor cores (bf16 / fp16, head_dim 64, 96, 128)
+   ====================================================================== */
+
+/* Used by mlk_cuda_attn_fwd below:
+   mlk_cuda__attn_fwd_mma_supported<T>(d, q, k, v)
+                                  true when this kernel takes the call
+                                  (d already checked by mlk_cuda__attn_check)
+   mlk_cuda__attn_fwd_mma(f, batch, stream)
+                                  launches it for the dense front end f as
+                                  mlk_cuda_attn_fwd builds it (its own row
+                                  tiles; never split, so no partial state) */
+
+#define MLK_CUDA__MMA_ROWS 64 /* rows per block: 16 per warp */
+#define MLK_CUDA__MMA_KEYS 32 /* keys per K / V tile */
+
+/* Shared rows are D + 8 elements: the 8 rows an ldmatrix reads fall on
+   distinct banks. Layout: K [2][32][pitch], then V [2][32][pitch]; the Q
+   tile [64][pitch] is staged over the K buffers before the first tile. */
+template <int D> struct mlk_cuda__mma_geom {
+    static const int PITCH = D + 8, CHUNKS = D / 8; /* 16-byte chunks per row */
+    static const int BUF = MLK_CUDA__MMA_KEYS * PITCH;
+    static constexpr size_t SMEM = 4 * (size_t)BUF * 2;
+};
+
+/* Two floats as one register of T pairs, the first in the low half. */
+template <typename T> static __device__ __forceinline__ uint32_t mlk_cuda__pack2(float lo, float hi)
+{
+    T h[2] = {mlk_cuda__from_float<T>(lo), mlk_cuda__from_float<T>(hi)};
+    uint32_t u;
+    memcpy(&u, h, sizeof u);
+    return u;
+}
+
+/* Keys k0 .. k0+31 of the task's kv head into one K and one V buffer;
+   keys at or past t.hi are zero-filled (never NaN in P V). */
+template <typename T, int D>
+static __device__ __forceinline__ void mlk_cuda__mma_load_kv(const mlk_cuda__attn_dense<T> &f,
+                                                             const mlk_cuda__attn_task &t, int k0, T *k_dst,
+                                                             T *v_dst)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    for (int x = threadIdx.x; x < MLK_CUDA__MMA_KEYS * G::CHUNKS; x += blockDim.x) {
+        int j = x / G::CHUNKS, e = x % G::CHUNKS * 8;
+        bool in = k0 + j < t.hi;
+        mlk_cuda__cp_async16_zfill(k_dst + j * G::PITCH + e, in ? f.row(0, t.item, t.kvh, k0 + j) + e : f.k,
+                                   in ? 16 : 0);
+        mlk_cuda__cp_async16_zfill(v_dst + j * G::PITCH + e, in ? f.row(1, t.item, t.kvh, k0 + j) + e : f.v,
+                                   in ? 16 : 0);
+    }
+}
+
+/* A row's online state before any key: the sink's share of the sum sits
+   on the first lane of the row's quad (a row's sum is spread over 4 lanes). */
+static __device__ __forceinline__ mlk_cuda__attn_online mlk_cuda__mma_row_start(const mlk_cuda__attn_common &c,
+                                                                               int h, bool valid)
+{
+    mlk_cuda__attn_online st = mlk_cuda__attn_online_start(valid && c.sinks ? c.sinks[h] : -INFINITY);
+    st.l = st.m > -INFINITY && threadIdx.x % 4 == 0 ? 1.0f : 0.0f;
+    return st;
+}
+
+static __device__ __forceinline__ float mlk_cuda__quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 2));
+}
+
+static __device__ __forceinline__ float mlk_cuda__quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xFFFFFFFFu, v, 1);
+    return v + __shfl_xor_sync(0xFFFFFFFFu, v, 2);
+}
+
+/* Block x = (item, 64-row tile) * kv_heads + kv head. Lane l of warp w
+   holds rows w * 16 + l / 4 and that + 8 of the tile (half 0 and 1 of
+   every accumulator fragment), columns 2 (l % 4) and the next of each
+   8-wide piece of S (keys) and O (head_dim). */
+template <typename T, int D>
+__global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_dense<T> f)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    const int KT = MLK_CUDA__MMA_KEYS, P = G::PITCH;
+    const mlk_cuda__attn_common &c = f.c;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, quad = lane % 4;
+    mlk_cuda__attn_task t = mlk_cuda__attn_task_of<mlk_cuda__attn_dense<T>, MLK_CUDA__MMA_ROWS>(f, (int)blockIdx.x, 0);
+    T *k_s = (T *)mlk_cuda__dynamic_smem(), *v_s = k_s + 2 * G::BUF;
+
+    /* the Q tile: global -> shared (over the K buffers) -> A fragments, kept in registers */
+    for (int x = threadIdx.x; x < MLK_CUDA__MMA_ROWS * G::CHUNKS; x += blockDim.x) {
+        int r = x / G::CHUNKS, e = x % G::CHUNKS * 8, v = t.v0 + r;
+        bool in = r < t.n_rows;
+        const T *src = in ? f.q + f.q_at(t.item, v / c.group, t.kvh * c.group + v % c.group) + e : f.q;
+        mlk_cuda__cp_async16_zfill(k_s + r * P + e, src, in ? 16 : 0);
+    }
+    mlk_cuda__cp_async_commit();
+    mlk_cuda__cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++)
+        mlk_cuda__ldmatrix_x4(qf[kc], k_s + (warp * 16 + lane % 16) * P + kc * 16 + 8 * (lane / 16));
+    __syncthreads(); /* the K tiles overwrite the staged Q */
+
+    int row[2], query[2];
+    bool valid[2];
+    mlk_cuda__attn_online st[2];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        row[half] = warp * 16 + lane / 4 + 8 * half;
+        int v = t.v0 + row[half];
+        query[half] = v / c.group;
+        valid[half] = row[half] < t.n_rows;
+        st[half] = mlk_cuda__mma_row_start(c, t.kvh * c.group + v % c.group, valid[half]);
+    }
+    const int first_query = (t.v0 + warp * 16) / c.group, off = t.m.n_keys - t.m.n_q;
+    float o_acc[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+        for (int i = 0; i < 4; i++) o_acc[dt][i] = 0.0f;
+
+    const int n_tiles = (t.hi - t.lo + KT - 1) / KT;
+    if (n_tiles > 0) mlk_cuda__mma_load_kv<T, D>(f, t, t.lo, k_s, v_s);
+    mlk_cuda__cp_async_commit();
+    for (int j = 0; j < n_tiles; j++) {
+        const int k0 = t.lo + j * KT, buf = j & 1;
+        if (j + 1 < n_tiles)
+            mlk_cuda__mma_load_kv<T, D>(f, t, k0 + KT, k_s + (buf ^ 1) * G::BUF, v_s + (buf ^ 1) * G::BUF);
+        mlk_cuda__cp_async_commit(); /* perhaps empty: wait<1> then always means "tile j is here" */
+        mlk_cuda__cp_async_wait<1>();
+        __syncthreads();
+        const T *ks = k_s + buf * G::BUF, *vs = v_s + buf * G::BUF;
+
+        float s[KT / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++)
+            for (int i = 0; i < 4; i++) s[nt][i] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc++)
+#pragma unroll
+            for (int np = 0; np < KT / 16; np++) { /* keys 16 np .. 16 np + 15: two n8 pieces */
+                uint32_t r[4];
+                int key = np * 16 + lane % 8 + 8 * (lane / 16), col = kc * 16 + 8 * (lane / 8 % 2);
+                mlk_cuda__ldmatrix_x4(r, ks + key * P + col);
+                mlk_cuda__mma_m16n8k16<T>(s[2 * np], qf[kc], r);
+                mlk_cuda__mma_m16n8k16<T>(s[2 * np + 1], qf[kc], r + 2);
+            }
+
+        /* inside the band for every row of the warp: no per-key test */
+        bool full = k0 + KT <= t.hi && c.window == 0 && (!c.causal || k0 + KT - 1 <= first_query + off);
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < KT / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int key = k0 + nt * 8 + 2 * quad + e;
+                    float &x = s[nt][2 * half + e];
+                    bool vis = valid[half] &&
+                               (full ? key < t.hi : mlk_cuda__attn_visible(t.m, query[half], key, false));
+                    x = vis ? mlk_cuda__attn_logit2(c.lg, x * c.lg.q_scale) : -INFINITY;
+                    mx = fmaxf(mx, x);
+                }
+            float alpha = mlk_cuda__attn_online_rescale(&st[half], mlk_cuda__quad_max(mx)), sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < KT / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float &x = s[nt][2 * half + e];
+                    x = x > -INFINITY ? exp2f(x - st[half].m) : 0.0f;
+                    sum += x;
+                }
+            st[half].l = st[half].l * alpha + sum;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                o_acc[dt][2 * half] *= alpha;
+                o_acc[dt][2 * half + 1] *= alpha;
+            }
+        }
+
+        /* P's accumulator pieces 2kc and 2kc+1 are the A fragment of keys 16kc .. 16kc+15 */
+#pragma unroll
+        for (int kc = 0; kc < KT / 16; kc++) {
+            uint32_t pa[4] = {mlk_cuda__pack2<T>(s[2 * kc][0], s[2 * kc][1]),
+                              mlk_cuda__pack2<T>(s[2 * kc][2], s[2 * kc][3]),
+                              mlk_cuda__pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                              mlk_cuda__pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) { /* columns 16 dp .. 16 dp + 15: two n8 pieces */
+                uint32_t r[4];
+                mlk_cuda__ldmatrix_x4_trans(r, vs + (kc * 16 + lane % 16) * P + dp * 16 + 8 * (lane / 16));
+                mlk_cuda__mma_m16n8k16<T>(o_acc[2 * dp], pa, r);
+                mlk_cuda__mma_m16n8k16<T>(o_acc[2 * dp + 1], pa, r + 2);
+            }
+        }
+        __syncthreads(); /* the next tile's copies overwrite this buffer */
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        float l = mlk_cuda__quad_sum(st[half].l);
+        if (!valid[half]) continue;
+        /* l is 0 only for a row that saw nothing: o = 0, lse = -inf */
+        float inv = l != 0.0f ? 1.0f / l : 0.0f;
+        int v = t.v0 + row[half], h = t.kvh * c.group + v % c.group;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            f.store_o(t.item, query[half], h, dt * 8 + 2 * quad, o_acc[dt][2 * half] * inv);
+            f.store_o(t.item, query[half], h, dt * 8 + 2 * quad + 1, o_acc[dt][2 * half + 1] * inv);
+        }
+        float *lse = f.lse_at(t.item, query[half], h);
+        if (lse && quad == 0) *lse = mlk_cuda__attn_online_lse(st[half].m, l);
+    }
+}
+
+template <typename T>
+static inline bool mlk_cuda__attn_fwd_mma_supported(const mlk_attn_desc *d, const T *q, const T *k, const T *v)
+{
+    if (!std::is_same<T, __nv_bfloat16>::value && !std::is_same<T, __half>::value) return false;
+    if (d->tree_parent || (d->head_dim != 64 && d->head_dim != 96 && d->head_dim != 128)) return false;
+    int kv_heads = d->kv_heads ? d->kv_heads : d->heads;
+    if ((long long)d->len_q * (d->heads / kv_heads) < 16) return false; /* decode: SIMT, which splits keys */
+    return mlk_cuda__aligned16(q) && mlk_cuda__aligned16(k) && mlk_cuda__aligned16(v);
+}
+
+template <typename T, int D>
+static inline cudaError_t mlk_cuda__attn_mma_run(const mlk_cuda__attn_dense<T> &f, unsigned blocks,
+                                                 cudaStream_t stream)
+{
+    return mlk_cuda__launch(mlk_cuda__attn_mma_kernel<T, D>, dim3(blocks), dim3(128), mlk_cuda__mma_geom<D>::SMEM,
+                            stream, f);
+}
+
+/* f as mlk_cuda_attn_fwd builds it for the SIMT kernel; this kernel's row
+   tiles are its own, and it never splits a key range. */
+template <typename T>
+static inline cudaError_t mlk_cuda__attn_fwd_mma(const mlk_cuda__attn_dense<T> &f_simt, int batch,
+                                                 cudaStream_t stream)
+{
+    if constexpr (!std::is_same<T, __nv_bfloat16>::value && !std::is_same<T, __half>::value) {
+        return cudaErrorInvalidValue; /* mlk_cuda__attn_fwd_mma_supported says no */
+    } else {
+        mlk_cuda__attn_dense<T> f = f_simt;
+        f.tiles_per_item = (f.len_q * f.c.group + MLK_CUDA__MMA_ROWS - 1) / MLK_CUDA__MMA_ROWS;
+        f.c.n_tiles = f.tiles_per_item * batch;
+        f.c.split_len = 0;
+        unsigned blocks = (unsigned)((size_t)f.c.n_tiles * f.c.kv_heads);
+        switch (f.c.head_dim) {
+        case 64: return mlk_cuda__attn_mma_run<T, 64>(f, blocks, stream);
+        case 96: return mlk_cuda__attn_mma_run<T, 96>(f, blocks, stream);
+        default: return mlk_cuda__attn_mma_run<T, 128>(f, blocks, stream);
+        }
+    }
+}
+
+/* ---- dense: mlk_cuda_attn_fwd ---- */
+
+/* A checked descriptor with defaults resolved, its plan and workspace. */
+struct mlk_cuda__attn_desc {
+    int batch, heads, kv_heads, group, len_q, len_kv, head_dim;
+    float scale;
+    mlk_cuda__attn_plan plan;
+    size_t staged_bytes, bytes;
+};
+
+/* a * b * c * d elements of elem bytes fit in size_t (all >= 0) */
+static inline bool mlk_cuda__count4(int a, int b, int c, int d, size_t elem)
+{
+    size_t n = elem;
+    const int f[4] = {a, b, c, d};
+    for (int i = 0; i < 4; i++) {
+        if (f[i] && n > SIZE_MAX / (size_t)f[i]) return false;
+        n *= (size_t)f[i];
+    }
+    return true;
+}
+
+/* mlk_attn_fwd's checks in its order, plus head_dim <= 256. */
+static inline mlk_status mlk_cuda__attn_check(const mlk_attn_desc *d, mlk_cuda__attn_desc *g)
+{
+    if (!d) return MLK_ERR_NULL;
+    g->batch = d->batch;
+    g->heads = d->heads;
+    g->kv_heads = d->kv_heads ? d->kv_heads : d->heads;
+    g->len_q = d->len_q;
+    g->len_kv = d->len_kv ? d->len_kv : d->len_q;
+    g->head_dim = d->head_dim;
+    if (g->batch < 1 || g->heads < 1 || g->kv_heads < 1 || g->len_q < 1 || g->len_kv < 1 || g->head_dim < 1 ||
+        d->len_kv < 0 || d->kv_heads < 0 || d->tile_q < 0 || d->tile_kv < 0 || g->heads % g->kv_heads != 0)
+        return MLK_ERR_SHAPE;
+    if (!(d->scale == d->scale) || !(fabsf(d->scale) <= FLT_MAX) || !(d->softcap >= 0) ||
+        !(d->softcap <= FLT_MAX) || d->window < 0 || d->threads < 0 || (d->layout != MLK_BHND && d->layout != MLK_BNHD))
+        return MLK_ERR_ARG;
+    if (!mlk_cuda__count4(g->batch, g->heads, g->len_q, g->head_dim, sizeof(float)) ||
+        !mlk_cuda__count4(g->batch, g->kv_heads, g->len_kv, g->head_dim, sizeof(float)) || g->len_q > (1 << 30) ||
+        g->len_kv > (1 << 30))
+        return MLK_ERR_OVERFLOW;
+    if (g->head_dim > 256) return MLK_ERR_SHAPE;
+    g->group = g->heads / g->kv_heads;
+    g->scale = d->scale != 0 ? d->scale : 1.0f / sqrtf((float)g->head_dim);
+    for (int b = 0; b < g->batch; b++) {
+        int n_b = d->kv_len ? d->kv_len[b] : g->len_kv;
+        if (n_b < 0 || n_b > g->len_kv || (d->tree_parent && n_b < g->len_q)) return MLK_ERR_SHAPE;
+    }
+    mlk_status st = mlk_cuda__sinks_check(g->heads, d->sinks);
+    if (st != MLK_OK) return st;
+    if (d->tree_parent && (st = mlk_cuda__tree_check(g->len_q, d->tree_parent)) != MLK_OK) return st;
+    long long rows = (long long)g->len_q * g->group, tiles;
+    int per_row_tile = mlk_cuda__attn_rows(mlk_cuda__attn_dv(g->head_dim));
+    if (rows > INT_MAX) return MLK_ERR_OVERFLOW; /* an item's rows are indexed in int on the device */
+    tiles = (rows + per_row_tile - 1) / per_row_tile * g->batch;
+    if (!mlk_cuda__attn_planning(g->head_dim, g->kv_heads, tiles, g->len_kv, &g->plan)) return MLK_ERR_OVERFLOW;
+    g->staged_bytes = mlk_cuda__round(d->kv_len ? (size_t)g->batch * sizeof(int) : 0) +
+                      2 * mlk_cuda__round(d->tree_parent ? (size_t)g->len_q * sizeof(int) : 0) +
+                      mlk_cuda__round(d->sinks ? (size_t)g->heads * sizeof(float) : 0);
+    g->bytes = g->staged_bytes + mlk_cuda__attn_part_bytes(g->plan, g->head_dim);
+    return MLK_OK;
+}
+
+MLKERN_CUDA_DEF size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d)
+{
+    mlk_cuda__attn_desc g;
+    return mlk_cuda__attn_check(d, &g) == MLK_OK ? g.bytes : 0;
+}
+
+/* The mask options, logits and sinks shared by both front ends. */
+static inline void mlk_cuda__attn_common_init(mlk_cuda__attn_common *c, int head_dim, int heads, int kv_heads,
+                                              int causal, int window, float scale, float softcap,
+                                              const mlk_cuda__attn_plan &p)
+{
+    c->head_dim = head_dim;
+    c->heads = heads;
+    c->kv_heads = kv_heads;
+    c->group = heads / kv_heads;
+    c->causal = causal;
+    c->window = window;
+    c->n_tiles = p.blocks / kv_heads;
+    c->lg = mlk_cuda__attn_logits_of(scale, softcap);
+    c->tree_parent = c->tree_depth = NULL;
+    c->sinks = NULL;
+    c->split_len = 0;
+    c->part_o = c->part_lse = NULL;
+}
+
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q, const T *k, const T *v, T *o,
+    float *lse, void *workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__attn_desc g;
+    mlk_cuda__scratch sc;
+    if (!d || !q || !k || !v || !o) return MLK_ERR_NULL;
+    mlk_status st = mlk_cuda__attn_check(d, &g);
+    if (st != MLK_OK) return st;
+    mlk_cuda__staging hs = {NULL, g.staged_bytes};
+    if (hs.bytes && !(hs.host = (unsigned char *)malloc(hs.bytes))) return MLK_ERR_NOMEM;
+    st = mlk_cuda__scratch_init(&sc, workspace, workspace_bytes, g.bytes, stream);
+    if (st != MLK_OK) {
+        free(hs.host);
+        return st;
+    }
+    mlk_cuda__attn_dense<T> f;
+    mlk_cuda__attn_common_init(&f.c, g.head_dim, g.heads, g.kv_heads, d->causal != 0, d->window, g.scale,
+                               d->softcap, g.plan);
+    int *kv_len_h, *parent_h, *depth_h;
+    float *sinks_h;
+    f.kv_len = mlk_cuda__stage<int>(&sc, hs, d->kv_len ? (size_t)g.batch : 0, &kv_len_h);
+    if (d->kv_len) memcpy(kv_len_h, d->kv_len, (size_t)g.batch * sizeof(int));
+    f.c.tree_parent = mlk_cuda__stage<int>(&sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &parent_h);
+    f.c.tree_depth = mlk_cuda__stage<int>(&sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &depth_h);
+    if (d->tree_parent) mlk_cuda__stage_tree(g.len_q, d->tree_parent, parent_h, depth_h);
+    f.c.sinks = mlk_cuda__stage<float>(&sc, hs, d->sinks ? (size_t)g.heads : 0, &sinks_h);
+    if (d->sinks) memcpy(sinks_h, d->sinks, (size_t)g.heads * sizeof(float));
+    mlk_cuda__attn_carve_parts(&sc, g.plan, g.head_dim, &f.c);
+    f.q = q;
+    f.k = k;
+    f.v = v;
+    f.o = o;
+    f.lse = lse;
+    f.len_q = g.len_q;
+    f.len_kv = g.len_kv;
+    f.tiles_per_item = f.c.n_tiles / g.batch;
+    f.q_batch = (size_t)g.heads * g.len_q * g.head_dim;
+    f.kv_batch = (size_t)g.kv_heads * g.len_kv * g.head_dim;
+    bool bhnd = d->layout == MLK_BHND;
+    f.q_head = bhnd ? (size_t)g.len_q * g.head_dim : (size_t)g.head_dim;
+    f.q_tok = bhnd ? (size_t)g.head_dim : (size_t)g.heads * g.head_dim;
+    f.kv_head = bhnd ? (size_t)g.len_kv * g.head_dim : (size_t)g.head_dim;
+    f.kv_tok = bhnd ? (size_t)g.head_dim : (size_t)g.kv_heads * g.head_dim;
+    cudaError_t e = mlk_cuda__stage_send(&sc, hs, stream);
+    if (e == cudaSuccess)
+        e = mlk_cuda__attn_fwd_mma_supported(d, q, k, v) ? mlk_cuda__attn_fwd_mma(f, g.batch, stream)
+                                                         : mlk_cuda__attn_launch(f, g.plan, stream);
+    return mlk_cuda__scratch_done(&sc, mlk_cuda__launched(e), stream);
+}
+
+/* ---- paged: mlk_cuda_kv_attn ---- */
+
+/* A checked paged call: the pool layout, its plan and workspace. */
+struct mlk_cuda__kv_call {
+    mlk_kv_layout lay;
+    int group, max_keys, n_blocks; /* n_blocks: block table entries of all listed sequences */
+    float scale;
+    long long n_tiles;
+    mlk_cuda__attn_plan plan;
+    size_t staged_bytes, bytes;
+};
+
+/* mlk_kv_attn_opt's checks in its order, plus head_dim <= 256. */
+static inline mlk_status mlk_cuda__kv_check(const mlk_kv_cache *c, int layer, int n_seqs, const int *seqs,
+                                            const int *n_q, int heads, const mlk_kv_attn_opts *opts,
+                                            mlk_cuda__kv_call *k)
+{
+    mlk_kv_attn_opts op;
+    memset(&op, 0, sizeof op);
+    if (opts) op = *opts;
+    mlk_status st = mlk_kv_get_layout(c, &k->lay);
+    if (st != MLK_OK) return st;
+    if (layer < 0 || layer >= k->lay.layers) return MLK_ERR_ARG;
+    if (n_seqs < 1 || heads < 1 || heads % k->lay.kv_heads != 0) return MLK_ERR_SHAPE;
+    if (!(fabsf(op.scale) <= FLT_MAX) || op.window < 0 || !(op.softcap >= 0) || !(op.softcap <= FLT_MAX) ||
+        op.threads < 0 || (op.tree_parent && n_seqs != 1))
+        return MLK_ERR_ARG;
+    if ((st = mlk_cuda__sinks_check(heads, op.sinks)) != MLK_OK) return st;
+    for (int s = 0; s < n_seqs; s++)
+        if (mlk_kv_seq_len(c, seqs[s]) < 0) return MLK_ERR_ARG;
+    for (int s = 0; s < n_seqs; s++)
+        if (n_q[s] < 1 || n_q[s] > mlk_kv_seq_len(c, seqs[s])) return MLK_ERR_SHAPE;
+    if (k->lay.head_dim > 256) return MLK_ERR_SHAPE;
+    k->group = heads / k->lay.kv_heads;
+    k->scale = op.scale != 0 ? op.scale : 1.0f / sqrtf((float)k->lay.head_dim);
+    int rows_per_tile = mlk_cuda__attn_rows(mlk_cuda__attn_dv(k->lay.head_dim));
+    long long q_rows = 0, blocks = 0;
+    k->max_keys = 0;
+    k->n_tiles = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int len = mlk_kv_seq_len(c, seqs[s]);
+        if ((long long)n_q[s] * k->group > INT_MAX) return MLK_ERR_OVERFLOW;
+        q_rows += n_q[s];
+        k->n_tiles += ((long long)n_q[s] * k->group + rows_per_tile - 1) / rows_per_tile;
+        blocks += mlk_kv_seq_blocks(c, seqs[s], NULL, 0);
+        k->max_keys = len > k->max_keys ? len : k->max_keys;
+    }
+    if (q_rows > INT_MAX || blocks > INT_MAX || !mlk_cuda__count4((int)q_rows, heads, k->lay.head_dim, 1, sizeof(float)) ||
+        !mlk_cuda__attn_planning(k->lay.head_dim, k->lay.kv_heads, k->n_tiles, k->max_keys, &k->plan))
+        return MLK_ERR_OVERFLOW;
+    k->n_blocks = (int)blocks;
+    if (op.tree_parent && (st = mlk_cuda__tree_check(n_q[0], op.tree_parent)) != MLK_OK) return st;
+    k->staged_bytes = mlk_cuda__round((size_t)n_seqs * sizeof(mlk_cuda__kv_seq)) +
+                      mlk_cuda__round((size_t)k->n_blocks * sizeof(int)) +
+                      2 * mlk_cuda__round(op.tree_parent ? (size_t)n_q[0] * sizeof(int) : 0) +
+                      mlk_cuda__round(op.sinks ? (size_t)heads * sizeof(float) : 0);
+    k->bytes = k->staged_bytes + mlk_cuda__attn_part_bytes(k->plan, k->lay.head_dim);
+    return MLK_OK;
+}
+
+MLKERN_CUDA_DEF size_t mlk_cuda_kv_attn_workspace_size(const mlk_kv_cache *c, int n_seqs, const int *seqs,
+    const int *n_q, int heads, const mlk_kv_attn_opts *opts)
+{
+    mlk_cuda__kv_call k;
+    if (!c || !seqs || !n_q || mlk_cuda__kv_check(c, 0, n_seqs, seqs, n_q, heads, opts, &k) != MLK_OK) return 0;
+    return k.bytes;
+}
+
+/* The paged front end over the device pool (every type addresses it alike), launched. */
+template <int TYPE>
+static inline cudaError_t mlk_cuda__kv_run(const mlk_cuda__kv_call &k, const mlk_cuda__attn_common &cm, int layer,
+                                           const void *pool, const mlk_cuda__kv_seq *seqs_d, const int *tables_d,
+                                           int n_seqs, const float *q, float *o, float *lse, cudaStream_t stream)
+{
+    mlk_cuda__attn_paged<TYPE> f;
+    f.c = cm;
+    f.q = q;
+    f.o = o;
+    f.lse = lse;
+    f.pool = (const unsigned char *)pool;
+    f.seqs = seqs_d;
+    f.tables = tables_d;
+    f.n_seqs = n_seqs;
+    f.block_size = k.lay.block_size;
+    f.nb = (k.lay.head_dim + 31) / 32;
+    f.block_bytes = k.lay.block_bytes;
+    f.layer_off = (size_t)layer * k.lay.layer_stride;
+    f.kv_stride = k.lay.kv_stride;
+    f.head_stride = k.lay.head_stride;
+    f.row_bytes = k.lay.row_bytes;
+    return mlk_cuda__attn_launch(f, k.plan, stream);
+}
+
+MLKERN_CUDA_DEF mlk_status mlk_cuda_kv_attn(const mlk_kv_cache *c, const void *pool, int layer, int n_seqs,
+    const int *seqs, const int *n_q, const float *q, int heads, const mlk_kv_attn_opts *opts, float *o,
+    float *lse, void *workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__kv_call k;
+    mlk_cuda__scratch sc;
+    if (!c || !pool || !seqs || !n_q || !q || !o) return MLK_ERR_NULL;
+    mlk_status st = mlk_cuda__kv_check(c, layer, n_seqs, seqs, n_q, heads, opts, &k);
+    if (st != MLK_OK) return st;
+    mlk_cuda__staging hs = {NULL, k.staged_bytes};
+    if (!(hs.host = (unsigned char *)malloc(hs.bytes))) return MLK_ERR_NOMEM;
+    st = mlk_cuda__scratch_init(&sc, workspace, workspace_bytes, k.bytes, stream);
+    if (st != MLK_OK) {
+        free(hs.host);
+        return st;
+    }
+    const int *parent = opts ? opts->tree_parent : NULL;
+    const float *sinks = opts ? opts->sinks : NULL;
+    mlk_cuda__kv_seq *seqs_h;
+    int *tables_h, *parent_h, *depth_h;
+    float *sinks_h;
+    mlk_cuda__attn_common cm;
+    mlk_cuda__attn_common_init(&cm, k.lay.head_dim, heads, k.lay.kv_heads, 1, opts ? opts->window : 0, k.scale,
+                               opts ? opts->softcap : 0.0f, k.plan);
+    const mlk_cuda__kv_seq *seqs_d = mlk_cuda__stage<mlk_cuda__kv_seq>(&sc, hs, (size_t)n_seqs, &seqs_h);
+    const int *tables_d = mlk_cuda__stage<int>(&sc, hs, (size_t)k.n_blocks, &tables_h);
+    int rows_per_tile = k.plan.rows, table_at = 0, tile0 = 0;
+    size_t row0 = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        mlk_cuda__kv_seq &sq = seqs_h[s];
+        sq.n_keys = mlk_kv_seq_len(c, seqs[s]);
+        sq.n_q = n_q[s];
+        sq.table_at = table_at;
+        sq.tile0 = tile0;
+        sq.row0 = row0;
+        table_at += mlk_kv_seq_blocks(c, seqs[s], tables_h + table_at, k.n_blocks - table_at);
+        tile0 += (n_q[s] * k.group + rows_per_tile - 1) / rows_per_tile;
+        row0 += (size_t)n_q[s];
+    }
+    cm.tree_parent = mlk_cuda__stage<int>(&sc, hs, parent ? (size_t)n_q[0] : 0, &parent_h);
+    cm.tree_depth = mlk_cuda__stage<int>(&sc, hs, parent ? (size_t)n_q[0] : 0, &depth_h);
+    if (parent) mlk_cuda__stage_tree(n_q[0], parent, parent_h, depth_h);
+    cm.sinks = mlk_cuda__stage<float>(&sc, hs, sinks ? (size_t)heads : 0, &sinks_h);
+    if (sinks) memcpy(sinks_h, sinks, (size_t)heads * sizeof(float));
+    mlk_cuda__attn_carve_parts(&sc, k.plan, k.lay.head_dim, &cm);
+    cudaError_t e = mlk_cuda__stage_send(&sc, hs, stream);
+    if (e == cudaSuccess) switch (k.lay.type) {
+        case MLK_KV_F32: e = mlk_cuda__kv_run<MLK_KV_F32>(k, cm, layer, pool, seqs_d, tables_d, n_seqs, q, o, lse, stream); break;
+        case MLK_KV_F16: e = mlk_cuda__kv_run<MLK_KV_F16>(k, cm, layer, pool, seqs_d, tables_d, n_seqs, q, o, lse, stream); break;
+        case MLK_KV_Q8: e = mlk_cuda__kv_run<MLK_KV_Q8>(k, cm, layer, pool, seqs_d, tables_d, n_seqs, q, o, lse, stream); break;
+        case MLK_KV_Q4: e = mlk_cuda__kv_run<MLK_KV_Q4>(k, cm, layer, pool, seqs_d, tables_d, n_seqs, q, o, lse, stream); break;
+        }
+    return mlk_cuda__scratch_done(&sc, mlk_cuda__launched(e), stream);
+}
+
+/* What the backward kernels take by value: the geometry, the mask
+   options and the logits of a checked descriptor, with the staged arrays. */
+struct mlk_cuda__attn_bwd_geom {
+    int batch, heads, kv_heads, group, len_q, len_kv, head_dim, causal, window;
+    float scale;
+    mlk_cuda__attn_logits lg;
+    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+    const int *kv_len, *tree_parent, *tree_depth; /* device copies, or NULL */
+    const float *sinks;
+};
+
+static __device__ __forceinline__ mlk_cuda__attn_mask mlk_cuda__attn_bwd_mask(const mlk_cuda__attn_bwd_geom &g, int b)
+{
+    mlk_cuda__attn_mask m;
+    m.n_keys = g.kv_len ? g.kv_len[b] : g.len_kv;
+    m.n_q = g.len_q;
+    m.causal = g.causal;
+    m.window = g.window;
+    m.tree_parent = g.tree_parent;
+    m.tree_depth = g.tree_depth;
+    return m;
+}
+
+/* Element (b, h, i, 0) of q-shaped and kv-shaped tensors. */
+static __device__ __forceinline__ size_t mlk_cuda__attn_bwd_q_at(const mlk_cuda__attn_bwd_geom &g, int b, int h, int i)
+{
+    return (size_t)b * g.q_batch + (size_t)h * g.q_head + (size_t)i * g.q_tok;
+}
+
+static __device__ __forceinline__ size_t mlk_cuda__attn_bwd_kv_at(const mlk_cuda__attn_bwd_geom &g, int b, int h, int j)
+{
+    return (size_t)b * g.kv_batch + (size_t)h * g.kv_head + (size_t)j * g.kv_tok;
+}
+
+/* Checks d as the forward does (mlk_cuda__attn_check: the CPU's checks
+   in its order, head_dim <= 256) and resolves g; the staged arrays come
+   later (mlk_cuda__attn_bwd_stage). */
+static inline mlk_status mlk_cuda__attn_bwd_prepare(const mlk_attn_desc *d, mlk_cuda__attn_bwd_geom *g,
+                                                   mlk_cuda__attn_desc *checked)
+{
+    mlk_status st = mlk_cuda__attn_check(d, checked);
+    if (st != MLK_OK) return st;
+    g->batch = checked->batch;
+    g->heads = checked->heads;
+    g->kv_heads = checked->kv_heads;
+    g->group = checked->group;
+    g->len_q = checked->len_q;
+    g->len_kv = checked->len_kv;
+    g->head_dim = checked->head_dim;
+    g->causal = d->causal != 0;
+    g->window = d->window;
+    g->scale = checked->scale;
+    g->lg = mlk_cuda__attn_logits_of(checked->scale, d->softcap);
+    bool bhnd = d->layout == MLK_BHND;
+    g->q_batch = (size_t)g->heads * g->len_q * g->head_dim;
+    g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
+    g->q_head = bhnd ? (size_t)g->len_q * g->head_dim : (size_t)g->head_dim;
+    g->q_tok = bhnd ? (size_t)g->head_dim : (size_t)g->heads * g->head_dim;
+    g->kv_head = bhnd ? (size_t)g->len_kv * g->head_dim : (size_t)g->head_dim;
+    g->kv_tok = bhnd ? (size_t)g->head_dim : (size_t)g->kv_heads * g->head_dim;
+    g->kv_len = g->tree_parent = g->tree_depth = NULL;
+    g->sinks = NULL;
+    return MLK_OK;
+}
+
+/* Carves the staged arrays (kv_len, tree, sinks) from the front of the
+   scratch in the forward's staging layout, fills the host mirror and sends
+   it. */
+static inline cudaError_t mlk_cuda__attn_bwd_stage(const mlk_attn_desc *d, mlk_cuda__attn_bwd_geom *g,
+                                                  mlk_cuda__scratch *sc, mlk_cuda__staging &hs, cudaStream_t stream)
+{
+    int *kv_len_h, *parent_h, *depth_h;
+    float *sinks_h;
+    g->kv_len = mlk_cuda__stage<int>(sc, hs, d->kv_len ? (size_t)g->batch : 0, &kv_len_h);
+    if (d->kv_len) memcpy(kv_len_h, d->kv_len, (size_t)g->batch * sizeof(int));
+    g->tree_parent = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g->len_q : 0, &parent_h);
+    g->tree_depth = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g->len_q : 0, &depth_h);
+    if (d->tree_parent) mlk_cuda__stage_tree(g->len_q, d->tree_parent, parent_h, depth_h);
+    g->sinks = mlk_cuda__stage<float>(sc, hs, d->sinks ? (size_t)g->heads : 0, &sinks_h);
+    if (d->sinks) memcpy(sinks_h, d->sinks, (size_t)g->heads * sizeof(float));
+    return mlk_cuda__stage_send(sc, hs, stream);
+}
+
+/* ---- backward ----
+   With P = exp(S - lse) rebuilt from the forward's lse and D = rowsum(dO o O):
+       dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D),  dK = scale dS^T Q,
+       dQ = scale dS K   (softcap: dS *= 1 / cosh^2(u / cap), u = scale q.k).
+   Two passes over the score tiles, each summing in an order fixed by the
+   shapes: the dK/dV kernel (KV tile outer; inner, the q tiles of each head
+   of the group, heads in order) and the dQ kernel (q tile outer, KV tiles
+   inner); both rebuild P and dS with mlk_cuda__attn_bwd_scores. */
+
+/* Tiles per head_dim class DB (head_dim <= DB): BQ queries x BKV keys (at
+   most 32: one tree-ancestor word per row), NT threads. Four [rows][DB + 4]
+   float tiles, read as float4 (rows 16-byte aligned, and the stride's odd
+   number of 16-byte chunks keeps 8 rows on distinct banks), plus P and dS
+   fit the default 48 KiB of shared memory. An owner of gradient entries
+   (L threads per key or row) holds the 16-byte chunks t % L + j L of its
+   row: a warp's reads of one row are consecutive chunks. Both kernels ask
+   for two blocks per SM: left to itself ptxas picks fewer registers for
+   the dQ kernel and spills. */
+template <int DB> struct mlk_cuda__attn_bwd_tiles {
+    static constexpr int BQ = DB <= 64 ? 32 : DB <= 128 ? 16 : 8, BKV = BQ, NT = DB <= 128 ? 256 : 128;
+    static constexpr int LD = DB + 4, LDS = BKV + 1;
+    static constexpr size_t SMEM = ((size_t)(2 * BQ + 2 * BKV) * LD + 2 * (size_t)BQ * LDS + 2 * BQ) * sizeof(float);
+    static_assert(SMEM <= 48 * 1024 && BKV <= 32, "a block fits the default shared memory; one ancestor word");
+    static_assert(NT % BKV == 0 && DB % (4 * (NT / BKV)) == 0, "owners split the head dim in float4s");
+};
+
+/* D of one row: a warp-collective dot product, every lane gets the sum. */
+template <typename T>
+static __device__ __forceinline__ float mlk_cuda__attn_row_d(const T *o, const T *dout, int dim)
+{
+    float s = 0.0f;
+    for (int e = threadIdx.x % 32; e < dim; e += 32) s += mlk_cuda__to_float(dout[e]) * mlk_cuda__to_float(o[e]);
+    return mlk_cuda__attn_warp_sum(s);
+}
+
+/* D [B, Hq, Nq] (lse's layout), one warp per row. */
+template <typename T>
+__global__ void __launch_bounds__(256)
+mlk_cuda__attn_bwd_d_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ o, const T *__restrict__ dout,
+                            float *__restrict__ row_d)
+{
+    size_t row = (size_t)blockIdx.x * 8 + threadIdx.x / 32, rows = (size_t)g.batch * g.heads * g.len_q;
+    if (row >= rows) return; /* a whole warp: warps never meet at a barrier */
+    int i = (int)(row % g.len_q), bh = (int)(row / g.len_q);
+    size_t at = mlk_cuda__attn_bwd_q_at(g, bh / g.heads, bh % g.heads, i);
+    float dsum = mlk_cuda__attn_row_d(o + at, dout + at, g.head_dim);
+    if (threadIdx.x % 32 == 0) row_d[row] = dsum;
+}
+
+/* Rows [0, n_rows) (tok apart), columns [0, dim) of a head into a
+   [ROWS][DB + 4] float tile, zeros elsewhere (products over DB stay exact). */
+template <typename T, int ROWS, int DB, int NT>
+static __device__ __forceinline__ void mlk_cuda__attn_bwd_load(float *tile, const T *__restrict__ rows, size_t tok,
+                                                               int n_rows, int dim)
+{
+    for (int at = threadIdx.x; at < ROWS * DB; at += NT) {
+        int r = at / DB, e = at % DB;
+        tile[r * (DB + 4) + e] = r < n_rows && e < dim ? mlk_cuda__to_float(rows[(size_t)r * tok + e]) : 0.0f;
+    }
+}
+
+/* lse * log2(e) and D of rows [q0, q0 + BQ) of row set bh = b * heads + h;
+   rows past len_q get lse = -inf (no gradient). */
+template <int BQ>
+static __device__ __forceinline__ void mlk_cuda__attn_bwd_load_rows(float *lse2_s, float *d_s,
+    const float *__restrict__ lse, const float *__restrict__ row_d, const mlk_cuda__attn_bwd_geom &g, int bh, int q0)
+{
+    for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
+        size_t at = (size_t)bh * g.len_q + q0 + r;
+        lse2_s[r] = q0 + r < g.len_q ? lse[at] * MLK_CUDA__LOG2E : -INFINITY;
+        d_s[r] = q0 + r < g.len_q ? row_d[at] : 0.0f;
+    }
+}
+
+static __device__ __forceinline__ float4 mlk_cuda__attn_bwd_ld4(const float *p) { return *(const float4 *)p; }
+
+/* acc[0..3] += w * x[0..3] */
+static __device__ __forceinline__ void mlk_cuda__attn_bwd_axpy4(float *acc, float w, float4 x)
+{
+    acc[0] += w * x.x;
+    acc[1] += w * x.y;
+    acc[2] += w * x.z;
+    acc[3] += w * x.w;
+}
+
+/* dS and P (with VIS: 1 for a visible pair, else 0) of the BQ x BKV tile
+   of queries q0.. and keys kv0.. from the Q, dO, K, V tiles, in the
+   forward's base-2 logits. A thread takes PER_THREAD pairs of one key
+   (rows RSTEP apart: each K and V load serves all of them); SPLIT
+   adjacent threads share the pairs when the tile has fewer pairs than
+   the block has threads. */
+template <int DB, bool VIS>
+static __device__ __forceinline__ void mlk_cuda__attn_bwd_scores(const float *qs, const float *dos, const float *ks,
+    const float *vs, const float *lse2_s, const float *d_s, const mlk_cuda__attn_mask &m,
+    const mlk_cuda__attn_bwd_geom &g, int q0, int kv0, float *ps, float *dss)
+{
+    typedef mlk_cuda__attn_bwd_tiles<DB> tl;
+    constexpr int PAIRS = tl::BQ * tl::BKV, SPLIT = tl::NT > PAIRS ? tl::NT / PAIRS : 1;
+    constexpr int PER_THREAD = PAIRS * SPLIT / tl::NT, RSTEP = tl::NT / SPLIT / tl::BKV;
+    static_assert(tl::NT / SPLIT % tl::BKV == 0, "a thread's pairs share their key");
+    const int part = threadIdx.x % SPLIT, c = threadIdx.x / SPLIT % tl::BKV, r0 = threadIdx.x / SPLIT / tl::BKV;
+    const float *kc = ks + c * tl::LD, *vc = vs + c * tl::LD;
+    float s[PER_THREAD], dp[PER_THREAD];
+#pragma unroll
+    for (int n = 0; n < PER_THREAD; n++) s[n] = dp[n] = 0.0f;
+#pragma unroll 2
+    for (int e = 4 * part; e < g.head_dim; e += 4 * SPLIT) { /* the zero columns past head_dim add nothing */
+        float4 k4 = mlk_cuda__attn_bwd_ld4(kc + e), v4 = mlk_cuda__attn_bwd_ld4(vc + e);
+#pragma unroll
+        for (int n = 0; n < PER_THREAD; n++) {
+            float4 q4 = mlk_cuda__attn_bwd_ld4(qs + (r0 + n * RSTEP) * tl::LD + e);
+            float4 o4 = mlk_cuda__attn_bwd_ld4(dos + (r0 + n * RSTEP) * tl::LD + e);
+            s[n] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+            dp[n] += o4.x * v4.x + o4.y * v4.y + o4.z * v4.z + o4.w * v4.w;
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < PER_THREAD; n++) {
+#pragma unroll
+        for (int off = SPLIT / 2; off > 0; off >>= 1) {
+            s[n] += __shfl_xor_sync(0xFFFFFFFFu, s[n], off);
+            dp[n] += __shfl_xor_sync(0xFFFFFFFFu, dp[n], off);
+        }
+        if (part) continue;
+        int r = r0 + n * RSTEP, i = q0 + r;
+        float dot = g.lg.q_scale * s[n], cap_grad = 1.0f;
+        bool seen = lse2_s[r] > -INFINITY &&
+                    mlk_cuda__attn_visible(m, i, kv0 + c, mlk_cuda__attn_tree_bits(m, i, kv0) >> c & 1u);
+        if (g.lg.cap > 0.0f) { /* 1 / cosh^2, not 1 - tanh^2, which cancels where tanh saturates */
+            float ch = coshf(dot / g.lg.cap);
+            cap_grad = 1.0f / (ch * ch);
+        }
+        float p = seen ? exp2f(mlk_cuda__attn_logit2(g.lg, dot) - lse2_s[r]) : 0.0f;
+        /* p = 0 gives dS = 0 even where a masked value made dP NaN */
+        dss[r * tl::LDS + c] = p != 0.0f ? p * (dp[n] - d_s[r]) * cap_grad : 0.0f;
+        ps[r * tl::LDS + c] = VIS ? (seen ? 1.0f : 0.0f) : p;
+    }
+}
+
+/* One block per (batch, kv head, KV tile): dK, dV of BKV keys in
+   registers, thread t owning key t / L and the columns of chunks
+   t % L + j L (acc[4 j ..]). */
+template <typename T, int DB>
+__global__ void __launch_bounds__(mlk_cuda__attn_bwd_tiles<DB>::NT, 2)
+mlk_cuda__attn_bwd_dkdv_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ q, const T *__restrict__ k,
+                               const T *__restrict__ v, const T *__restrict__ dout, const float *__restrict__ lse,
+                               const float *__restrict__ row_d, T *__restrict__ dk, T *__restrict__ dv)
+{
+    typedef mlk_cuda__attn_bwd_tiles<DB> tl;
+    constexpr int L = tl::NT / tl::BKV, PER = DB / L;
+    float *ks = (float *)mlk_cuda__dynamic_smem(), *vs = ks + tl::BKV * tl::LD, *qs = vs + tl::BKV * tl::LD;
+    float *dos = qs + tl::BQ * tl::LD, *ps = dos + tl::BQ * tl::LD, *dss = ps + tl::BQ * tl::LDS;
+    float *lse2_s = dss + tl::BQ * tl::LDS, *d_s = lse2_s + tl::BQ;
+    /* the first KV tiles first: under a causal mask the most queries see them */
+    int n_tiles = (g.len_kv + tl::BKV - 1) / tl::BKV, tile = (int)(blockIdx.x % n_tiles);
+    int kvh = (int)(blockIdx.x / n_tiles % g.kv_heads), b = (int)(blockIdx.x / n_tiles / g.kv_heads);
+    int kv0 = tile * tl::BKV, nk = g.len_kv - kv0 < tl::BKV ? g.len_kv - kv0 : tl::BKV;
+    int c = threadIdx.x / L, e0 = 4 * (threadIdx.x % L);
+    float acc_dk[PER], acc_dv[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) acc_dk[j] = acc_dv[j] = 0.0f;
+    mlk_cuda__attn_mask m = mlk_cuda__attn_bwd_mask(g, b);
+    if (kv0 < m.n_keys) { /* a tile past kv_len: no query sees it, its gradients are 0 */
+        size_t kv_at = mlk_cuda__attn_bwd_kv_at(g, b, kvh, kv0);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.kv_tok, nk, g.head_dim);
+        for (int h = kvh * g.group; h < (kvh + 1) * g.group; h++)
+            for (int q0 = 0; q0 < g.len_q; q0 += tl::BQ) {
+                int lo, hi, nq = g.len_q - q0 < tl::BQ ? g.len_q - q0 : tl::BQ;
+                mlk_cuda__attn_key_range(m, q0, q0 + nq, &lo, &hi);
+                if (hi <= kv0 || lo >= kv0 + nk) continue; /* the same for the whole block */
+                size_t q_at = mlk_cuda__attn_bwd_q_at(g, b, h, q0);
+                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.q_tok, nq, g.head_dim);
+                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.q_tok, nq, g.head_dim);
+                mlk_cuda__attn_bwd_load_rows<tl::BQ>(lse2_s, d_s, lse, row_d, g, b * g.heads + h, q0);
+                __syncthreads();
+                mlk_cuda__attn_bwd_scores<DB, false>(qs, dos, ks, vs, lse2_s, d_s, m, g, q0, kv0, ps, dss);
+                __syncthreads();
+                for (int r = 0; r < tl::BQ; r++) {
+                    float p = ps[r * tl::LDS + c], ds = dss[r * tl::LDS + c];
+#pragma unroll
+                    for (int j = 0; j < PER; j += 4) {
+                        mlk_cuda__attn_bwd_axpy4(acc_dv + j, p, mlk_cuda__attn_bwd_ld4(dos + r * tl::LD + e0 + j * L));
+                        mlk_cuda__attn_bwd_axpy4(acc_dk + j, ds, mlk_cuda__attn_bwd_ld4(qs + r * tl::LD + e0 + j * L));
+                    }
+                }
+                __syncthreads(); /* every owner has read the tiles before the next load */
+            }
+    }
+    if (c >= nk) return;
+    size_t at = mlk_cuda__attn_bwd_kv_at(g, b, kvh, kv0 + c);
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        int e = e0 + j / 4 * 4 * L + j % 4;
+        if (e >= g.head_dim) continue;
+        if (dk) dk[at + e] = mlk_cuda__from_float<T>(g.scale * acc_dk[j]);
+        if (dv) dv[at + e] = mlk_cuda__from_float<T>(acc_dv[j]);
+    }
+}
+
+/* One block per (batch, head, q tile): dQ of BQ rows in registers, thread
+   t owning row t / L and the columns of chunks t % L + j L, over the KV
+   tiles in order. */
+template <typename T, int DB>
+__global__ void __launch_bounds__(mlk_cuda__attn_bwd_tiles<DB>::NT, 2)
+mlk_cuda__attn_bwd_dq_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ q, const T *__restrict__ k,
+                             const T *__restrict__ v, const T *__restrict__ dout, const float *__restrict__ lse,
+                             const float *__restrict__ row_d, T *__restrict__ dq)
+{
+    typedef mlk_cuda__attn_bwd_tiles<DB> tl;
+    constexpr int L = tl::NT / tl::BQ, PER = DB / L;
+    float *ks = (float *)mlk_cuda__dynamic_smem(), *vs = ks + tl::BKV * tl::LD, *qs = vs + tl::BKV * tl::LD;
+    float *dos = qs + tl::BQ * tl::LD, *vis = dos + tl::BQ * tl::LD, *dss = vis + tl::BQ * tl::LDS;
+    float *lse2_s = dss + tl::BQ * tl::LDS, *d_s = lse2_s + tl::BQ;
+    /* the last q tiles first: under a causal mask they see the most keys */
+    int n_tiles = (g.len_q + tl::BQ - 1) / tl::BQ, tile = n_tiles - 1 - (int)(blockIdx.x % n_tiles);
+    int h = (int)(blockIdx.x / n_tiles % g.heads), b = (int)(blockIdx.x / n_tiles / g.heads);
+    int q0 = tile * tl::BQ, nq = g.len_q - q0 < tl::BQ ? g.len_q - q0 : tl::BQ, lo, hi;
+    int r = threadIdx.x / L, e0 = 4 * (threadIdx.x % L), kvh = h / g.group;
+    float acc[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) acc[j] = 0.0f;
+    mlk_cuda__attn_mask m = mlk_cuda__attn_bwd_mask(g, b);
+    size_t q_at = mlk_cuda__attn_bwd_q_at(g, b, h, q0);
+    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.q_tok, nq, g.head_dim);
+    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.q_tok, nq, g.head_dim);
+    mlk_cuda__attn_bwd_load_rows<tl::BQ>(lse2_s, d_s, lse, row_d, g, b * g.heads + h, q0);
+    mlk_cuda__attn_key_range(m, q0, q0 + nq, &lo, &hi);
+    for (int kv0 = lo; kv0 < hi; kv0 += tl::BKV) {
+        int nk = hi - kv0 < tl::BKV ? hi - kv0 : tl::BKV;
+        size_t kv_at = mlk_cuda__attn_bwd_kv_at(g, b, kvh, kv0);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.kv_tok, nk, g.head_dim);
+        __syncthreads();
+        mlk_cuda__attn_bwd_scores<DB, true>(qs, dos, ks, vs, lse2_s, d_s, m, g, q0, kv0, vis, dss);
+        __syncthreads();
+        /* visible keys only: a masked key's non-finite K row must not turn
+           dS = 0 into NaN */
+        for (int c = 0; c < tl::BKV; c++) {
+            if (vis[r * tl::LDS + c] == 0.0f) continue;
+            float ds = dss[r * tl::LDS + c];
+#pragma unroll
+            for (int j = 0; j < PER; j += 4)
+                mlk_cuda__attn_bwd_axpy4(acc + j, ds, mlk_cuda__attn_bwd_ld4(ks + c * tl::LD + e0 + j * L));
+        }
+        __syncthreads(); /* every owner has read K before the next load */
+    }
+    if (r >= nq) return;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        int e = e0 + j / 4 * 4 * L + j % 4;
+        if (e < g.head_dim) dq[q_at + (size_t)r * g.q_tok + e] = mlk_cuda__from_float<T>(g.scale * acc[j]);
+    }
+}
+
+/* Scratch: the staged arrays, then D [B, Hq, Nq]. */
+static inline size_t mlk_cuda__attn_bwd_bytes(const mlk_cuda__attn_desc &checked)
+{
+    return checked.staged_bytes +
+           mlk_cuda__round((size_t)checked.batch * checked.heads * checked.len_q * sizeof(float));
+}
+
+MLKERN_CUDA_DEF size_t mlk_cuda_attn_bwd_workspace_size(const mlk_attn_desc *d)
+{
+    mlk_cuda__attn_bwd_geom g;
+    mlk_cuda__attn_desc checked;
+    return mlk_cuda__attn_bwd_prepare(d, &g, &checked) == MLK_OK ? mlk_cuda__attn_bwd_bytes(checked) : 0;
+}
+
+template <typename T, int DB>
+static inline cudaError_t mlk_cuda__attn_bwd_launch(const mlk_cuda__attn_bwd_geom &g, const T *q, const T *k,
+    const T *v, const T *dout, const float *lse, const float *row_d, T *dq, T *dk, T *dv, cudaStream_t stream)
+{
+    typedef mlk_cuda__attn_bwd_tiles<DB> tl;
+    cudaError_t e = cudaSuccess;
+    if (dk || dv) {
+        size_t blocks = (size_t)g.batch * g.kv_heads * ((g.len_kv + tl::BKV - 1) / tl::BKV);
+        e = mlk_cuda__launch(mlk_cuda__attn_bwd_dkdv_kernel<T, DB>, dim3((unsigned)blocks), dim3(tl::NT), tl::SMEM,
+                             stream, g, q, k, v, dout, lse, row_d, dk, dv);
+    }
+    if (dq && e == cudaSuccess) {
+        size_t blocks = (size_t)g.batch * g.heads * ((g.len_q + tl::BQ - 1) / tl::BQ);
+        e = mlk_cuda__launch(mlk_cuda__attn_bwd_dq_kernel<T, DB>, dim3((unsigned)blocks), dim3(tl::NT), tl::SMEM,
+                             stream, g, q, k, v, dout, lse, row_d, dq);
+    }
+    return e;
+}
+
+/* Shared by both launchers: checks, the scratch, the staged arrays (D's
+   room follows them). */
+static inline mlk_status mlk_cuda__attn_bwd_begin(const mlk_attn_desc *d, mlk_cuda__attn_bwd_geom *g,
+    mlk_cuda__scratch *sc, void *workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__attn_desc checked;
+    mlk_status st = mlk_cuda__attn_bwd_prepare(d, g, &checked);
+    if (st != MLK_OK) return st;
+    /* the grids: at least 8 rows or keys per block */
+    if ((size_t)g->batch * g->heads * ((g->len_q + 7) / 8) > (size_t)INT_MAX ||
+        (size_t)g->batch * g->kv_heads * ((g->len_kv + 7) / 8) > (size_t)INT_MAX)
+        return MLK_ERR_OVERFLOW;
+    mlk_cuda__staging hs = {NULL, checked.staged_bytes};
+    if (hs.bytes && !(hs.host = (unsigned char *)malloc(hs.bytes))) return MLK_ERR_NOMEM;
+    st = mlk_cuda__scratch_init(sc, workspace, workspace_bytes, mlk_cuda__attn_bwd_bytes(checked), stream);
+    if (st != MLK_OK) {
+        free(hs.host);
+        return st;
+    }
+    cudaError_t e = mlk_cuda__attn_bwd_stage(d, g, sc, hs, stream);
+    return e == cudaSuccess ? MLK_OK : mlk_cuda__scratch_done(sc, mlk_cuda__fail(e), stream);
+}
+
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *d, const T *q, const T *k, const T *v, const T *o,
+    const T *dout, const float *lse, T *dq, T *dk, T *dv, void *workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__attn_bwd_geom g;
+    mlk_cuda__scratch sc;
+    if (!d || !q || !k || !v || !o || !dout || !lse) return MLK_ERR_NULL;
+    if (!dq && !dk && !dv) {
+        mlk_cuda__attn_desc checked;
+        return mlk_cuda__attn_bwd_prepare(d, &g, &checked);
+    }
+    mlk_status st = mlk_cuda__attn_bwd_begin(d, &g, &sc, workspace, workspace_bytes, stream);
+    if (st != MLK_OK) return st;
+    size_t rows = (size_t)g.batch * g.heads * g.len_q;
+    float *row_d = mlk_cuda__take<float>(&sc, rows);
+    cudaError_t e = mlk_cuda__launch(mlk_cuda__attn_bwd_d_kernel<T>, dim3((unsigned)((rows + 7) / 8)), dim3(256), 0,
+                                     stream, g, o, dout, row_d);
+    if (e == cudaSuccess) {
+        auto launch = g.head_dim <= 32 ? mlk_cuda__attn_bwd_launch<T, 32>
+                      : g.head_dim <= 64 ? mlk_cuda__attn_bwd_launch<T, 64>
+                      : g.head_dim <= 128 ? mlk_cuda__attn_bwd_launch<T, 128>
+                                          : mlk_cuda__attn_bwd_launch<T, 256>;
+        e = launch(g, q, k, v, dout, lse, row_d, dq, dk, dv, stream);
+    }
+    return mlk_cuda__scratch_done(&sc, mlk_cuda__launched(e), stream);
+}
+
+/* dsinks[h]: one block of MLK_CUDA__SINK_WARPS warps per head; warp w
+   takes rows w, w + MLK_CUDA__SINK_WARPS, ... of the head (batch items,
+   then queries), its lane 0 sums them in double, then thread 0 the warps
+   in order. */
+#define MLK_CUDA__SINK_WARPS 32
+template <typename T>
+__global__ void __launch_bounds__(32 * MLK_CUDA__SINK_WARPS)
+mlk_cuda__attn_sinks_grad_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ o, const T *__restrict__ dout,
+                                 const float *__restrict__ lse, float *__restrict__ dsinks)
+{
+    __shared__ double part[MLK_CUDA__SINK_WARPS];
+    int h = blockIdx.x, warp = threadIdx.x / 32;
+    double sum = 0.0;
+    for (size_t row = warp; row < (size_t)g.batch * g.len_q; row += MLK_CUDA__SINK_WARPS) { /* warp-uniform */
+        int b = (int)(row / g.len_q), i = (int)(row % g.len_q);
+        size_t at = mlk_cuda__attn_bwd_q_at(g, b, h, i);
+        float dsum = mlk_cuda__attn_row_d(o + at, dout + at, g.head_dim);
+        float l = lse[((size_t)b * g.heads + h) * g.len_q + i];
+        if (l > -INFINITY) sum += exp((double)g.sinks[h] - (double)l) * (double)dsum;
+    }
+    if (threadIdx.x % 32 == 0) part[warp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < MLK_CUDA__SINK_WARPS; w++) total += part[w];
+        dsinks[h] = (float)-total;
+    }
+}
+
+template <typename T>
+MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_sinks_grad(const mlk_attn_desc *d, const T *o, const T *dout,
+    const float *lse, float *dsinks, void *workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    mlk_cuda__attn_bwd_geom g;
+    mlk_cuda__scratch sc;
+    if (!d || !o || !dout || !lse || !dsinks || !d->sinks) return MLK_ERR_NULL;
+    mlk_status st = mlk_cuda__attn_bwd_begin(d, &g, &sc, workspace, workspace_bytes, stream);
+    if (st != MLK_OK) return st;
+    cudaError_t e = mlk_cuda__launch(mlk_cuda__attn_sinks_grad_kernel<T>, dim3((unsigned)g.heads),
+                                     dim3(32 * MLK_CUDA__SINK_WARPS), 0, stream, g, o, dout, lse, dsinks);
+    return mlk_cuda__scratch_done(&sc, mlk_cuda__launched(e), stream);
+}
+
 /* ======================================================================
    the public templates, instantiated for float, bf16 and fp16
    ====================================================================== */
@@ -1983,6 +4149,31 @@ template mlk_status mlk_cuda_sample(int, int, const __nv_bfloat16 *, const mlk_s
     void *, size_t, cudaStream_t);
 template mlk_status mlk_cuda_sample(int, int, const __half *, const mlk_sampler *, uint64_t *, int32_t *, int *,
     void *, size_t, cudaStream_t);
+
+template mlk_status mlk_cuda_kv_store(const mlk_kv_layout *, void *, int, const int *, int, int, const int64_t *,
+    const float *, const float *, int *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_kv_store(const mlk_kv_layout *, void *, int, const int *, int, int, const int64_t *,
+    const __nv_bfloat16 *, const __nv_bfloat16 *, int *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_kv_store(const mlk_kv_layout *, void *, int, const int *, int, int, const int64_t *,
+    const __half *, const __half *, int *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *, const float *, const float *, const float *, float *,
+    float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *, const __nv_bfloat16 *, const __nv_bfloat16 *,
+    const __nv_bfloat16 *, __nv_bfloat16 *, float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *, const __half *, const __half *, const __half *, __half *,
+    float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *, const float *, const float *, const float *, const float *,
+    const float *, const float *, float *, float *, float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_sinks_grad(const mlk_attn_desc *, const float *, const float *, const float *,
+    float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *, const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
+    const __nv_bfloat16 *, const float *, __nv_bfloat16 *, __nv_bfloat16 *, __nv_bfloat16 *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_sinks_grad(const mlk_attn_desc *, const __nv_bfloat16 *, const __nv_bfloat16 *, const float *,
+    float *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *, const __half *, const __half *, const __half *, const __half *,
+    const __half *, const float *, __half *, __half *, __half *, void *, size_t, cudaStream_t);
+template mlk_status mlk_cuda_attn_sinks_grad(const mlk_attn_desc *, const __half *, const __half *, const float *,
+    float *, void *, size_t, cudaStream_t);
 
 #endif /* MLKERN_CUDA_IMPLEMENTATION_DONE */
 #endif /* MLKERN_CUDA_IMPLEMENTATION */

@@ -6,12 +6,7 @@
 #include <cuda_runtime.h>
 #define MLKERN_IMPLEMENTATION /* the CPU side: mlk_status_str, mlk_ternary_row_bytes */
 #include "mlkern.h"
-/* MLKCT_HEADER_IMPL: the header's implementation is compiled here, not
-   linked, while the attention section still lives in wip_attn.cuh */
-#define MLKERN_CUDA_IMPLEMENTATION
 #include "mlkern_cuda.cuh"
-#include "wip_attn.cuh"
-#include "wip_attn_bwd.cuh"
 
 #include <algorithm>
 #include <stdio.h>

@@ -7,9 +7,7 @@
    the same cache (F32, F16, Q8, Q4 pools with forked sequences; decode,
    chunked prefill, trees, split-K decode, a bookkeeping-only cache), plus
    every bad argument of both launchers. */
-#define MLKCT_HEADER_IMPL
 #include "mlkct.h"
-#include "wip_attn.cuh"
 
 /* ---- a reference of this file: per query row, in double or rounding every operation to float ---- */
 
@@ -41,9 +39,22 @@ static bool ref_sees(const ref_item &m, int i, int j)
 
 static double rnd(double x, bool f32) { return f32 ? (double)(float)x : x; }
 
-/* One row: q [d], key / value j at k + j * ld, v + j * ld; writes o [d], returns lse. */
+/* p rounded to the 16-bit type of a yardstick (identity for none). */
+typedef double (*p_rounding)(double p);
+static double p_exact(double p) { return p; }
+template <typename T> static double p_to(double p)
+{
+    float f = (float)p;
+    std::vector<float> back;
+    mlkct_round<T>(&f, 1, &back);
+    return back[0];
+}
+
+/* One row: q [d], key / value j at k + j * ld, v + j * ld; writes o [d],
+   returns lse. round_p rounds each probability before P V: the plain
+   bf16 / fp16 matmul-softmax-matmul yardstick of the tensor-core kernel. */
 static double ref_row(const ref_item &m, int i, int d, const float *q, const float *k, const float *v, size_t ld,
-                      double scale, double cap, double sink, bool f32, double *o)
+                      double scale, double cap, double sink, bool f32, double *o, p_rounding round_p = p_exact)
 {
     std::vector<double> s(m.n_keys > 0 ? m.n_keys : 1, -INFINITY);
     double mx = sink, l = 0;
@@ -64,7 +75,7 @@ static double ref_row(const ref_item &m, int i, int d, const float *q, const flo
     for (int e = 0; e < d; e++) {
         double acc = 0;
         for (int j = 0; j < m.n_keys; j++)
-            if (ref_sees(m, i, j)) acc = rnd(acc + rnd(rnd(exp(s[j] - mx), f32) * v[j * ld + e], f32), f32);
+            if (ref_sees(m, i, j)) acc = rnd(acc + rnd(round_p(rnd(exp(s[j] - mx), f32)) * v[j * ld + e], f32), f32);
         o[e] = rnd(acc / l, f32);
     }
     return rnd(mx + log(l), f32);
@@ -73,7 +84,8 @@ static double ref_row(const ref_item &m, int i, int d, const float *q, const flo
 /* ---- outputs against the rule ---- */
 
 /* Rows whose reference is NaN (a visible NaN key) must be NaN; the others
-   are held to err <= 2 * naive float32 err + floor, the T rule for o. */
+   are held to err <= 2 * the yardstick's err + floor, the T rule for o (the
+   yardstick: float32, with P rounded to T for 16-bit tensors). */
 template <typename T>
 static void check_rows(const char *what, size_t rows, int d, const T *got, const float *got_lse, const double *ref,
                        const double *ref_lse, const double *f32, const double *f32_lse)
@@ -156,7 +168,7 @@ static size_t at_of(const mlk_attn_desc *d, int heads, int len, int b, int h, in
 /* o / lse of the whole descriptor through ref_row, in the layout of d
    (lse [B, Hq, Nq]). */
 static void ref_dense(const mlk_attn_desc *d, const float *q, const float *k, const float *v, bool f32, double *o,
-                      double *lse)
+                      double *lse, p_rounding round_p = p_exact)
 {
     int hkv = d->kv_heads ? d->kv_heads : d->heads, dim = d->head_dim;
     double scale = d->scale ? d->scale : 1.0 / sqrt((double)dim);
@@ -171,7 +183,7 @@ static void ref_dense(const mlk_attn_desc *d, const float *q, const float *k, co
                 size_t qa = at_of(d, d->heads, d->len_q, b, h, i);
                 lse[((size_t)b * d->heads + h) * d->len_q + i] =
                     ref_row(m, i, dim, q + qa, kb, vb, ld, scale, d->softcap, d->sinks ? d->sinks[h] : -INFINITY, f32,
-                            o + qa);
+                            o + qa, round_p);
             }
         }
 }
@@ -221,7 +233,11 @@ template <typename T> static void check_dense(const dense_case &c)
                    vt = mlkct_round<T>(v0.data(), nk, &vf);
     std::vector<double> ref(nq), ref_lse(rows), f32(nq), f32_lse(rows);
     ref_dense(&d, qf.data(), kf.data(), vf.data(), false, ref.data(), ref_lse.data());
-    ref_dense(&d, qf.data(), kf.data(), vf.data(), true, f32.data(), f32_lse.data());
+    /* the yardstick: float32, and for 16-bit tensors (which may run on the
+       tensor cores) P rounded to T before P V, as a plain T
+       matmul-softmax-matmul does */
+    ref_dense(&d, qf.data(), kf.data(), vf.data(), true, f32.data(), f32_lse.data(),
+              sizeof(T) == 4 ? p_exact : p_to<T>);
     CHECK_INT(mlk_attn_fwd(&d, qf.data(), kf.data(), vf.data(), o_cpu.data(), lse_cpu.data()), MLK_OK);
     CHECK_INT(mlk_attn_naive(&d, qf.data(), kf.data(), vf.data(), o_naive.data(), lse_naive.data()), MLK_OK);
     dbuf<T> dq = dbuf_from(qt.data(), nq), dk = dbuf_from(kt.data(), nk), dv = dbuf_from(vt.data(), nk);

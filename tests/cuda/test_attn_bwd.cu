@@ -7,10 +7,7 @@
    windows, softcap, sinks, kv_len with an empty item and non-finite keys
    past it, multi-root trees, both layouts, head_dim 1 to 256); central
    finite differences in double; two runs bitwise equal; bad arguments. */
-#define MLKCT_HEADER_IMPL
 #include "mlkct.h"
-#include "wip_attn.cuh"
-#include "wip_attn_bwd.cuh"
 
 /* ---- double reference: forward, backward and sink gradient ---- */
 

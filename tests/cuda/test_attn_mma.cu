@@ -1,4 +1,4 @@
-/* The tensor-core attention forward (wip_attn_mma.cuh) on bf16 / fp16
+/* The tensor-core attention forward (mlkern_cuda.cuh) on bf16 / fp16
    tensors against a double reference of this file, which itself must
    agree with the CPU's mlk_attn_fwd on the same rounded inputs. The rule:
    o's error (less the rounding of the reference to T) at most twice that
@@ -11,8 +11,6 @@
    layouts, and which calls the dispatch sends here. */
 #define MLKCT_HEADER_IMPL
 #include "mlkct.h"
-#include "wip_attn.cuh"
-#include "wip_attn_mma.cuh"
 
 struct mma_case {
     int batch, heads, kv_heads, len_q, len_kv, head_dim, causal, window;
@@ -77,37 +75,13 @@ static double row_attn(const mma_case &c, int n_keys, int i, const float *q, con
     return NAIVE ? (double)((float)mx + logf(lf)) : mx + log(l);
 }
 
-/* What mlk_cuda_attn_fwd would hand the tensor-core kernel (until the front
-   end dispatches to it): the dense front end over device q, k, v, o. */
+/* mlk_cuda_attn_fwd on a call its dispatch sends to the tensor cores
+   (MLK_ERR_ARG when it would take the SIMT kernel instead). */
 template <typename T>
-static mlk_status run_mma(const mlk_attn_desc *d, const T *q, const T *k, const T *v, T *o, float *lse,
-                          const int *kv_len_dev, const float *sinks_dev)
+static mlk_status run_mma(const mlk_attn_desc *d, const T *q, const T *k, const T *v, T *o, float *lse)
 {
-    mlk_cuda__attn_desc g;
-    mlk_status st = mlk_cuda__attn_check(d, &g);
-    if (st != MLK_OK) return st;
     if (!mlk_cuda__attn_fwd_mma_supported(d, q, k, v)) return MLK_ERR_ARG;
-    mlk_cuda__attn_dense<T> f;
-    mlk_cuda__attn_common_init(&f.c, g.head_dim, g.heads, g.kv_heads, d->causal != 0, d->window, g.scale,
-                               d->softcap, g.plan);
-    f.c.sinks = sinks_dev;
-    f.kv_len = kv_len_dev;
-    f.q = q;
-    f.k = k;
-    f.v = v;
-    f.o = o;
-    f.lse = lse;
-    f.len_q = g.len_q;
-    f.len_kv = g.len_kv;
-    f.tiles_per_item = f.c.n_tiles / g.batch;
-    bool bhnd = d->layout == MLK_BHND;
-    f.q_batch = (size_t)g.heads * g.len_q * g.head_dim;
-    f.kv_batch = (size_t)g.kv_heads * g.len_kv * g.head_dim;
-    f.q_head = bhnd ? (size_t)g.len_q * g.head_dim : (size_t)g.head_dim;
-    f.q_tok = bhnd ? (size_t)g.head_dim : (size_t)g.heads * g.head_dim;
-    f.kv_head = bhnd ? (size_t)g.len_kv * g.head_dim : (size_t)g.head_dim;
-    f.kv_tok = bhnd ? (size_t)g.head_dim : (size_t)g.kv_heads * g.head_dim;
-    return mlk_cuda__launched(mlk_cuda__attn_fwd_mma(f, g.batch, (cudaStream_t)0));
+    return mlk_cuda_attn_fwd<T>(d, q, k, v, o, lse, NULL, 0, (cudaStream_t)0);
 }
 
 /* mlkct_err for a result already rounded to T, kept in double */
@@ -184,14 +158,11 @@ template <typename T> static void check_case(const char *name, const mma_case &c
 
     dbuf<T> dq = dbuf_from(hq.data(), nq), dk = dbuf_from(hk.data(), nkv), dv = dbuf_from(hv.data(), nkv);
     dbuf<T> dout = dbuf_new<T>(nq);
-    dbuf<float> dlse = dbuf_new<float>(rows), dsinks = dbuf_from(sinks.data(), sinks.size());
-    dbuf<int> dlen = dbuf_from(c.kv_len.data(), c.kv_len.size());
+    dbuf<float> dlse = dbuf_new<float>(rows);
     std::vector<unsigned char> bytes = mlkct_orders(name, [&]() {
         dbuf_poison(dout);
         dbuf_poison(dlse);
-        CHECK_INT(run_mma<T>(&d, dq.p, dk.p, dv.p, dout.p, dlse.p, c.kv_len.empty() ? NULL : dlen.p,
-                             c.sinks ? dsinks.p : NULL),
-                  MLK_OK);
+        CHECK_INT(run_mma<T>(&d, dq.p, dk.p, dv.p, dout.p, dlse.p), MLK_OK);
         std::vector<unsigned char> out;
         mlkct_append(out, dout);
         mlkct_append(out, dlse);
@@ -229,8 +200,6 @@ template <typename T> static void check_case(const char *name, const mma_case &c
     dbuf_free(dv);
     dbuf_free(dout);
     dbuf_free(dlse);
-    dbuf_free(dsinks);
-    dbuf_free(dlen);
 }
 
 

@@ -9,9 +9,7 @@
    quantisation blocks, tiny, zero, half-step, huge, NaN and inf values,
    bf16 and fp16 input). Bad arguments: the status, no launch, nothing
    written. */
-#define MLKCT_HEADER_IMPL
 #include "mlkct.h"
-#include "wip_kvstore.cuh"
 
 #include <string>
 

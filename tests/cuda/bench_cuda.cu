@@ -183,31 +183,39 @@ static void bench_kv_decode(mlk_kv_type type, const char *dtype, int n_seqs, int
     mlk_kv_destroy(c);
 }
 
-/* Causal attention forward over (b, h, n, d) BHND; GB/s counts q, k, v, o once. */
-template <typename T> static void bench_attn_fwd(int b, int h, int n, int d, const char *dtype)
+/* Attention forward over (b, h, n, d) BHND, kv_heads / len_kv for GQA
+   decode shapes (0: h, n); GB/s counts q, k, v, o once. */
+template <typename T>
+static void bench_attn_fwd(int b, int h, int n, int d, int causal, const char *dtype, int kv_heads = 0, int len_kv = 0)
 {
     mlk_attn_desc desc;
     memset(&desc, 0, sizeof desc);
     desc.batch = b;
     desc.heads = h;
+    desc.kv_heads = kv_heads;
     desc.len_q = n;
+    desc.len_kv = len_kv;
     desc.head_dim = d;
-    desc.causal = 1;
-    size_t count = (size_t)b * h * n * d, ws_bytes = mlk_cuda_attn_fwd_workspace_size(&desc);
-    T *q = dev_random<T>(count), *k = dev_random<T>(count), *v = dev_random<T>(count);
-    T *o = (T *)dev(count * sizeof(T), 0);
+    desc.causal = causal;
+    size_t nq = (size_t)b * h * n * d, nkv = (size_t)b * (kv_heads ? kv_heads : h) * (len_kv ? len_kv : n) * d;
+    size_t ws_bytes = mlk_cuda_attn_fwd_workspace_size(&desc);
+    T *q = dev_random<T>(nq), *k = dev_random<T>(nkv), *v = dev_random<T>(nkv);
+    T *o = (T *)dev(nq * sizeof(T), 0);
     float *lse = (float *)dev((size_t)b * h * n * sizeof(float), 0);
     void *ws = ws_bytes ? dev(ws_bytes, 0) : NULL;
     char shape[64];
-    snprintf(shape, sizeof shape, "%dx%dx%dx%d_causal", b, h, n, d);
+    if (len_kv)
+        snprintf(shape, sizeof shape, "%dx%dx%dx%d_kv%dx%d", b, h, n, d, kv_heads, len_kv);
+    else
+        snprintf(shape, sizeof shape, "%dx%dx%dx%d%s", b, h, n, d, causal ? "_causal" : "");
     double ms = time_ms([&]() { status_ok(mlk_cuda_attn_fwd<T>(&desc, q, k, v, o, lse, ws, ws_bytes, 0), "attn_fwd"); });
-    report("attn_fwd", dtype, shape, ms, 4.0 * count * sizeof(T));
+    report("attn_fwd", dtype, shape, ms, (2.0 * nq + 2.0 * nkv) * sizeof(T));
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse); cudaFree(ws);
 }
 
 /* Attention backward (D, dK/dV, dQ) from the forward's o and lse; GB/s
    counts q, k, v, o, dout read and dq, dk, dv written once. */
-static void bench_attn_bwd(int b, int h, int n, int d, int causal)
+template <typename T> static void bench_attn_bwd(int b, int h, int n, int d, int causal, const char *dtype)
 {
     mlk_attn_desc desc;
     memset(&desc, 0, sizeof desc);
@@ -217,19 +225,20 @@ static void bench_attn_bwd(int b, int h, int n, int d, int causal)
     desc.head_dim = d;
     desc.causal = causal;
     size_t count = (size_t)b * h * n * d;
-    float *q = dev_random<float>(count), *k = dev_random<float>(count), *v = dev_random<float>(count);
-    float *dout = dev_random<float>(count), *o = (float *)dev(count * sizeof(float), 0);
-    float *dq = (float *)dev(count * sizeof(float), 0), *dk = (float *)dev(count * sizeof(float), 0);
-    float *dv = (float *)dev(count * sizeof(float), 0), *lse = (float *)dev((size_t)b * h * n * sizeof(float), 0);
+    T *q = dev_random<T>(count), *k = dev_random<T>(count), *v = dev_random<T>(count);
+    T *dout = dev_random<T>(count), *o = (T *)dev(count * sizeof(T), 0);
+    T *dq = (T *)dev(count * sizeof(T), 0), *dk = (T *)dev(count * sizeof(T), 0);
+    T *dv = (T *)dev(count * sizeof(T), 0);
+    float *lse = (float *)dev((size_t)b * h * n * sizeof(float), 0);
     size_t ws_bytes = mlk_cuda_attn_bwd_workspace_size(&desc);
     void *ws = dev(ws_bytes, 0);
-    status_ok(mlk_cuda_attn_fwd<float>(&desc, q, k, v, o, lse, NULL, 0, 0), "attn_fwd");
+    status_ok(mlk_cuda_attn_fwd<T>(&desc, q, k, v, o, lse, NULL, 0, 0), "attn_fwd");
     char shape[64];
     snprintf(shape, sizeof shape, "%dx%dx%dx%d%s", b, h, n, d, causal ? "_causal" : "");
     double ms = time_ms([&]() {
-        status_ok(mlk_cuda_attn_bwd<float>(&desc, q, k, v, o, dout, lse, dq, dk, dv, ws, ws_bytes, 0), "attn_bwd");
+        status_ok(mlk_cuda_attn_bwd<T>(&desc, q, k, v, o, dout, lse, dq, dk, dv, ws, ws_bytes, 0), "attn_bwd");
     });
-    report("attn_bwd", "f32", shape, ms, 8.0 * count * sizeof(float));
+    report("attn_bwd", dtype, shape, ms, 8.0 * count * sizeof(T));
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(dout); cudaFree(o);
     cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(lse); cudaFree(ws);
 }
@@ -255,9 +264,17 @@ int main(void)
     bench_ternary(1, 4096, 4096);
     bench_kv_decode(MLK_KV_F16, "f16", 32, 4096, 32, 8, 128);
     bench_kv_decode(MLK_KV_Q8, "q8", 32, 4096, 32, 8, 128);
-    bench_attn_fwd<float>(1, 8, 4096, 64, "f32");
-    bench_attn_fwd<__nv_bfloat16>(1, 8, 4096, 64, "bf16");
-    bench_attn_bwd(1, 8, 4096, 64, 1);
-    bench_attn_bwd(1, 8, 4096, 64, 0);
+    bench_attn_fwd<__nv_bfloat16>(4, 16, 4096, 64, 1, "bf16");
+    bench_attn_fwd<__nv_bfloat16>(4, 16, 4096, 64, 0, "bf16");
+    bench_attn_fwd<__nv_bfloat16>(2, 16, 8192, 128, 1, "bf16");
+    bench_attn_fwd<__nv_bfloat16>(8, 32, 1024, 128, 1, "bf16");
+    bench_attn_fwd<float>(4, 16, 4096, 64, 1, "f32");
+    bench_attn_fwd<__nv_bfloat16>(1, 32, 1, 128, 0, "bf16", 8, 4096);
+    bench_attn_fwd<__nv_bfloat16>(1, 32, 1, 128, 0, "bf16", 8, 32768);
+    bench_attn_bwd<__nv_bfloat16>(4, 16, 4096, 64, 1, "bf16");
+    bench_attn_bwd<__nv_bfloat16>(4, 16, 4096, 64, 0, "bf16");
+    bench_attn_bwd<__nv_bfloat16>(2, 16, 8192, 128, 1, "bf16");
+    bench_attn_bwd<__nv_bfloat16>(8, 32, 1024, 128, 1, "bf16");
+    bench_attn_bwd<float>(4, 16, 4096, 64, 1, "f32");
     return 0;
 }

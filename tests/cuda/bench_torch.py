@@ -80,15 +80,50 @@ def gemv(m, n, k):
     report("fp16_matmul", "f16", f"{m}x{n}x{k}", time_ms(lambda: x @ w.t()), 2 * n * k)
 
 
-def attn_bwd(b, h, n, d, causal):
-    # the backward of PyTorch's own attention (it picks its kernel) from a
-    # kept forward; GB/s as bench_cuda.cu counts it
-    q, k, v = (torch.randn(b, h, n, d, device="cuda", requires_grad=True) for _ in range(3))
-    dout = torch.randn(b, h, n, d, device="cuda")
+def attn_tensors(b, h, n, d, dtype, kv_heads=0, len_kv=0, grad=False):
+    hk, nk = kv_heads or h, len_kv or n
+    q = torch.randn(b, h, n, d, device="cuda", dtype=dtype, requires_grad=grad)
+    k, v = (torch.randn(b, hk, nk, d, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(2))
+    return q, k, v
+
+
+def attn_fwd(b, h, n, d, causal, dtype, name, kv_heads=0, len_kv=0):
+    # scaled_dot_product_attention (PyTorch picks the flash kernel for
+    # bf16); a GQA decode shape repeats K and V to every query head first,
+    # outside the timing; GB/s as bench_cuda.cu counts it
+    q, k, v = attn_tensors(b, h, n, d, dtype, kv_heads, len_kv)
+    if kv_heads:
+        k, v = (t.repeat_interleave(h // kv_heads, dim=1) for t in (k, v))
+    run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+    if len_kv:
+        shape = f"{b}x{h}x{n}x{d}_kv{kv_heads}x{len_kv}"
+        nbytes = (2 * b * h * n * d + 2 * b * kv_heads * len_kv * d) * q.element_size()
+    else:
+        shape = f"{b}x{h}x{n}x{d}" + ("_causal" if causal else "")
+        nbytes = 4 * b * h * n * d * q.element_size()
+    report("attn_fwd", name, shape, time_ms(run), nbytes)
+
+
+def kv_decode(n_seqs, length, heads, kv_heads, d, dtype, name):
+    # one decode step of n_seqs sequences through SDPA on a contiguous
+    # cache (K and V repeated to every query head beforehand); GB/s counts
+    # the cache's K and V bytes, as bench_cuda.cu's paged decode does
+    q = torch.randn(n_seqs, heads, 1, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(n_seqs, kv_heads, length, d, device="cuda", dtype=dtype)
+            .repeat_interleave(heads // kv_heads, dim=1) for _ in range(2))
+    run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    nbytes = 2 * n_seqs * kv_heads * length * d * q.element_size()
+    report("kv_attn_decode", name, f"{n_seqs}x{length}_h{heads}/{kv_heads}_d{d}", time_ms(run), nbytes)
+
+
+def attn_bwd(b, h, n, d, causal, dtype, name):
+    # the backward of PyTorch's own attention from a kept forward
+    q, k, v = attn_tensors(b, h, n, d, dtype, grad=True)
+    dout = torch.randn(b, h, n, d, device="cuda", dtype=dtype)
     o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
     run = lambda: torch.autograd.grad(o, (q, k, v), dout, retain_graph=True)
     shape = f"{b}x{h}x{n}x{d}" + ("_causal" if causal else "")
-    report("attn_bwd", "f32", shape, time_ms(run), 8 * 4 * b * h * n * d)
+    report("attn_bwd", name, shape, time_ms(run), 8 * q.element_size() * b * h * n * d)
 
 
 layernorm(32768, 1024, torch.float32, "f32")
@@ -103,5 +138,17 @@ sample(64, 128256, 0.005, 0, 0.9, "top_p0.9_T0.005")
 sample(64, 128256, 1.0, 0, 0.9, "top_p0.9_T1")
 sample(64, 128256, 1.0, 4096, 1.0, "top_k4096")
 gemv(1, 4096, 4096)
-attn_bwd(1, 8, 4096, 64, 1)
-attn_bwd(1, 8, 4096, 64, 0)
+kv_decode(32, 4096, 32, 8, 128, torch.float16, "f16")
+bf16 = torch.bfloat16
+attn_fwd(4, 16, 4096, 64, 1, bf16, "bf16")
+attn_fwd(4, 16, 4096, 64, 0, bf16, "bf16")
+attn_fwd(2, 16, 8192, 128, 1, bf16, "bf16")
+attn_fwd(8, 32, 1024, 128, 1, bf16, "bf16")
+attn_fwd(4, 16, 4096, 64, 1, torch.float32, "f32")
+attn_fwd(1, 32, 1, 128, 0, bf16, "bf16", 8, 4096)
+attn_fwd(1, 32, 1, 128, 0, bf16, "bf16", 8, 32768)
+attn_bwd(4, 16, 4096, 64, 1, bf16, "bf16")
+attn_bwd(4, 16, 4096, 64, 0, bf16, "bf16")
+attn_bwd(2, 16, 8192, 128, 1, bf16, "bf16")
+attn_bwd(8, 32, 1024, 128, 1, bf16, "bf16")
+attn_bwd(4, 16, 4096, 64, 1, torch.float32, "f32")

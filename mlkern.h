@@ -803,6 +803,15 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #include <immintrin.h>
 #if defined(__AVX512F__)
 #define MLK__AVX512 1 /* on top of AVX2: the paths that gain from 16 lanes */
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+/* g++ before 13 warns inside its own AVX-512 intrinsics (their
+   self-initialised "undefined" operands, GCC bug 105593) wherever they
+   are inlined; popped at the end of the implementation */
+#define MLK__GXX_AVX512_QUIET 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 #elif !defined(MLKERN_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
 #define MLK__NEON 1
@@ -6897,6 +6906,10 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 
 #ifdef __cplusplus
 }
+#endif
+
+#ifdef MLK__GXX_AVX512_QUIET
+#pragma GCC diagnostic pop
 #endif
 
 #endif /* MLKERN_IMPLEMENTATION_DONE */

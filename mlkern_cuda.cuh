@@ -2662,6 +2662,12 @@ template <int DV> struct mlk_cuda__attn_shape {
     static const int RW = mlk_cuda__attn_rw(DV), ROWS = MLK_CUDA__ATTN_WARPS * RW;
 };
 
+/* Element strides of q / o and of k / v by (batch item, head, token) in
+   the descriptor's layout. */
+struct mlk_cuda__attn_strides {
+    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+};
+
 /* Dense front end: q, k, v, o of type T in BHND or BNHD, one item per batch entry. */
 template <typename T> struct mlk_cuda__attn_dense {
     mlk_cuda__attn_common c;
@@ -2670,7 +2676,7 @@ template <typename T> struct mlk_cuda__attn_dense {
     float *lse;
     const int *kv_len; /* device [batch] or NULL */
     int len_q, len_kv, tiles_per_item;
-    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+    mlk_cuda__attn_strides s;
 
     __device__ __forceinline__ int item_of(int tile, int *tile_in_item) const
     {
@@ -2684,7 +2690,7 @@ template <typename T> struct mlk_cuda__attn_dense {
     }
     __device__ __forceinline__ size_t q_at(int item, int i, int h) const
     {
-        return (size_t)item * q_batch + (size_t)h * q_head + (size_t)i * q_tok;
+        return (size_t)item * s.q_batch + (size_t)h * s.q_head + (size_t)i * s.q_tok;
     }
     __device__ __forceinline__ float q_elem(int item, int i, int h, int e) const
     {
@@ -2702,7 +2708,7 @@ template <typename T> struct mlk_cuda__attn_dense {
     typedef const T *row_t;
     __device__ __forceinline__ row_t row(int kv, int item, int kvh, int key) const
     {
-        return (kv ? v : k) + (size_t)item * kv_batch + (size_t)kvh * kv_head + (size_t)key * kv_tok;
+        return (kv ? v : k) + (size_t)item * s.kv_batch + (size_t)kvh * s.kv_head + (size_t)key * s.kv_tok;
     }
     __device__ __forceinline__ float elem(row_t r, int e) const { return mlk_cuda__to_float(r[e]); }
 };
@@ -3415,6 +3421,38 @@ static inline mlk_status mlk_cuda__attn_check(const mlk_attn_desc *d, mlk_cuda__
     return MLK_OK;
 }
 
+static inline mlk_cuda__attn_strides mlk_cuda__attn_strides_of(const mlk_attn_desc *d, const mlk_cuda__attn_desc &g)
+{
+    const bool bhnd = d->layout == MLK_BHND;
+    mlk_cuda__attn_strides st;
+    st.q_batch = (size_t)g.heads * g.len_q * g.head_dim;
+    st.kv_batch = (size_t)g.kv_heads * g.len_kv * g.head_dim;
+    st.q_head = bhnd ? (size_t)g.len_q * g.head_dim : (size_t)g.head_dim;
+    st.q_tok = bhnd ? (size_t)g.head_dim : (size_t)g.heads * g.head_dim;
+    st.kv_head = bhnd ? (size_t)g.len_kv * g.head_dim : (size_t)g.head_dim;
+    st.kv_tok = bhnd ? (size_t)g.head_dim : (size_t)g.kv_heads * g.head_dim;
+    return st;
+}
+
+/* The descriptor's host arrays (kv_len, tree_parent with its depths,
+   sinks) into the staging area at the front of the scratch; their device
+   addresses land in the out arguments (NULL where d has none). */
+static inline void mlk_cuda__attn_stage_arrays(const mlk_attn_desc *d, const mlk_cuda__attn_desc &g,
+                                               mlk_cuda__scratch *sc, const mlk_cuda__staging &hs,
+                                               const int **kv_len, const int **tree_parent,
+                                               const int **tree_depth, const float **sinks)
+{
+    int *kv_len_h, *parent_h, *depth_h;
+    float *sinks_h;
+    *kv_len = mlk_cuda__stage<int>(sc, hs, d->kv_len ? (size_t)g.batch : 0, &kv_len_h);
+    if (d->kv_len) memcpy(kv_len_h, d->kv_len, (size_t)g.batch * sizeof(int));
+    *tree_parent = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &parent_h);
+    *tree_depth = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &depth_h);
+    if (d->tree_parent) mlk_cuda__stage_tree(g.len_q, d->tree_parent, parent_h, depth_h);
+    *sinks = mlk_cuda__stage<float>(sc, hs, d->sinks ? (size_t)g.heads : 0, &sinks_h);
+    if (d->sinks) memcpy(sinks_h, d->sinks, (size_t)g.heads * sizeof(float));
+}
+
 MLKERN_CUDA_DEF size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d)
 {
     mlk_cuda__attn_desc g;
@@ -3459,15 +3497,7 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q,
     mlk_cuda__attn_dense<T> f;
     mlk_cuda__attn_common_init(&f.c, g.head_dim, g.heads, g.kv_heads, d->causal != 0, d->window, g.scale,
                                d->softcap, g.plan);
-    int *kv_len_h, *parent_h, *depth_h;
-    float *sinks_h;
-    f.kv_len = mlk_cuda__stage<int>(&sc, hs, d->kv_len ? (size_t)g.batch : 0, &kv_len_h);
-    if (d->kv_len) memcpy(kv_len_h, d->kv_len, (size_t)g.batch * sizeof(int));
-    f.c.tree_parent = mlk_cuda__stage<int>(&sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &parent_h);
-    f.c.tree_depth = mlk_cuda__stage<int>(&sc, hs, d->tree_parent ? (size_t)g.len_q : 0, &depth_h);
-    if (d->tree_parent) mlk_cuda__stage_tree(g.len_q, d->tree_parent, parent_h, depth_h);
-    f.c.sinks = mlk_cuda__stage<float>(&sc, hs, d->sinks ? (size_t)g.heads : 0, &sinks_h);
-    if (d->sinks) memcpy(sinks_h, d->sinks, (size_t)g.heads * sizeof(float));
+    mlk_cuda__attn_stage_arrays(d, g, &sc, hs, &f.kv_len, &f.c.tree_parent, &f.c.tree_depth, &f.c.sinks);
     mlk_cuda__attn_carve_parts(&sc, g.plan, g.head_dim, &f.c);
     f.q = q;
     f.k = k;
@@ -3477,13 +3507,7 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q,
     f.len_q = g.len_q;
     f.len_kv = g.len_kv;
     f.tiles_per_item = f.c.n_tiles / g.batch;
-    f.q_batch = (size_t)g.heads * g.len_q * g.head_dim;
-    f.kv_batch = (size_t)g.kv_heads * g.len_kv * g.head_dim;
-    bool bhnd = d->layout == MLK_BHND;
-    f.q_head = bhnd ? (size_t)g.len_q * g.head_dim : (size_t)g.head_dim;
-    f.q_tok = bhnd ? (size_t)g.head_dim : (size_t)g.heads * g.head_dim;
-    f.kv_head = bhnd ? (size_t)g.len_kv * g.head_dim : (size_t)g.head_dim;
-    f.kv_tok = bhnd ? (size_t)g.head_dim : (size_t)g.kv_heads * g.head_dim;
+    f.s = mlk_cuda__attn_strides_of(d, g);
     cudaError_t e = mlk_cuda__stage_send(&sc, hs, stream);
     if (e == cudaSuccess)
         e = mlk_cuda__attn_fwd_mma_supported(d, q, k, v) ? mlk_cuda__attn_fwd_mma(f, g.batch, stream)
@@ -3645,7 +3669,7 @@ struct mlk_cuda__attn_bwd_geom {
     int batch, heads, kv_heads, group, len_q, len_kv, head_dim, causal, window;
     float scale;
     mlk_cuda__attn_logits lg;
-    size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
+    mlk_cuda__attn_strides s;
     const int *kv_len, *tree_parent, *tree_depth; /* device copies, or NULL */
     const float *sinks;
 };
@@ -3665,12 +3689,12 @@ static __device__ __forceinline__ mlk_cuda__attn_mask mlk_cuda__attn_bwd_mask(co
 /* Element (b, h, i, 0) of q-shaped and kv-shaped tensors. */
 static __device__ __forceinline__ size_t mlk_cuda__attn_bwd_q_at(const mlk_cuda__attn_bwd_geom &g, int b, int h, int i)
 {
-    return (size_t)b * g.q_batch + (size_t)h * g.q_head + (size_t)i * g.q_tok;
+    return (size_t)b * g.s.q_batch + (size_t)h * g.s.q_head + (size_t)i * g.s.q_tok;
 }
 
 static __device__ __forceinline__ size_t mlk_cuda__attn_bwd_kv_at(const mlk_cuda__attn_bwd_geom &g, int b, int h, int j)
 {
-    return (size_t)b * g.kv_batch + (size_t)h * g.kv_head + (size_t)j * g.kv_tok;
+    return (size_t)b * g.s.kv_batch + (size_t)h * g.s.kv_head + (size_t)j * g.s.kv_tok;
 }
 
 /* Checks d as the forward does (mlk_cuda__attn_check: the CPU's checks
@@ -3692,13 +3716,7 @@ static inline mlk_status mlk_cuda__attn_bwd_prepare(const mlk_attn_desc *d, mlk_
     g->window = d->window;
     g->scale = checked->scale;
     g->lg = mlk_cuda__attn_logits_of(checked->scale, d->softcap);
-    bool bhnd = d->layout == MLK_BHND;
-    g->q_batch = (size_t)g->heads * g->len_q * g->head_dim;
-    g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
-    g->q_head = bhnd ? (size_t)g->len_q * g->head_dim : (size_t)g->head_dim;
-    g->q_tok = bhnd ? (size_t)g->head_dim : (size_t)g->heads * g->head_dim;
-    g->kv_head = bhnd ? (size_t)g->len_kv * g->head_dim : (size_t)g->head_dim;
-    g->kv_tok = bhnd ? (size_t)g->head_dim : (size_t)g->kv_heads * g->head_dim;
+    g->s = mlk_cuda__attn_strides_of(d, *checked);
     g->kv_len = g->tree_parent = g->tree_depth = NULL;
     g->sinks = NULL;
     return MLK_OK;
@@ -3710,15 +3728,11 @@ static inline mlk_status mlk_cuda__attn_bwd_prepare(const mlk_attn_desc *d, mlk_
 static inline cudaError_t mlk_cuda__attn_bwd_stage(const mlk_attn_desc *d, mlk_cuda__attn_bwd_geom *g,
                                                   mlk_cuda__scratch *sc, mlk_cuda__staging &hs, cudaStream_t stream)
 {
-    int *kv_len_h, *parent_h, *depth_h;
-    float *sinks_h;
-    g->kv_len = mlk_cuda__stage<int>(sc, hs, d->kv_len ? (size_t)g->batch : 0, &kv_len_h);
-    if (d->kv_len) memcpy(kv_len_h, d->kv_len, (size_t)g->batch * sizeof(int));
-    g->tree_parent = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g->len_q : 0, &parent_h);
-    g->tree_depth = mlk_cuda__stage<int>(sc, hs, d->tree_parent ? (size_t)g->len_q : 0, &depth_h);
-    if (d->tree_parent) mlk_cuda__stage_tree(g->len_q, d->tree_parent, parent_h, depth_h);
-    g->sinks = mlk_cuda__stage<float>(sc, hs, d->sinks ? (size_t)g->heads : 0, &sinks_h);
-    if (d->sinks) memcpy(sinks_h, d->sinks, (size_t)g->heads * sizeof(float));
+    mlk_cuda__attn_desc sizes;
+    sizes.batch = g->batch;
+    sizes.heads = g->heads;
+    sizes.len_q = g->len_q;
+    mlk_cuda__attn_stage_arrays(d, sizes, sc, hs, &g->kv_len, &g->tree_parent, &g->tree_depth, &g->sinks);
     return mlk_cuda__stage_send(sc, hs, stream);
 }
 
@@ -3886,16 +3900,16 @@ mlk_cuda__attn_bwd_dkdv_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ 
     mlk_cuda__attn_mask m = mlk_cuda__attn_bwd_mask(g, b);
     if (kv0 < m.n_keys) { /* a tile past kv_len: no query sees it, its gradients are 0 */
         size_t kv_at = mlk_cuda__attn_bwd_kv_at(g, b, kvh, kv0);
-        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.kv_tok, nk, g.head_dim);
-        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.s.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.s.kv_tok, nk, g.head_dim);
         for (int h = kvh * g.group; h < (kvh + 1) * g.group; h++)
             for (int q0 = 0; q0 < g.len_q; q0 += tl::BQ) {
                 int lo, hi, nq = g.len_q - q0 < tl::BQ ? g.len_q - q0 : tl::BQ;
                 mlk_cuda__attn_key_range(m, q0, q0 + nq, &lo, &hi);
                 if (hi <= kv0 || lo >= kv0 + nk) continue; /* the same for the whole block */
                 size_t q_at = mlk_cuda__attn_bwd_q_at(g, b, h, q0);
-                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.q_tok, nq, g.head_dim);
-                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.q_tok, nq, g.head_dim);
+                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.s.q_tok, nq, g.head_dim);
+                mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.s.q_tok, nq, g.head_dim);
                 mlk_cuda__attn_bwd_load_rows<tl::BQ>(lse2_s, d_s, lse, row_d, g, b * g.heads + h, q0);
                 __syncthreads();
                 mlk_cuda__attn_bwd_scores<DB, false>(qs, dos, ks, vs, lse2_s, d_s, m, g, q0, kv0, ps, dss);
@@ -3946,15 +3960,15 @@ mlk_cuda__attn_bwd_dq_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ q,
     for (int j = 0; j < PER; j++) acc[j] = 0.0f;
     mlk_cuda__attn_mask m = mlk_cuda__attn_bwd_mask(g, b);
     size_t q_at = mlk_cuda__attn_bwd_q_at(g, b, h, q0);
-    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.q_tok, nq, g.head_dim);
-    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.q_tok, nq, g.head_dim);
+    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(qs, q + q_at, g.s.q_tok, nq, g.head_dim);
+    mlk_cuda__attn_bwd_load<T, tl::BQ, DB, tl::NT>(dos, dout + q_at, g.s.q_tok, nq, g.head_dim);
     mlk_cuda__attn_bwd_load_rows<tl::BQ>(lse2_s, d_s, lse, row_d, g, b * g.heads + h, q0);
     mlk_cuda__attn_key_range(m, q0, q0 + nq, &lo, &hi);
     for (int kv0 = lo; kv0 < hi; kv0 += tl::BKV) {
         int nk = hi - kv0 < tl::BKV ? hi - kv0 : tl::BKV;
         size_t kv_at = mlk_cuda__attn_bwd_kv_at(g, b, kvh, kv0);
-        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.kv_tok, nk, g.head_dim);
-        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(ks, k + kv_at, g.s.kv_tok, nk, g.head_dim);
+        mlk_cuda__attn_bwd_load<T, tl::BKV, DB, tl::NT>(vs, v + kv_at, g.s.kv_tok, nk, g.head_dim);
         __syncthreads();
         mlk_cuda__attn_bwd_scores<DB, true>(qs, dos, ks, vs, lse2_s, d_s, m, g, q0, kv0, vis, dss);
         __syncthreads();
@@ -3973,7 +3987,7 @@ mlk_cuda__attn_bwd_dq_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ q,
 #pragma unroll
     for (int j = 0; j < PER; j++) {
         int e = e0 + j / 4 * 4 * L + j % 4;
-        if (e < g.head_dim) dq[q_at + (size_t)r * g.q_tok + e] = mlk_cuda__from_float<T>(g.scale * acc[j]);
+        if (e < g.head_dim) dq[q_at + (size_t)r * g.s.q_tok + e] = mlk_cuda__from_float<T>(g.scale * acc[j]);
     }
 }
 

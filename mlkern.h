@@ -27,7 +27,8 @@
    and link with -lm; compile it with optimisation (-O2 or -O3: at -O0 the
    kernels are many times slower). Add -fopenmp to run the kernels on several threads:
    results are bitwise identical for any thread count. With -march=native
-   (or -mavx2 -mfma -mf16c) the AVX2+FMA paths are compiled in.
+   (or -mavx2 -mfma -mf16c) the AVX2+FMA paths are compiled in, and on an
+   AVX-512 machine (or -march=x86-64-v4) the AVX-512 ones too.
 
    CONFIGURATION (define before the implementation include)
        MLKERN_STATIC     every function static (private to that file)
@@ -37,9 +38,13 @@
        MLKERN_ASSERT(x)  debug checks (default assert); the checks that
                          guard memory stay on in release builds
        MLKERN_NO_SIMD    force the portable scalar path
-   SIMD, chosen at compile time: AVX2+FMA (x86-64), NEON (aarch64: the
-   micro-kernel, exp, the attention softmax rows, norm sums; the rest is
-   scalar there), or scalar.
+   SIMD, chosen at compile time: AVX2+FMA (x86-64); AVX-512 on top of it
+   (the 6 x 32 micro-kernel under sgemm and the attention tiles, 16-lane exp
+   and row scans in attention and softmax/top-k, VNNI in the ternary GEMM);
+   NEON (aarch64: the micro-kernel, exp, the attention softmax rows, norm
+   sums, the softmax/top-k scan, KV row decode; the rest is scalar there);
+   or scalar. Results are bitwise identical for any thread count within a
+   build; builds for different SIMD levels may differ in the last bits.
 
    ERRORS
    Every fallible function returns mlk_status (MLK_OK == 0; mlk_status_str

@@ -4,8 +4,11 @@
    WHAT IT IS
    Device kernels with host launchers for layer norm and RMS norm (forward
    and backward), softmax, log-softmax, fused top-k softmax / log-softmax,
-   sampling with mlk_sample's semantics and random numbers, and the ternary
-   (BitNet b1.58) GEMV/GEMM on mlkern's packed 2-bit weights. Each launcher
+   sampling with mlk_sample's semantics and random numbers, flash attention
+   forward and backward (fp32 SIMT, and bf16 / fp16 on tensor cores for the
+   forward), attention over a device copy of mlkern's paged KV pool and
+   the writes into it, and the ternary (BitNet b1.58) GEMV/GEMM on
+   mlkern's packed 2-bit weights. Each launcher
    mirrors its CPU twin in mlkern.h: the same arguments as device pointers,
    the same validation and status codes, plus a trailing cudaStream_t.
    Depends on the CUDA runtime and cuda_bf16.h / cuda_fp16.h only.

@@ -4086,10 +4086,6 @@ static void mlk__attn_typed_pass(mlk_kv_type type, int pv, const mlk__attn_rows 
         }
 }
 
-/* The decode form of mlk__attn_rows_update (when mlk__attn_rows_typed):
-   keys kv0 .. kv0+nk-1 are the rows st->k_row[j] / st->v_row[j], which the
-   caller fills, stored as type; each is read once per group of 4 rows and
-   never copied. */
 /* Scores of a typed tile into st->scores (the first phase of
    mlk__attn_rows_update_typed). The backward recomputes the scores of such
    a tile through this too (needing only n_rows, head_dim, dpad, kv_pad,
@@ -4126,6 +4122,10 @@ static int mlk__attn_typed_bad_rows(mlk__attn_rows *st, int nk, mlk_kv_type type
     return n_bad;
 }
 
+/* The decode form of mlk__attn_rows_update (when mlk__attn_rows_typed):
+   keys kv0 .. kv0+nk-1 are the rows st->k_row[j] / st->v_row[j], which the
+   caller fills, stored as type; each is read once per group of 4 rows and
+   never copied. */
 static void mlk__attn_rows_update_typed(mlk__attn_rows *st, int kv0, int nk, mlk_kv_type type)
 {
     int n_bad = 0;
@@ -5421,7 +5421,7 @@ typedef struct mlk__kv_attn_job {
        same blocks in every listed sequence; pre_tasks tasks attend all
        pre_rows query rows of a kv head to them at once, into pre_o/pre_lse
        ([kv_heads][pre_rows] rows), merged with each sequence's own keys */
-    int prefix, pre_rows, pre_tasks;
+    int prefix, pre_rows, pre_chunk, pre_tasks; /* pre_chunk: queries (x group rows) per prefix task */
     float *pre_o, *pre_lse, *lse_out; /* lse_out: the caller's lse, or scratch for the merge */
     size_t lse_rows;                  /* sum of n_q * heads */
     size_t slab_bytes, rows_bytes;
@@ -5561,7 +5561,7 @@ static void mlk__kv_attn_prefix_task(const mlk__kv_attn_job *job, int pt, const 
 {
     const mlk_kv_cache *c = job->c;
     const int hkv = c->cfg.kv_heads, d = c->cfg.head_dim, head = pt % hkv, n_virtual = job->pre_rows / job->group;
-    const int q0 = pt / hkv * job->q_chunk, nq = n_virtual - q0 < job->q_chunk ? n_virtual - q0 : job->q_chunk;
+    const int q0 = pt / hkv * job->pre_chunk, nq = n_virtual - q0 < job->pre_chunk ? n_virtual - q0 : job->pre_chunk;
     const size_t at = ((size_t)q0 * job->heads + (size_t)head * job->group) * (size_t)d;
     const size_t row0 = (size_t)head * job->pre_rows + (size_t)q0 * job->group;
     float *k_buf = (float *)(void *)(slab + job->rows_bytes), *v_buf = k_buf + (size_t)MLK__KV_TILE * d;
@@ -5670,7 +5670,8 @@ static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int
     job->prefix = mlk__kv_attn_shared_prefix(c, n_seqs, seqs, n_q, job);
     if (job->prefix) {
         job->pre_rows = n_seqs * n_q[0] * job->group; /* < INT_MAX: n_seqs * n_q * heads floats fit below */
-        job->pre_tasks = (n_seqs * n_q[0] + job->q_chunk - 1) / job->q_chunk * c->cfg.kv_heads;
+        job->pre_chunk = 2 * job->q_chunk; /* ~128 rows: each key tile decoded and packed once per 128 rows */
+        job->pre_tasks = (n_seqs * n_q[0] + job->pre_chunk - 1) / job->pre_chunk * c->cfg.kv_heads;
     }
     if (!mlk__count4(1, heads, c->cfg.head_dim, 1, sizeof(float), &row)) return MLK_ERR_OVERFLOW;
     for (int s = 0; s < n_seqs; s++) {
@@ -5685,8 +5686,8 @@ static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int
         if (tasks > INT_MAX) return MLK_ERR_OVERFLOW;
     }
     job->tasks = (int)tasks;
-    job->rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch(job->q_chunk * job->group, c->cfg.head_dim,
-                                                                 MLK__KV_TILE));
+    job->rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch((job->prefix ? job->pre_chunk : job->q_chunk) *
+                                                                     job->group, c->cfg.head_dim, MLK__KV_TILE));
     job->slab_bytes = mlk__arena_need(job->rows_bytes, 2 * sizeof(float) * (size_t)MLK__KV_TILE * c->cfg.head_dim);
     if (job->slab_bytes == SIZE_MAX || !mlk__mul_ok(job->slab_bytes, (size_t)threads, &slabs))
         return MLK_ERR_OVERFLOW;

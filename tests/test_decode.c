@@ -523,6 +523,7 @@ static void test_cascade(void)
     opts.softcap = 20.0f;
     check_cascade(MLK_KV_F16, 8, 1, &opts);
     check_cascade(MLK_KV_F32, 2, 3, &opts);
+    check_cascade(MLK_KV_F16, 8, 5, &opts); /* 40 queries x 4 heads: two prefix tasks per kv head, one partial */
 }
 
 /* ---- speculative sampling: the emitted tokens follow the target ---- */

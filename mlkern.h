@@ -840,6 +840,17 @@ MLKERN_DEF mlk_status mlk_adamw_step(int n, float *param, const float *grad,
 #define MLK__MAYBE_UNUSED
 #endif
 
+/* The micro-kernel must be inlined into its callers: with the tile height
+   a constant there, its row guards fold away; compilers' size heuristics
+   otherwise keep the 12-row AVX-512 tile out of line. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MLK__INLINE_ALWAYS inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define MLK__INLINE_ALWAYS __forceinline
+#else
+#define MLK__INLINE_ALWAYS inline
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -1234,64 +1245,80 @@ MLK__MAYBE_UNUSED static float mlk__quant_sym(int n, int qmax, float amax, const
    depends on k only, never on how callers block m and n. */
 
 enum {
-    MLK__MR = 6, /* micro-tile rows: 6 x 2 vector accumulators */
 #if defined(MLK__AVX512)
-    MLK__NR = 32 /* micro-tile columns: two zmm */
+    MLK__MR = 12, /* micro-tile rows: 12 x 2 vector accumulators */
+    MLK__NR = 32  /* micro-tile columns: two zmm */
 #else
+    MLK__MR = 6, /* micro-tile rows: 6 x 2 vector accumulators */
     MLK__NR = 16 /* micro-tile columns: two ymm, or four NEON quads */
 #endif
 };
 
 #if defined(MLK__AVX512)
-/* The AVX2 kernel below at twice the width: 12 zmm accumulators, two B
-   loads and six broadcasts per step (the FMA pipes, not the loads, bound
-   it). */
-static inline void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+/* One row of the AVX-512 tile: acc += a_r * B[p, 0..31]. */
+static MLK__INLINE_ALWAYS void mlk__micro_row(const float *a_r, __m512 b0, __m512 b1, __m512 *lo, __m512 *hi)
+{
+    const __m512 ar = _mm512_set1_ps(*a_r);
+    *lo = _mm512_fmadd_ps(ar, b0, *lo);
+    *hi = _mm512_fmadd_ps(ar, b1, *hi);
+}
+
+/* C row = alpha * acc (+ beta * C row). */
+static MLK__INLINE_ALWAYS void mlk__micro_store(float *c_r, __m512 lo, __m512 hi, __m512 va, __m512 vb, int read_c)
+{
+    lo = _mm512_mul_ps(va, lo);
+    hi = _mm512_mul_ps(va, hi);
+    if (read_c) {
+        lo = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c_r), lo);
+        hi = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c_r + 16), hi);
+    }
+    _mm512_storeu_ps(c_r, lo);
+    _mm512_storeu_ps(c_r + 16, hi);
+}
+
+/* 12 rows x two zmm: 24 of the 32 registers accumulate, so each B row
+   loaded feeds 24 FMAs (a 6-row tile: 12, and B's loads from L2 bound it:
+   2048^3 1.15x on one thread). Named accumulators, not an array: compilers
+   keep them in registers without unrolling hints. */
+static MLK__INLINE_ALWAYS void mlk__micro(int mr, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
                               float *c, size_t ldc, float alpha, float beta)
 {
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const size_t o1 = a_rs, o2 = 2 * a_rs, o3 = 3 * a_rs, o4 = 4 * a_rs, o5 = 5 * a_rs; /* A row offsets */
-    float *r0 = c, *r1 = c + ldc, *r2 = r1 + ldc, *r3 = r2 + ldc, *r4 = r3 + ldc, *r5 = r4 + ldc;
+    __m512 l0 = _mm512_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
+    __m512 l4 = l0, h4 = l0, l5 = l0, h5 = l0, l6 = l0, h6 = l0, l7 = l0, h7 = l0;
+    __m512 l8 = l0, h8 = l0, l9 = l0, h9 = l0, l10 = l0, h10 = l0, l11 = l0, h11 = l0;
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const int read_c = beta != 0.0f;
     for (int r = 0; r < mr; r++) { /* the C tile arrives while k runs */
         _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + (size_t)r * ldc + MLK__NR - 1), _MM_HINT_T0);
     }
     for (int p = 0; p < k; p++, a += a_ks, b += ldb) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ar;
-        ar = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ar, b0, c00), c01 = _mm512_fmadd_ps(ar, b1, c01);
-        if (mr > 1) ar = _mm512_set1_ps(a[o1]), c10 = _mm512_fmadd_ps(ar, b0, c10), c11 = _mm512_fmadd_ps(ar, b1, c11);
-        if (mr > 2) ar = _mm512_set1_ps(a[o2]), c20 = _mm512_fmadd_ps(ar, b0, c20), c21 = _mm512_fmadd_ps(ar, b1, c21);
-        if (mr > 3) ar = _mm512_set1_ps(a[o3]), c30 = _mm512_fmadd_ps(ar, b0, c30), c31 = _mm512_fmadd_ps(ar, b1, c31);
-        if (mr > 4) ar = _mm512_set1_ps(a[o4]), c40 = _mm512_fmadd_ps(ar, b0, c40), c41 = _mm512_fmadd_ps(ar, b1, c41);
-        if (mr > 5) ar = _mm512_set1_ps(a[o5]), c50 = _mm512_fmadd_ps(ar, b0, c50), c51 = _mm512_fmadd_ps(ar, b1, c51);
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        mlk__micro_row(a, b0, b1, &l0, &h0);
+        if (mr > 1) mlk__micro_row(a + a_rs, b0, b1, &l1, &h1);
+        if (mr > 2) mlk__micro_row(a + 2 * a_rs, b0, b1, &l2, &h2);
+        if (mr > 3) mlk__micro_row(a + 3 * a_rs, b0, b1, &l3, &h3);
+        if (mr > 4) mlk__micro_row(a + 4 * a_rs, b0, b1, &l4, &h4);
+        if (mr > 5) mlk__micro_row(a + 5 * a_rs, b0, b1, &l5, &h5);
+        if (mr > 6) mlk__micro_row(a + 6 * a_rs, b0, b1, &l6, &h6);
+        if (mr > 7) mlk__micro_row(a + 7 * a_rs, b0, b1, &l7, &h7);
+        if (mr > 8) mlk__micro_row(a + 8 * a_rs, b0, b1, &l8, &h8);
+        if (mr > 9) mlk__micro_row(a + 9 * a_rs, b0, b1, &l9, &h9);
+        if (mr > 10) mlk__micro_row(a + 10 * a_rs, b0, b1, &l10, &h10);
+        if (mr > 11) mlk__micro_row(a + 11 * a_rs, b0, b1, &l11, &h11);
     }
-    if (beta != 0.0f) {
-        c00 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r0), _mm512_mul_ps(va, c00));
-        c01 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r0 + 16), _mm512_mul_ps(va, c01));
-        if (mr > 1) c10 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r1), _mm512_mul_ps(va, c10)),
-                    c11 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r1 + 16), _mm512_mul_ps(va, c11));
-        if (mr > 2) c20 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r2), _mm512_mul_ps(va, c20)),
-                    c21 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r2 + 16), _mm512_mul_ps(va, c21));
-        if (mr > 3) c30 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r3), _mm512_mul_ps(va, c30)),
-                    c31 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r3 + 16), _mm512_mul_ps(va, c31));
-        if (mr > 4) c40 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r4), _mm512_mul_ps(va, c40)),
-                    c41 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r4 + 16), _mm512_mul_ps(va, c41));
-        if (mr > 5) c50 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r5), _mm512_mul_ps(va, c50)),
-                    c51 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r5 + 16), _mm512_mul_ps(va, c51));
-    } else {
-        c00 = _mm512_mul_ps(va, c00), c01 = _mm512_mul_ps(va, c01), c10 = _mm512_mul_ps(va, c10);
-        c11 = _mm512_mul_ps(va, c11), c20 = _mm512_mul_ps(va, c20), c21 = _mm512_mul_ps(va, c21);
-        c30 = _mm512_mul_ps(va, c30), c31 = _mm512_mul_ps(va, c31), c40 = _mm512_mul_ps(va, c40);
-        c41 = _mm512_mul_ps(va, c41), c50 = _mm512_mul_ps(va, c50), c51 = _mm512_mul_ps(va, c51);
-    }
-    _mm512_storeu_ps(r0, c00), _mm512_storeu_ps(r0 + 16, c01);
-    if (mr > 1) _mm512_storeu_ps(r1, c10), _mm512_storeu_ps(r1 + 16, c11);
-    if (mr > 2) _mm512_storeu_ps(r2, c20), _mm512_storeu_ps(r2 + 16, c21);
-    if (mr > 3) _mm512_storeu_ps(r3, c30), _mm512_storeu_ps(r3 + 16, c31);
-    if (mr > 4) _mm512_storeu_ps(r4, c40), _mm512_storeu_ps(r4 + 16, c41);
-    if (mr > 5) _mm512_storeu_ps(r5, c50), _mm512_storeu_ps(r5 + 16, c51);
+    mlk__micro_store(c, l0, h0, va, vb, read_c);
+    if (mr > 1) mlk__micro_store(c + ldc, l1, h1, va, vb, read_c);
+    if (mr > 2) mlk__micro_store(c + 2 * ldc, l2, h2, va, vb, read_c);
+    if (mr > 3) mlk__micro_store(c + 3 * ldc, l3, h3, va, vb, read_c);
+    if (mr > 4) mlk__micro_store(c + 4 * ldc, l4, h4, va, vb, read_c);
+    if (mr > 5) mlk__micro_store(c + 5 * ldc, l5, h5, va, vb, read_c);
+    if (mr > 6) mlk__micro_store(c + 6 * ldc, l6, h6, va, vb, read_c);
+    if (mr > 7) mlk__micro_store(c + 7 * ldc, l7, h7, va, vb, read_c);
+    if (mr > 8) mlk__micro_store(c + 8 * ldc, l8, h8, va, vb, read_c);
+    if (mr > 9) mlk__micro_store(c + 9 * ldc, l9, h9, va, vb, read_c);
+    if (mr > 10) mlk__micro_store(c + 10 * ldc, l10, h10, va, vb, read_c);
+    if (mr > 11) mlk__micro_store(c + 11 * ldc, l11, h11, va, vb, read_c);
 }
 #elif defined(MLK__AVX2)
 /* Named accumulators, not an array, keep the block in registers; inlined
@@ -3589,7 +3616,7 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, int lda, const flo
         for (; i <= m - MLK__MR; i += MLK__MR)
             mlk__micro(MLK__MR, k, a + (size_t)i * lda, (size_t)lda, 1, b + j, (size_t)ldb,
                        c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
-        if (i < m) /* the last m % 6 rows (all of a 4-row decode group) in one pass */
+        if (i < m) /* the last m % MR rows (all of a 4-row decode group) in one pass */
             mlk__micro(m - i, k, a + (size_t)i * lda, (size_t)lda, 1, b + j, (size_t)ldb,
                        c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
     }
@@ -3912,10 +3939,13 @@ static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
            (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r + dp) * sizeof(float) + kp * sizeof(int);
 }
 
-/* 1 when the task takes its tiles as typed rows (mlk__attn_rows_update_typed):
-   fewer rows than the tile micro-kernel's height, so reading K and V
-   dominates and packing them would cost as much as the products. */
-static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__MR; }
+/* Tasks of fewer rows than this take their tiles as typed rows
+   (mlk__attn_rows_update_typed): reading K and V dominates there, and
+   packing them would cost as much as the products. A constant, not the
+   micro-kernel's height, so every build picks the same path. */
+enum { MLK__ATTN_TYPED_ROWS = 6 };
+
+static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_TYPED_ROWS; }
 
 static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
                                 int head_dim, int tile_kv, float scale, float softcap, const float *q,
@@ -4552,7 +4582,7 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 lse_r[r] = io->lse[li];
                 d_r[r] = io->row_d[li];
             }
-            if (mlk__attn_fwd_tile_rows(g, q0) < MLK__MR) { /* the forward took this q tile as typed rows */
+            if (mlk__attn_fwd_tile_rows(g, q0) < MLK__ATTN_TYPED_ROWS) { /* the forward took it as typed rows */
                 mlk__attn_rows view;
                 memset(&view, 0, sizeof view);
                 view.n_rows = n_rows;
@@ -5415,7 +5445,7 @@ typedef struct mlk__kv_attn_job {
     size_t *q_off;   /* [n_seqs]: first float of each sequence's q and o */
     int *task_base;  /* [n_seqs + 1]: first task of each sequence */
     int *splits;     /* [n_seqs]: key runs of each of the sequence's tasks (1: unsplit) */
-    float *parts;    /* [tasks][MR][head_dim + 1]: partial o and lse of split tasks */
+    float *parts;    /* [tasks][MLK__ATTN_TYPED_ROWS][head_dim + 1]: partial o and lse of split tasks */
     int tasks;
     /* shared-prefix (cascade) decode: the first `prefix` positions are the
        same blocks in every listed sequence; pre_tasks tasks attend all
@@ -5487,17 +5517,17 @@ static int mlk__kv_attn_splits(const mlk__kv_attn_job *job, int s)
 {
     mlk__attn_mask mask;
     int lo, hi;
-    if (job->n_q[s] * job->group >= MLK__MR) return 1;
+    if (job->n_q[s] * job->group >= MLK__ATTN_TYPED_ROWS) return 1;
     mlk__kv_attn_mask(job, s, &mask);
     mlk__attn_key_range(&mask, 0, job->n_q[s], &lo, &hi);
     if (lo < job->prefix) lo = job->prefix < hi ? job->prefix : hi;
     return hi - lo > MLK__KV_SPLIT ? (hi - lo - 1) / MLK__KV_SPLIT + 1 : 1;
 }
 
-/* Where the partial state of task t goes: MR rows of head_dim, then MR lse. */
+/* Where the partial state of task t goes: MLK__ATTN_TYPED_ROWS rows of head_dim, then their lse. */
 static float *mlk__kv_attn_part(const mlk__kv_attn_job *job, int t)
 {
-    return job->parts + (size_t)t * MLK__MR * ((size_t)job->c->cfg.head_dim + 1);
+    return job->parts + (size_t)t * MLK__ATTN_TYPED_ROWS * ((size_t)job->c->cfg.head_dim + 1);
 }
 
 static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float *q, float *o, float *lse,
@@ -5546,8 +5576,8 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
     }
     if (n_split > 1) { /* rows r = query * group + head, contiguous */
         float *part = mlk__kv_attn_part(job, task);
-        mlk__attn_rows_finish(&st, part, (size_t)d, (size_t)job->group * d, part + (size_t)MLK__MR * d, 1,
-                              (size_t)job->group);
+        mlk__attn_rows_finish(&st, part, (size_t)d, (size_t)job->group * d,
+                              part + (size_t)MLK__ATTN_TYPED_ROWS * d, 1, (size_t)job->group);
         return;
     }
     mlk__attn_rows_finish(&st, o + at, (size_t)d, (size_t)job->heads * (size_t)d,
@@ -5609,7 +5639,8 @@ static int mlk__kv_attn_shared_prefix(const mlk_kv_cache *c, int n_seqs, const i
                                       const mlk__kv_attn_job *job)
 {
     int blocks = INT_MAX, bs = c->cfg.block_size;
-    if (n_seqs < 2 || job->opt.window > 0 || job->opt.tree_parent || n_seqs * n_q[0] * job->group < MLK__MR)
+    if (n_seqs < 2 || job->opt.window > 0 || job->opt.tree_parent ||
+        n_seqs * n_q[0] * job->group < MLK__ATTN_TYPED_ROWS)
         return 0;
     for (int s = 0; s < n_seqs; s++) {
         int shared = 0, limit = (c->seq_len[seqs[s]] - n_q[s]) / bs; /* whole blocks before its queries */
@@ -5626,10 +5657,10 @@ static void mlk__kv_attn_merge_splits(const mlk__kv_attn_job *job, int s, int he
 {
     const int d = job->c->cfg.head_dim, n_split = job->splits[s], rows = job->n_q[s] * job->group;
     const int t0 = job->task_base[s] + head * n_split;
-    float *acc = mlk__kv_attn_part(job, t0), *acc_lse = acc + (size_t)MLK__MR * d;
+    float *acc = mlk__kv_attn_part(job, t0), *acc_lse = acc + (size_t)MLK__ATTN_TYPED_ROWS * d;
     for (int sp = 1; sp < n_split; sp++) {
         const float *part = mlk__kv_attn_part(job, t0 + sp);
-        mlk_attn_merge(rows, d, acc, acc_lse, part, part + (size_t)MLK__MR * d, acc, acc_lse);
+        mlk_attn_merge(rows, d, acc, acc_lse, part, part + (size_t)MLK__ATTN_TYPED_ROWS * d, acc, acc_lse);
     }
     for (int r = 0; r < rows; r++) {
         size_t at = job->q_off[s] + ((size_t)(r / job->group) * job->heads + (size_t)head * job->group +
@@ -5694,7 +5725,8 @@ static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int
     pc[0] = mlk__piece_of(job->opt.tree_parent ? (size_t)n_q[0] * sizeof(int) : 0);
     pc[1] = mlk__piece_of((size_t)n_seqs * sizeof(size_t));
     pc[2] = mlk__piece_of(((size_t)n_seqs * 2 + 1) * sizeof(int)); /* task_base, splits */
-    pc[3] = mlk__piece_of(split_tasks ? (size_t)tasks * MLK__MR * ((size_t)c->cfg.head_dim + 1) * sizeof(float) : 0);
+    pc[3] = mlk__piece_of(split_tasks ? (size_t)tasks * MLK__ATTN_TYPED_ROWS * ((size_t)c->cfg.head_dim + 1) *
+                                            sizeof(float) : 0);
     pc[4] = mlk__piece_of(slabs);
     job->lse_rows = q_floats / (size_t)c->cfg.head_dim;
     pc[5] = mlk__piece_of(job->prefix ? q_floats * sizeof(float) : 0);              /* pre_o */

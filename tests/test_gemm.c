@@ -156,7 +156,7 @@ static void check_problem(const gemm_problem *p)
 /* Sizes around the micro-tile (6 x 16), primes, and past MC/KC. */
 static void test_shapes(void)
 {
-    static const int sizes[] = {1, 2, 5, 6, 7, 13, 16, 17, 31, 33, 47, 97, 145, 257};
+    static const int sizes[] = {1, 2, 5, 6, 7, 11, 12, 13, 16, 17, 24, 31, 33, 47, 97, 145, 257};
     const int n_sizes = (int)(sizeof sizes / sizeof sizes[0]);
     const int cases = mlkt_quick() ? 60 : 400;
     static const float alphas[] = {1.0f, -0.5f, 2.5f};
@@ -172,11 +172,13 @@ static void test_shapes(void)
 
 /* Big enough for every blocking loop and for the OpenMP split (by columns
    when n >= m, else by rows): m spans several MC (144) blocks, k several
-   KC (256) slices, and n = 4200 crosses an NC (4096) panel boundary. */
+   KC (256, or 512 with AVX-512) slices, and n = 4200 crosses an NC (4096)
+   panel boundary. */
 static void test_large(void)
 {
     for (int tr = 0; tr < 4; tr++) {
-        gemm_problem p = make_problem(tr & 1, tr >> 1, 300, 700, 500, tr == 3 ? 5 : 0, 1.0f, tr == 1 ? 0.5f : 0.0f);
+        gemm_problem p = make_problem(tr & 1, tr >> 1, 300, 700, tr == 0 ? 1100 : 500, tr == 3 ? 5 : 0, 1.0f,
+                                      tr == 1 ? 0.5f : 0.0f);
         check_problem(&p);
         free_problem(&p);
         if (mlkt_quick()) break;

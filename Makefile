@@ -61,7 +61,15 @@ build/fuzz/%: tests/%.c $(HDRS)
 	@mkdir -p build/fuzz
 	$(CLANG) -std=c99 -O1 -g -fsanitize=fuzzer,address,undefined -I. -Itests -o $@ $< -lm
 
-fuzz: $(addprefix build/fuzz/,$(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c)))
+FUZZERS = $(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c))
+
+# make fuzz: every target for FUZZ_SECONDS each (default 60) from its
+# corpus; make check runs each for a few seconds.
+fuzz:
+	@failed=0; for f in $(FUZZERS); do echo "[fuzz] $$f, $${FUZZ_SECONDS:-60} s"; \
+	    FUZZ_SECONDS=$${FUZZ_SECONDS:-60} sh tests/fuzz_run.sh $$f; rc=$$?; \
+	    if [ $$rc -eq 77 ]; then exit 77; fi; [ $$rc -eq 0 ] || failed=$$((failed + 1)); \
+	done; echo "fuzz: $$failed failed"; [ $$failed -eq 0 ]
 
 # make check-valgrind: valgrind memcheck (leaks included) over every test,
 # built as the c99 configuration with small shapes (MLKT_QUICK) and at most

@@ -39,7 +39,7 @@
                          guard memory stay on in release builds
        MLKERN_NO_SIMD    force the portable scalar path
    SIMD, chosen at compile time: AVX2+FMA (x86-64); AVX-512 on top of it
-   (the 6 x 32 micro-kernel under sgemm and the attention tiles, 16-lane exp
+   (the 12 x 32 micro-kernel under sgemm and the attention tiles, 16-lane exp
    and row scans in attention and softmax/top-k, VNNI in the ternary GEMM);
    NEON (aarch64: the micro-kernel, exp, the attention softmax rows, norm
    sums, the softmax/top-k scan, KV row decode; the rest is scalar there);
@@ -428,10 +428,11 @@ MLKERN_DEF mlk_status mlk_rope_bwd(const mlk_rope_config *cfg, int rows, int hea
    A contiguous cache is block_size = the longest context.
 
    Threads: calls that only read a cache (mlk_kv_load, mlk_kv_attn,
-   mlk_kv_seq_len, mlk_kv_get_stats) may run concurrently with each other;
-   every other call changes it and needs exclusive access (no reader or
-   writer at the same time), as with any container. Distinct caches are
-   independent.
+   mlk_kv_attn_opt, mlk_kv_attn_workspace_size, mlk_kv_seq_len,
+   mlk_kv_get_stats, mlk_kv_get_layout, mlk_kv_seq_blocks) may run
+   concurrently with each other; every other call changes it and needs
+   exclusive access (no reader or writer at the same time), as with any
+   container. Distinct caches are independent.
 
    Storage and bytes per token per layer (both K and V, Hkv kv heads, head
    dim D, nb = ceil(D / 32) quantisation blocks of one float scale each):
@@ -759,6 +760,10 @@ MLKERN_DEF mlk_status mlk_bitlinear_fwd(int m, int n, int k, const float *x,
 MLKERN_DEF mlk_status mlk_bitlinear_bwd(int m, int n, int k, const float *x,
     const float *w, const float *dy, float *dx, float *dw);
 
+/* ======================================================================
+   optimiser
+   ====================================================================== */
+
 /* AdamW hyper-parameters (PyTorch's defaults: 1e-3, 0.9, 0.999, 1e-8, 1e-2). */
 typedef struct mlk_adamw_config {
     float lr, beta1, beta2, eps, weight_decay;
@@ -1034,7 +1039,7 @@ MLK__MAYBE_UNUSED static int mlk__thread_id(void)
 #define MLK__PAR_GEMV_FLOATS 32768        /* sgemm, m <= 8: elements of B, read once */
 #define MLK__PAR_GEMM_FLOPS 4e6           /* sgemm, packed path: 2 m n k */
 #define MLK__PAR_ATTN_MACS 1048576.0      /* attention: multiply-adds of Q K^T (a short decode step is less) */
-#define MLK__PAR_ELEMS ((size_t)1 << 16)  /* element-wise passes: ternary quantisers, AdamW */
+#define MLK__PAR_ELEMS ((size_t)1 << 16)  /* element-wise passes: RoPE, ternary quantisers, AdamW */
 #define MLK__PAR_TERN_MACS 1048576.0      /* ternary GEMM: m n k */
 
 /* ---- exp: e^x = 2^n * e^r, x = n ln2 + r, |r| <= ln2/2; degree-6
@@ -1178,12 +1183,8 @@ MLK__MAYBE_UNUSED static float mlk__absmax(const float *x, int n)
 #if defined(MLK__AVX2)
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     __m256 vmax = _mm256_setzero_ps();
-    __m128 m4;
     for (; i <= n - 8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
-    m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    amax = _mm_cvtss_f32(m4);
+    amax = mlk__hmax8(vmax);
 #endif
     for (; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
     return amax;
@@ -5671,7 +5672,7 @@ static void mlk__kv_attn_merge_splits(const mlk__kv_attn_job *job, int s, int he
 }
 
 /* Checks the call, resolves the options into job and fills the scratch
-   table pc (5 pieces) for `threads` threads. */
+   table pc (7 pieces) for `threads` threads. */
 static mlk_status mlk__kv_attn_plan(const mlk_kv_cache *c, int n_seqs, const int *seqs, const int *n_q, int heads,
                                     const mlk_kv_attn_opts *opts, int threads, mlk__kv_attn_job *job, mlk__piece *pc)
 {

@@ -1,4 +1,4 @@
-/* bench_attn.c - flash attention forward and backward (issue 3 shapes).
+/* bench_attn.c - flash attention forward and backward.
    GFLOP/s counts 4*B*H*Nq*Nkv*D for the forward (halved when causal) and
    2.5x that for the backward; extra memory is the workspace each pass uses. */
 #include "bench.h"

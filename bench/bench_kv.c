@@ -1,4 +1,4 @@
-/* bench_kv.c - attention over the paged KV cache (issue 4 shapes).
+/* bench_kv.c - attention over the paged KV cache.
    Decode: 32 sequences x 4096 positions, Hq 32, Hkv 8, D 128, one layer,
    blocks of 16 positions, for each storage type; GB/s counts the cache bytes
    the call reads (K and V of every position), as a fraction of the copy

@@ -1,4 +1,4 @@
-/* Layer norm forward and forward+backward at the shapes of issue 2, in GB/s
+/* Layer norm forward and forward+backward, in GB/s
    of the bytes each pass must move (forward: read x, write y; backward: read
    x and dy, write dx; the per-row mean/rstd and dgamma/dbeta are counted
    too), as a fraction of this machine's copy bandwidth. */

@@ -12,7 +12,7 @@
    that row, so a NULL check can never pass because some other argument was
    bad. Allocations above 256 MiB fail (bi_malloc), so a size the library
    forgets to reject shows up as MLK_ERR_NOMEM instead of exhausting memory.
-   Prints "badinput: N cases over M functions". */
+   Prints "badinput: N cases over M functions", then the cases of each. */
 #include <stdlib.h>
 static void *bi_malloc(size_t n);
 #define MLKERN_MALLOC(n) bi_malloc(n)
@@ -41,7 +41,7 @@ static int bi_n_out;
 static void *bi_ins[BI_MAX_BUF];    /* inputs of the current case, freed at its end */
 static int bi_n_in;
 static const char *bi_fns[BI_MAX_FN];
-static int bi_n_fns, bi_cases;
+static int bi_n_fns, bi_cases, bi_fn_cases[BI_MAX_FN];
 
 /* A cache the current case must leave unchanged, and its snapshot. */
 static const mlk_kv_cache *bi_cache;
@@ -131,8 +131,9 @@ static void bi_note_fn(const char *fn)
 {
     int i;
     for (i = 0; i < bi_n_fns; i++)
-        if (strcmp(bi_fns[i], fn) == 0) return;
-    if (bi_n_fns < BI_MAX_FN) bi_fns[bi_n_fns++] = fn;
+        if (strcmp(bi_fns[i], fn) == 0) break;
+    if (i == bi_n_fns && bi_n_fns < BI_MAX_FN) bi_fns[bi_n_fns++] = fn;
+    if (i < bi_n_fns) bi_fn_cases[i]++;
 }
 
 static int bi_all_ff(const void *p, size_t n)
@@ -2009,5 +2010,8 @@ int main(void)
     MLKT_RUN(test_v2, 9);
     BI_TABLE("mlk_sgemm", gemm_cases, run_gemm, 0x7u);
     printf("badinput: %d cases over %d functions\n", bi_cases, bi_n_fns);
+    printf("badinput per function:");
+    for (int i = 0; i < bi_n_fns; i++) printf(" %s %d", bi_fns[i] + 4, bi_fn_cases[i]); /* without "mlk_" */
+    printf("\n");
     return mlkt_finish();
 }

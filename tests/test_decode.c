@@ -358,39 +358,61 @@ static void test_split_kv(void)
 
 /* ---- a caller workspace: sized once, never overrun, checked ---- */
 
+/* 3 queries x 8 heads over 5000 Q4 keys, dim 16: 1.9M multiply-adds, above
+   MLK__PAR_ATTN_MACS, so the call fans out and a team larger than the
+   buffer's room would run off its end. A buffer sized for one thread runs
+   (on one), one sized for every thread on all of them, both with the bits
+   of a call that allocates; half a slab short of one thread's size is
+   MLK_ERR_ARG with o untouched. */
 static void test_kv_workspace(void)
 {
     kv_fixture f;
     mlk_kv_attn_opts opts;
-    const int heads = 4, n_q = 3;
-    size_t nqe = (size_t)n_q * heads * 16, ws;
-    float *q, *o1, *o2;
-    unsigned char *buf;
+    const int heads = 8, n_q = 3;
+    size_t nqe = (size_t)n_q * heads * 16, ws, ws2, ws_full, slab;
+    float *q, *o1, *o2, *o3;
+    unsigned char *buf, *buf_full;
     kv_fixture_make(&f, MLK_KV_Q4, 5000, 2, 16, 32);
+    CHECKF((double)n_q * 5000 * heads * 16 >= 1.5 * MLK__PAR_ATTN_MACS, "the call must fan out");
     q = random_floats(nqe, 1.0);
     o1 = mlkt_floats(nqe);
     o2 = mlkt_floats(nqe);
+    o3 = mlkt_floats(nqe);
     memset(&opts, 0, sizeof opts);
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o1, NULL), MLK_OK);
+    ws_full = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
     opts.threads = 1;
     ws = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
-    CHECK(ws > 0);
+    opts.threads = 2;
+    ws2 = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
+    CHECK(ws > 0 && ws2 > ws && ws_full >= ws);
+    slab = ws2 - ws; /* one thread's share */
+    buf_full = (unsigned char *)mlkt_alloc(ws_full);
+    opts.threads = 0;
+    opts.workspace = buf_full;
+    opts.workspace_bytes = ws_full;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o3, NULL), MLK_OK);
+    CHECK(mlkt_same(o1, o3, nqe * sizeof(float)));
+    CHECK_GUARD(buf_full);
     buf = (unsigned char *)mlkt_alloc(ws);
-    opts.threads = 0; /* more threads than the buffer was sized for: they share what fits */
-    opts.workspace = buf + 1; /* unaligned */
+    opts.workspace = buf + 1; /* unaligned; more threads than the buffer was sized for: they share what fits */
     opts.workspace_bytes = ws - 1;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_OK);
     CHECK(mlkt_same(o1, o2, nqe * sizeof(float)));
     CHECK_GUARD(buf);
-    opts.workspace_bytes = 64;
     memset(o2, 0x5a, nqe * sizeof(float));
+    opts.workspace = buf;
+    opts.workspace_bytes = ws - slab / 2;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
+    opts.workspace_bytes = 64;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
     CHECK(((unsigned char *)o2)[0] == 0x5a && ((unsigned char *)o2)[nqe * sizeof(float) - 1] == 0x5a);
     opts.workspace = NULL;
     opts.window = -1;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
     CHECK(mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts) == 0);
-    mlkt_free(buf); mlkt_free(q); mlkt_free(o1); mlkt_free(o2);
+    mlkt_digest(o1, nqe * sizeof(float));
+    mlkt_free(buf); mlkt_free(buf_full); mlkt_free(q); mlkt_free(o1); mlkt_free(o2); mlkt_free(o3);
     kv_fixture_free(&f);
 }
 

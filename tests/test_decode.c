@@ -91,6 +91,101 @@ static double *to_double(const float *x, size_t n)
     return y;
 }
 
+/* ---- an independent forward of every rule of mlk_attn_desc, with sinks ----
+   Any batch, either layout, kv_len, causal (bottom-right), window, softcap
+   (s = c tanh(s / c)), a tree_parent mask and sinks (one more term of the
+   denominator, never masked nor softcapped), from the definitions in
+   mlkern.h. In double, or with every operation rounded to float (f32 = 1):
+   the naive float32 computation that CHECK_NAIVE measures against. */
+
+static size_t sref_at(const mlk_attn_desc *d, int heads, int n, int b, int h, int i)
+{
+    if (d->layout == MLK_BHND) return (((size_t)b * heads + h) * n + i) * d->head_dim;
+    return (((size_t)b * n + i) * heads + h) * d->head_dim;
+}
+
+static int sref_depth(const int *parent, int i)
+{
+    int depth = 0;
+    for (int x = parent[i]; x >= 0; x = parent[x]) depth++;
+    return depth;
+}
+
+static int sref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
+{
+    int off = n_b - d->len_q;
+    long pi = i + off, pj = j;
+    if (j >= n_b) return 0;
+    if (d->tree_parent) {
+        if (j >= off) { /* a tree node: ancestor-or-self only */
+            int x = i;
+            while (x >= 0 && x != j - off) x = d->tree_parent[x];
+            if (x < 0) return 0;
+            pj = off + sref_depth(d->tree_parent, j - off);
+        }
+        pi = off + sref_depth(d->tree_parent, i);
+    } else if (d->causal && j > i + off) {
+        return 0;
+    }
+    if (d->window > 0) return d->causal || d->tree_parent ? pj > pi - d->window : labs(pj - pi) < d->window;
+    return 1;
+}
+
+static double sref_round(double x, int f32) { return f32 ? (double)(float)x : x; }
+
+/* o in d's layout, lse [B, Hq, Nq]; sinks: NULL or [heads] (-inf: none) */
+static void sref_forward(const mlk_attn_desc *d, const double *q, const double *k, const double *v,
+                         const double *sinks, double *o, double *lse, int f32)
+{
+    const int hkv = d->kv_heads ? d->kv_heads : d->heads, nkv = d->len_kv ? d->len_kv : d->len_q;
+    const double scale = d->scale != 0 ? (double)d->scale : 1.0 / sqrt((double)d->head_dim);
+    double *s = (double *)malloc((size_t)nkv * sizeof(double)), *p = (double *)malloc((size_t)nkv * sizeof(double));
+    for (int b = 0; b < d->batch; b++)
+        for (int h = 0; h < d->heads; h++)
+            for (int i = 0; i < d->len_q; i++) {
+                const int kvh = h / (d->heads / hkv), n_b = d->kv_len ? d->kv_len[b] : nkv;
+                const size_t qi = sref_at(d, d->heads, d->len_q, b, h, i), li = ((size_t)b * d->heads + h) * d->len_q + i;
+                const double sink = sinks ? sinks[h] : -INFINITY;
+                double m = sink, l = 0;
+                for (int j = 0; j < nkv; j++) {
+                    const double *kj = k + sref_at(d, hkv, nkv, b, kvh, j);
+                    double dot = 0;
+                    s[j] = -INFINITY;
+                    if (!sref_sees(d, n_b, i, j)) continue;
+                    for (int e = 0; e < d->head_dim; e++) dot = sref_round(dot + sref_round(q[qi + e] * kj[e], f32), f32);
+                    s[j] = sref_round(dot * scale, f32);
+                    if (d->softcap > 0) s[j] = sref_round(d->softcap * tanh(s[j] / d->softcap), f32);
+                    m = s[j] > m ? s[j] : m;
+                }
+                for (int e = 0; e < d->head_dim; e++) o[qi + e] = 0;
+                lse[li] = -INFINITY;
+                if (m == -INFINITY) continue;
+                if (sink > -INFINITY) l = sref_round(exp(sink - m), f32);
+                for (int j = 0; j < nkv; j++) {
+                    p[j] = s[j] == -INFINITY ? 0 : sref_round(exp(s[j] - m), f32);
+                    l = sref_round(l + p[j], f32);
+                }
+                for (int e = 0; e < d->head_dim; e++) {
+                    double acc = 0;
+                    for (int j = 0; j < nkv; j++)
+                        if (p[j] != 0)
+                            acc = sref_round(acc + sref_round(p[j] * v[sref_at(d, hkv, nkv, b, kvh, j) + e], f32), f32);
+                    o[qi + e] = sref_round(acc / l, f32);
+                }
+                lse[li] = sref_round(m + log(l), f32);
+            }
+    free(s);
+    free(p);
+}
+
+static double sref_max_abs(const double *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(x[i]) < INFINITY && fabs(x[i]) > m) m = fabs(x[i]);
+    return m;
+}
+
 /* ---- sinks: forward vs the double references, gradients vs finite differences ---- */
 
 static void check_sinks_case(int hq, int hkv, int nq, int nkv, int dim, int causal, int minus_inf_sink)
@@ -155,6 +250,107 @@ static void test_sinks(void)
     check_sinks_case(4, 2, 7, 11, 8, 1, 0);  /* GQA, causal, Nq != Nkv */
     check_sinks_case(3, 1, 1, 20, 16, 1, 1); /* decode row (typed path), one sink -inf */
     check_sinks_case(2, 2, 9, 9, 5, 0, 0);   /* full attention */
+}
+
+/* ---- sinks with every mask: the forward vs sref_forward, the sink gradient vs its finite differences ---- */
+
+typedef struct sinks_fd { const mlk_attn_desc *d; const double *q, *k, *v, *dout; double *o, *lse; size_t n_o; } sinks_fd;
+
+/* L = sum(dout * o) as a function of the sinks */
+static double sinks_fd_loss(void *ctx_, const double *sinks)
+{
+    sinks_fd *c = (sinks_fd *)ctx_;
+    double L = 0;
+    sref_forward(c->d, c->q, c->k, c->v, sinks, c->o, c->lse, 0);
+    for (size_t i = 0; i < c->n_o; i++) L += c->dout[i] * c->o[i];
+    return L;
+}
+
+/* d: everything but the sinks (random here, head 1's -inf when there are
+   three heads or more). A row that sees no key must give o = 0 and
+   lse = its sink exactly. */
+static void check_sinks_masks(const char *what, mlk_attn_desc d)
+{
+    const int hkv = d.kv_heads ? d.kv_heads : d.heads, nkv = d.len_kv ? d.len_kv : d.len_q;
+    const size_t nqe = (size_t)d.batch * d.heads * d.len_q * d.head_dim, nkve = (size_t)d.batch * hkv * nkv * d.head_dim;
+    const size_t nrow = (size_t)d.batch * d.heads * d.len_q;
+    float *q = random_floats(nqe, 1.0), *k = random_floats(nkve, 1.0), *v = random_floats(nkve, 1.0);
+    float *dout = random_floats(nqe, 1.0), *sinks = random_floats((size_t)d.heads, 1.5);
+    float *o = mlkt_floats(nqe), *lse = mlkt_floats(nrow), *dsinks = mlkt_floats((size_t)d.heads);
+    double *qd = to_double(q, nqe), *kd = to_double(k, nkve), *vd = to_double(v, nkve), *doutd = to_double(dout, nqe);
+    double *o_ref = (double *)malloc(nqe * sizeof(double)), *lse_ref = (double *)malloc(nrow * sizeof(double));
+    double *o_nv = (double *)malloc(nqe * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double)), *sd;
+    int empty_rows = 0;
+    sinks_fd ctx;
+    if (d.heads >= 3) sinks[1] = -INFINITY;
+    sd = to_double(sinks, (size_t)d.heads);
+    d.sinks = sinks;
+    sref_forward(&d, qd, kd, vd, sd, o_ref, lse_ref, 0);
+    sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+    CHECK_INT(mlk_attn_fwd(&d, q, k, v, o, lse), MLK_OK);
+    CHECK_NAIVE(mlkt_max_abs_err(o, o_ref, nqe), mlkt_max_abs_err_d(o_nv, o_ref, nqe),
+                mlkt_ulps(8, 1 + sref_max_abs(o_ref, nqe)), "%s: o", what);
+    CHECK_NAIVE(mlkt_max_abs_err(lse, lse_ref, nrow), mlkt_max_abs_err_d(lse_nv, lse_ref, nrow),
+                mlkt_ulps(8, 1 + sref_max_abs(lse_ref, nrow)), "%s: lse", what);
+    for (int b = 0; b < d.batch; b++) /* rows that see no key: exactly o = 0, lse = sink */
+        for (int i = 0; i < d.len_q; i++) {
+            const int n_b = d.kv_len ? d.kv_len[b] : nkv;
+            int seen = 0;
+            for (int j = 0; j < nkv; j++) seen += sref_sees(&d, n_b, i, j);
+            if (seen) continue;
+            for (int h = 0; h < d.heads; h++) {
+                const size_t at = sref_at(&d, d.heads, d.len_q, b, h, i);
+                int zero = 1;
+                for (int e = 0; e < d.head_dim; e++) zero &= o[at + e] == 0.0f;
+                CHECKF(zero && lse[((size_t)b * d.heads + h) * d.len_q + i] == sinks[h],
+                       "%s: batch %d query %d head %d sees no key: lse %g, sink %g", what, b, i, h,
+                       lse[((size_t)b * d.heads + h) * d.len_q + i], sinks[h]);
+                empty_rows++;
+            }
+        }
+    if (d.kv_len && !d.tree_parent) CHECKF(empty_rows > 0, "%s: no row without keys", what); /* kv_len 0 */
+    CHECK_INT(mlk_attn_sinks_grad(&d, o, dout, lse, dsinks), MLK_OK);
+    ctx.d = &d; ctx.q = qd; ctx.k = kd; ctx.v = vd; ctx.dout = doutd; ctx.o = o_ref; ctx.lse = lse_ref; ctx.n_o = nqe;
+    for (int h = 0; h < d.heads; h++) {
+        double fd;
+        if (sd[h] == -INFINITY) {
+            CHECK(dsinks[h] == 0.0f);
+            continue;
+        }
+        fd = mlkt_fd(sinks_fd_loss, &ctx, sd, (size_t)h, 1e-4);
+        CHECKF(fabs(dsinks[h] - fd) <= 2e-4 * (fabs(fd) + 1e-2), "%s: dsink[%d] %.7g fd %.7g", what, h, dsinks[h], fd);
+    }
+    mlkt_digest(o, nqe * sizeof(float));
+    mlkt_digest(lse, nrow * sizeof(float));
+    mlkt_digest(dsinks, (size_t)d.heads * sizeof(float));
+    free(qd); free(kd); free(vd); free(doutd); free(sd); free(o_ref); free(lse_ref); free(o_nv); free(lse_nv);
+    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(dout); mlkt_free(sinks); mlkt_free(o); mlkt_free(lse);
+    mlkt_free(dsinks);
+}
+
+static void test_sinks_masks(void)
+{
+    static const int parent[7] = {-1, 0, 0, 1, -1, 4, 2}; /* two roots */
+    int kv_a[3] = {0, 4, 17}, kv_b[2] = {12, 0}, kv_c[2] = {7, 20}, kv_d[2] = {0, 30};
+    mlk_attn_desc d;
+    memset(&d, 0, sizeof d); /* causal, window, softcap, kv_len: empty, shorter than len_q (rows without keys), full */
+    d.batch = 3; d.heads = 4; d.kv_heads = 2; d.len_q = 6; d.len_kv = 17; d.head_dim = 8;
+    d.causal = 1; d.window = 5; d.softcap = 8.0f; d.kv_len = kv_a; d.tile_kv = 4;
+    check_sinks_masks("causal + window + softcap + kv_len", d);
+    memset(&d, 0, sizeof d); /* no causal mask: |i - j| < window; BNHD */
+    d.batch = 2; d.heads = 2; d.kv_heads = 1; d.len_q = 3; d.len_kv = 12; d.head_dim = 5;
+    d.window = 4; d.kv_len = kv_b; d.layout = MLK_BNHD;
+    check_sinks_masks("window (not causal) + kv_len", d);
+    memset(&d, 0, sizeof d); /* a two-root tree, one item without prefix */
+    d.batch = 2; d.heads = 3; d.kv_heads = 1; d.len_q = 7; d.len_kv = 20; d.head_dim = 8;
+    d.tree_parent = parent; d.softcap = 5.0f; d.kv_len = kv_c; d.layout = MLK_BNHD;
+    check_sinks_masks("tree + softcap + kv_len", d);
+    d.window = 3; d.kv_len = NULL; d.softcap = 0;
+    check_sinks_masks("tree + window", d);
+    memset(&d, 0, sizeof d); /* decode rows (the typed path) */
+    d.batch = 2; d.heads = 4; d.kv_heads = 2; d.len_q = 1; d.len_kv = 30; d.head_dim = 16;
+    d.causal = 1; d.window = 7; d.softcap = 10.0f; d.kv_len = kv_d;
+    check_sinks_masks("decode + window + softcap + kv_len", d);
 }
 
 /* A row that sees no key has o = 0 and lse = its sink; bad sinks are refused. */
@@ -846,6 +1042,7 @@ int main(void)
     mlkt_file = "test_decode";
     MLKT_RUN(test_sinks, 1);
     MLKT_RUN(test_sinks_edges, 2);
+    MLKT_RUN(test_sinks_masks, 14);
     MLKT_RUN(test_merge, 3);
     MLKT_RUN(test_kv_opts_parity, 4);
     MLKT_RUN(test_split_kv, 5);

@@ -695,20 +695,27 @@ static void test_kv_layout(void)
 
 /* Sequences forked from one prompt, each with its own tokens (one of them
    rewrites a shared position, so its blocks diverge there): every
-   sequence's rows of one batched call must equal mlk_attn_fwd over that
-   sequence's keys, and its own single-sequence call. */
+   sequence's rows of one batched call must agree with sref_forward over
+   that sequence's loaded keys, with mlk_attn_fwd on them and with its own
+   single-sequence call, each by the naive float32 rule. The cascade plan
+   must be taken: its prefix buffers make the call's workspace larger than
+   that of the same call on sequences of the same lengths sharing no
+   block. */
 static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_attn_opts *opts)
 {
     const int hkv = 2, heads = 8, dim = 16, prompt = 300, bs = 16;
     mlk_kv_config cfg;
-    mlk_kv_cache *c = NULL;
-    int seqs[8], nqs[8], own[8];
-    size_t rowf = (size_t)heads * dim, total_q = 0;
+    mlk_kv_cache *c = NULL, *flat = NULL;
+    mlk_kv_attn_opts one;
+    int seqs[8], flat_seqs[8], nqs[8], own[8];
+    size_t rowf = (size_t)heads * dim, total_q = 0, ws_shared, ws_flat;
     float *kv_in = random_floats((size_t)(prompt + 64) * hkv * dim, 1.0), *q, *o, *lse;
     memset(&cfg, 0, sizeof cfg);
     cfg.layers = 1; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = bs; cfg.num_blocks = 128;
     cfg.max_seqs = 8; cfg.type = type;
     CHECK_INT(mlk_kv_create(&cfg, &c), MLK_OK);
+    cfg.num_blocks = 8 * 24; /* room for 8 unshared sequences of up to 340 positions */
+    CHECK_INT(mlk_kv_create(&cfg, &flat), MLK_OK);
     CHECK_INT(mlk_kv_seq_new(c, &seqs[0]), MLK_OK);
     CHECK_INT(mlk_kv_append(c, seqs[0], prompt), MLK_OK);
     CHECK_INT(mlk_kv_store(c, seqs[0], 0, 0, prompt, kv_in, kv_in + 7), MLK_OK);
@@ -722,31 +729,55 @@ static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_at
         if (s == n_seqs - 1) /* rewrite position 200: a private copy of that block from here on */
             CHECK_INT(mlk_kv_store(c, seqs[s], 0, 200, 1, own_kv, own_kv), MLK_OK);
         total_q += (size_t)n_q * rowf;
+        CHECK_INT(mlk_kv_seq_new(flat, &flat_seqs[s]), MLK_OK); /* the same length, its own blocks */
+        CHECK_INT(mlk_kv_append(flat, flat_seqs[s], prompt + own[s]), MLK_OK);
         mlkt_free(own_kv);
     }
+    one = *opts;
+    one.threads = 1;
+    ws_shared = mlk_kv_attn_workspace_size(c, n_seqs, seqs, nqs, heads, &one);
+    ws_flat = mlk_kv_attn_workspace_size(flat, n_seqs, flat_seqs, nqs, heads, &one);
+    CHECKF(ws_flat > 0 && ws_shared > ws_flat, "cascade plan not taken: workspace %zu bytes, %zu without shared blocks",
+           ws_shared, ws_flat);
+    mlk_kv_destroy(flat);
     q = random_floats(total_q, 1.0);
     o = mlkt_floats(total_q);
     lse = mlkt_floats(total_q / dim);
     CHECK_INT(mlk_kv_attn_opt(c, 0, n_seqs, seqs, nqs, q, heads, opts, o, lse), MLK_OK);
     for (int s = 0, q_at = 0; s < n_seqs; q_at += n_q * (int)rowf, s++) {
-        int len = prompt + own[s];
-        float *k = mlkt_floats((size_t)len * hkv * dim), *v = mlkt_floats((size_t)len * hkv * dim);
-        float *o_ref = mlkt_floats((size_t)n_q * rowf), *lse_ref = mlkt_floats((size_t)n_q * heads);
-        float *o_one = mlkt_floats((size_t)n_q * rowf);
+        const int len = prompt + own[s];
+        const size_t nqe = (size_t)n_q * rowf, nkve = (size_t)len * hkv * dim, nrow = (size_t)n_q * heads;
+        float *k = mlkt_floats(nkve), *v = mlkt_floats(nkve);
+        float *o_ref = mlkt_floats(nqe), *lse_ref = mlkt_floats(nrow), *lse_t = mlkt_floats(nrow);
+        float *o_one = mlkt_floats(nqe);
+        double *qd = to_double(q + q_at, nqe), *kd, *vd, *sd = opts->sinks ? to_double(opts->sinks, (size_t)heads) : NULL;
+        double *o_d = (double *)malloc(nqe * sizeof(double)), *o_nv = (double *)malloc(nqe * sizeof(double));
+        double *lse_d = (double *)malloc(nrow * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
+        double naive_o, naive_lse, floor_o, floor_lse;
         mlk_attn_desc d;
         CHECK_INT(mlk_kv_load(c, seqs[s], 0, 0, len, k, v), MLK_OK);
+        kd = to_double(k, nkve);
+        vd = to_double(v, nkve);
         memset(&d, 0, sizeof d);
         d.batch = 1; d.heads = heads; d.kv_heads = hkv; d.len_q = n_q; d.len_kv = len; d.head_dim = dim;
         d.layout = MLK_BNHD; d.causal = 1; d.softcap = opts->softcap; d.sinks = opts->sinks;
+        sref_forward(&d, qd, kd, vd, sd, o_d, lse_d, 0);
+        sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+        naive_o = mlkt_max_abs_err_d(o_nv, o_d, nqe);
+        naive_lse = mlkt_max_abs_err_d(lse_nv, lse_d, nrow);
+        floor_o = mlkt_ulps(8, 1 + sref_max_abs(o_d, nqe));
+        floor_lse = mlkt_ulps(8, 1 + sref_max_abs(lse_d, nrow));
         CHECK_INT(mlk_attn_fwd(&d, q + q_at, k, v, o_ref, lse_ref), MLK_OK);
-        CHECKF(max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d: o differs by %.3g", s,
-               max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf));
-        for (int i = 0; i < n_q; i++)
-            for (int h = 0; h < heads; h++)
-                CHECK_CLOSE(lse[(size_t)q_at / dim + (size_t)i * heads + h], lse_ref[(size_t)h * n_q + i], 1e-6, 1e-6);
         CHECK_INT(mlk_kv_attn_opt(c, 0, 1, &seqs[s], &n_q, q + q_at, heads, opts, o_one, NULL), MLK_OK);
-        CHECKF(max_abs_diff(o + q_at, o_one, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d vs alone", s);
-        mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(o_one);
+        for (int i = 0; i < n_q; i++)
+            for (int h = 0; h < heads; h++) lse_t[(size_t)h * n_q + i] = lse[(size_t)q_at / dim + (size_t)i * heads + h];
+        CHECK_NAIVE(mlkt_max_abs_err(o + q_at, o_d, nqe), naive_o, floor_o, "cascade seq %d: o", s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_ref, nqe), naive_o, floor_o, "cascade seq %d: o vs mlk_attn_fwd", s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_one, nqe), naive_o, floor_o, "cascade seq %d: o vs alone", s);
+        CHECK_NAIVE(mlkt_max_abs_err(lse_t, lse_d, nrow), naive_lse, floor_lse, "cascade seq %d: lse", s);
+        CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), naive_lse, floor_lse, "cascade seq %d: lse vs mlk_attn_fwd", s);
+        free(qd); free(kd); free(vd); free(sd); free(o_d); free(o_nv); free(lse_d); free(lse_nv);
+        mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(lse_t); mlkt_free(o_one);
     }
     mlkt_digest(o, total_q * sizeof(float));
     mlkt_free(q); mlkt_free(o); mlkt_free(lse); mlkt_free(kv_in);

@@ -1,9 +1,11 @@
 /* Decode-time attention: attention sinks (forward against the double
    reference, their gradient and the other gradients against finite
-   differences of an independent double implementation), mlk_attn_merge
+   differences of an independent double implementation; with windows,
+   softcap, kv_len and tree masks against sref_forward), mlk_attn_merge
    against one pass over the union of the keys, mlk_kv_attn_opt against
-   mlk_attn_fwd on the same keys for every option, split-KV decode of long
-   sequences, and caller workspaces. */
+   mlk_attn_fwd and sref_forward on the same keys for every option and row
+   type, split-KV decode of long sequences, shared-prefix (cascade) decode,
+   caller workspaces under a call that fans out, speculative sampling. */
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"

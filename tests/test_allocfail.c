@@ -5,7 +5,9 @@
    with every output equal to its 0xFF sentinel (mlkt_alloc), every KV cache
    unchanged (stats, lengths, loaded contents) and no allocation left
    outstanding. The final, successful run must not leak either (checked
-   after its teardown). Prints "allocfail: N cases over M functions". */
+   after its teardown). Prints "allocfail: N cases over M sweeps" (a sweep:
+   one entry point with one set of arguments, run for k = 1, 2, ...; some
+   entry points are swept several times, with other shapes or options). */
 #include <stdlib.h>
 static void *af_malloc(size_t n);
 static void af_free(void *p);

@@ -1,9 +1,11 @@
 /* Decode-time attention: attention sinks (forward against the double
    reference, their gradient and the other gradients against finite
-   differences of an independent double implementation), mlk_attn_merge
+   differences of an independent double implementation; with windows,
+   softcap, kv_len and tree masks against sref_forward), mlk_attn_merge
    against one pass over the union of the keys, mlk_kv_attn_opt against
-   mlk_attn_fwd on the same keys for every option, split-KV decode of long
-   sequences, and caller workspaces. */
+   mlk_attn_fwd and sref_forward on the same keys for every option and row
+   type, split-KV decode of long sequences, shared-prefix (cascade) decode,
+   caller workspaces under a call that fans out, speculative sampling. */
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
@@ -91,6 +93,101 @@ static double *to_double(const float *x, size_t n)
     return y;
 }
 
+/* ---- an independent forward of every rule of mlk_attn_desc, with sinks ----
+   Any batch, either layout, kv_len, causal (bottom-right), window, softcap
+   (s = c tanh(s / c)), a tree_parent mask and sinks (one more term of the
+   denominator, never masked nor softcapped), from the definitions in
+   mlkern.h. In double, or with every operation rounded to float (f32 = 1):
+   the naive float32 computation that CHECK_NAIVE measures against. */
+
+static size_t sref_at(const mlk_attn_desc *d, int heads, int n, int b, int h, int i)
+{
+    if (d->layout == MLK_BHND) return (((size_t)b * heads + h) * n + i) * d->head_dim;
+    return (((size_t)b * n + i) * heads + h) * d->head_dim;
+}
+
+static int sref_depth(const int *parent, int i)
+{
+    int depth = 0;
+    for (int x = parent[i]; x >= 0; x = parent[x]) depth++;
+    return depth;
+}
+
+static int sref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
+{
+    int off = n_b - d->len_q;
+    long pi = i + off, pj = j;
+    if (j >= n_b) return 0;
+    if (d->tree_parent) {
+        if (j >= off) { /* a tree node: ancestor-or-self only */
+            int x = i;
+            while (x >= 0 && x != j - off) x = d->tree_parent[x];
+            if (x < 0) return 0;
+            pj = off + sref_depth(d->tree_parent, j - off);
+        }
+        pi = off + sref_depth(d->tree_parent, i);
+    } else if (d->causal && j > i + off) {
+        return 0;
+    }
+    if (d->window > 0) return d->causal || d->tree_parent ? pj > pi - d->window : labs(pj - pi) < d->window;
+    return 1;
+}
+
+static double sref_round(double x, int f32) { return f32 ? (double)(float)x : x; }
+
+/* o in d's layout, lse [B, Hq, Nq]; sinks: NULL or [heads] (-inf: none) */
+static void sref_forward(const mlk_attn_desc *d, const double *q, const double *k, const double *v,
+                         const double *sinks, double *o, double *lse, int f32)
+{
+    const int hkv = d->kv_heads ? d->kv_heads : d->heads, nkv = d->len_kv ? d->len_kv : d->len_q;
+    const double scale = d->scale != 0 ? (double)d->scale : 1.0 / sqrt((double)d->head_dim);
+    double *s = (double *)malloc((size_t)nkv * sizeof(double)), *p = (double *)malloc((size_t)nkv * sizeof(double));
+    for (int b = 0; b < d->batch; b++)
+        for (int h = 0; h < d->heads; h++)
+            for (int i = 0; i < d->len_q; i++) {
+                const int kvh = h / (d->heads / hkv), n_b = d->kv_len ? d->kv_len[b] : nkv;
+                const size_t qi = sref_at(d, d->heads, d->len_q, b, h, i), li = ((size_t)b * d->heads + h) * d->len_q + i;
+                const double sink = sinks ? sinks[h] : -INFINITY;
+                double m = sink, l = 0;
+                for (int j = 0; j < nkv; j++) {
+                    const double *kj = k + sref_at(d, hkv, nkv, b, kvh, j);
+                    double dot = 0;
+                    s[j] = -INFINITY;
+                    if (!sref_sees(d, n_b, i, j)) continue;
+                    for (int e = 0; e < d->head_dim; e++) dot = sref_round(dot + sref_round(q[qi + e] * kj[e], f32), f32);
+                    s[j] = sref_round(dot * scale, f32);
+                    if (d->softcap > 0) s[j] = sref_round(d->softcap * tanh(s[j] / d->softcap), f32);
+                    m = s[j] > m ? s[j] : m;
+                }
+                for (int e = 0; e < d->head_dim; e++) o[qi + e] = 0;
+                lse[li] = -INFINITY;
+                if (m == -INFINITY) continue;
+                if (sink > -INFINITY) l = sref_round(exp(sink - m), f32);
+                for (int j = 0; j < nkv; j++) {
+                    p[j] = s[j] == -INFINITY ? 0 : sref_round(exp(s[j] - m), f32);
+                    l = sref_round(l + p[j], f32);
+                }
+                for (int j = 0; j < nkv; j++) { /* o accumulates sum_j p_j v_j in key order, then / l */
+                    const double *vj = v + sref_at(d, hkv, nkv, b, kvh, j);
+                    if (p[j] == 0) continue;
+                    for (int e = 0; e < d->head_dim; e++)
+                        o[qi + e] = sref_round(o[qi + e] + sref_round(p[j] * vj[e], f32), f32);
+                }
+                for (int e = 0; e < d->head_dim; e++) o[qi + e] = sref_round(o[qi + e] / l, f32);
+                lse[li] = sref_round(m + log(l), f32);
+            }
+    free(s);
+    free(p);
+}
+
+static double sref_max_abs(const double *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(x[i]) < INFINITY && fabs(x[i]) > m) m = fabs(x[i]);
+    return m;
+}
+
 /* ---- sinks: forward vs the double references, gradients vs finite differences ---- */
 
 static void check_sinks_case(int hq, int hkv, int nq, int nkv, int dim, int causal, int minus_inf_sink)
@@ -155,6 +252,107 @@ static void test_sinks(void)
     check_sinks_case(4, 2, 7, 11, 8, 1, 0);  /* GQA, causal, Nq != Nkv */
     check_sinks_case(3, 1, 1, 20, 16, 1, 1); /* decode row (typed path), one sink -inf */
     check_sinks_case(2, 2, 9, 9, 5, 0, 0);   /* full attention */
+}
+
+/* ---- sinks with every mask: the forward vs sref_forward, the sink gradient vs its finite differences ---- */
+
+typedef struct sinks_fd { const mlk_attn_desc *d; const double *q, *k, *v, *dout; double *o, *lse; size_t n_o; } sinks_fd;
+
+/* L = sum(dout * o) as a function of the sinks */
+static double sinks_fd_loss(void *ctx_, const double *sinks)
+{
+    sinks_fd *c = (sinks_fd *)ctx_;
+    double L = 0;
+    sref_forward(c->d, c->q, c->k, c->v, sinks, c->o, c->lse, 0);
+    for (size_t i = 0; i < c->n_o; i++) L += c->dout[i] * c->o[i];
+    return L;
+}
+
+/* d: everything but the sinks (random here, head 1's -inf when there are
+   three heads or more). A row that sees no key must give o = 0 and
+   lse = its sink exactly. */
+static void check_sinks_masks(const char *what, mlk_attn_desc d)
+{
+    const int hkv = d.kv_heads ? d.kv_heads : d.heads, nkv = d.len_kv ? d.len_kv : d.len_q;
+    const size_t nqe = (size_t)d.batch * d.heads * d.len_q * d.head_dim, nkve = (size_t)d.batch * hkv * nkv * d.head_dim;
+    const size_t nrow = (size_t)d.batch * d.heads * d.len_q;
+    float *q = random_floats(nqe, 1.0), *k = random_floats(nkve, 1.0), *v = random_floats(nkve, 1.0);
+    float *dout = random_floats(nqe, 1.0), *sinks = random_floats((size_t)d.heads, 1.5);
+    float *o = mlkt_floats(nqe), *lse = mlkt_floats(nrow), *dsinks = mlkt_floats((size_t)d.heads);
+    double *qd = to_double(q, nqe), *kd = to_double(k, nkve), *vd = to_double(v, nkve), *doutd = to_double(dout, nqe);
+    double *o_ref = (double *)malloc(nqe * sizeof(double)), *lse_ref = (double *)malloc(nrow * sizeof(double));
+    double *o_nv = (double *)malloc(nqe * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double)), *sd;
+    int empty_rows = 0;
+    sinks_fd ctx;
+    if (d.heads >= 3) sinks[1] = -INFINITY;
+    sd = to_double(sinks, (size_t)d.heads);
+    d.sinks = sinks;
+    sref_forward(&d, qd, kd, vd, sd, o_ref, lse_ref, 0);
+    sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+    CHECK_INT(mlk_attn_fwd(&d, q, k, v, o, lse), MLK_OK);
+    CHECK_NAIVE(mlkt_max_abs_err(o, o_ref, nqe), mlkt_max_abs_err_d(o_nv, o_ref, nqe),
+                mlkt_ulps(8, 1 + sref_max_abs(o_ref, nqe)), "%s: o", what);
+    CHECK_NAIVE(mlkt_max_abs_err(lse, lse_ref, nrow), mlkt_max_abs_err_d(lse_nv, lse_ref, nrow),
+                mlkt_ulps(8, 1 + sref_max_abs(lse_ref, nrow)), "%s: lse", what);
+    for (int b = 0; b < d.batch; b++) /* rows that see no key: exactly o = 0, lse = sink */
+        for (int i = 0; i < d.len_q; i++) {
+            const int n_b = d.kv_len ? d.kv_len[b] : nkv;
+            int seen = 0;
+            for (int j = 0; j < nkv; j++) seen += sref_sees(&d, n_b, i, j);
+            if (seen) continue;
+            for (int h = 0; h < d.heads; h++) {
+                const size_t at = sref_at(&d, d.heads, d.len_q, b, h, i);
+                int zero = 1;
+                for (int e = 0; e < d.head_dim; e++) zero &= o[at + e] == 0.0f;
+                CHECKF(zero && lse[((size_t)b * d.heads + h) * d.len_q + i] == sinks[h],
+                       "%s: batch %d query %d head %d sees no key: lse %g, sink %g", what, b, i, h,
+                       lse[((size_t)b * d.heads + h) * d.len_q + i], sinks[h]);
+                empty_rows++;
+            }
+        }
+    if (d.kv_len && !d.tree_parent) CHECKF(empty_rows > 0, "%s: no row without keys", what); /* kv_len 0 */
+    CHECK_INT(mlk_attn_sinks_grad(&d, o, dout, lse, dsinks), MLK_OK);
+    ctx.d = &d; ctx.q = qd; ctx.k = kd; ctx.v = vd; ctx.dout = doutd; ctx.o = o_ref; ctx.lse = lse_ref; ctx.n_o = nqe;
+    for (int h = 0; h < d.heads; h++) {
+        double fd;
+        if (sd[h] == -INFINITY) {
+            CHECK(dsinks[h] == 0.0f);
+            continue;
+        }
+        fd = mlkt_fd(sinks_fd_loss, &ctx, sd, (size_t)h, 1e-4);
+        CHECKF(fabs(dsinks[h] - fd) <= 2e-4 * (fabs(fd) + 1e-2), "%s: dsink[%d] %.7g fd %.7g", what, h, dsinks[h], fd);
+    }
+    mlkt_digest(o, nqe * sizeof(float));
+    mlkt_digest(lse, nrow * sizeof(float));
+    mlkt_digest(dsinks, (size_t)d.heads * sizeof(float));
+    free(qd); free(kd); free(vd); free(doutd); free(sd); free(o_ref); free(lse_ref); free(o_nv); free(lse_nv);
+    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(dout); mlkt_free(sinks); mlkt_free(o); mlkt_free(lse);
+    mlkt_free(dsinks);
+}
+
+static void test_sinks_masks(void)
+{
+    static const int parent[7] = {-1, 0, 0, 1, -1, 4, 2}; /* two roots */
+    int kv_a[3] = {0, 4, 17}, kv_b[2] = {12, 0}, kv_c[2] = {7, 20}, kv_d[2] = {0, 30};
+    mlk_attn_desc d;
+    memset(&d, 0, sizeof d); /* causal, window, softcap, kv_len: empty, shorter than len_q (rows without keys), full */
+    d.batch = 3; d.heads = 4; d.kv_heads = 2; d.len_q = 6; d.len_kv = 17; d.head_dim = 8;
+    d.causal = 1; d.window = 5; d.softcap = 8.0f; d.kv_len = kv_a; d.tile_kv = 4;
+    check_sinks_masks("causal + window + softcap + kv_len", d);
+    memset(&d, 0, sizeof d); /* no causal mask: |i - j| < window; BNHD */
+    d.batch = 2; d.heads = 2; d.kv_heads = 1; d.len_q = 3; d.len_kv = 12; d.head_dim = 5;
+    d.window = 4; d.kv_len = kv_b; d.layout = MLK_BNHD;
+    check_sinks_masks("window (not causal) + kv_len", d);
+    memset(&d, 0, sizeof d); /* a two-root tree, one item without prefix */
+    d.batch = 2; d.heads = 3; d.kv_heads = 1; d.len_q = 7; d.len_kv = 20; d.head_dim = 8;
+    d.tree_parent = parent; d.softcap = 5.0f; d.kv_len = kv_c; d.layout = MLK_BNHD;
+    check_sinks_masks("tree + softcap + kv_len", d);
+    d.window = 3; d.kv_len = NULL; d.softcap = 0;
+    check_sinks_masks("tree + window", d);
+    memset(&d, 0, sizeof d); /* decode rows (the typed path) */
+    d.batch = 2; d.heads = 4; d.kv_heads = 2; d.len_q = 1; d.len_kv = 30; d.head_dim = 16;
+    d.causal = 1; d.window = 7; d.softcap = 10.0f; d.kv_len = kv_d;
+    check_sinks_masks("decode + window + softcap + kv_len", d);
 }
 
 /* A row that sees no key has o = 0 and lse = its sink; bad sinks are refused. */
@@ -266,40 +464,52 @@ static void kv_fixture_free(kv_fixture *f)
 }
 
 /* One call of mlk_kv_attn_opt and the same attention by mlk_attn_fwd (BNHD
-   over the loaded keys); o and lse must agree within float rounding. */
+   over the loaded keys: for F16, Q8 and Q4 the dequantised values the
+   kernel reads), both against sref_forward over those keys in double: o,
+   lse, and their difference, each within the naive float32 rule. */
 static void check_kv_parity(kv_fixture *f, int heads, int n_q, const mlk_kv_attn_opts *opts, const char *what)
 {
     mlk_attn_desc d;
-    size_t nqe = (size_t)n_q * heads * f->dim;
+    size_t nqe = (size_t)n_q * heads * f->dim, nkve = (size_t)f->len * f->hkv * f->dim, nrow = (size_t)n_q * heads;
     float *q = random_floats(nqe, 1.0), *o = mlkt_floats(nqe), *o_ref = mlkt_floats(nqe);
-    float *lse = mlkt_floats((size_t)n_q * heads), *lse_ref = mlkt_floats((size_t)n_q * heads);
-    double worst_lse = 0;
+    float *lse = mlkt_floats(nrow), *lse_ref = mlkt_floats(nrow), *lse_t = mlkt_floats(nrow);
+    double *qd = to_double(q, nqe), *kd = to_double(f->k, nkve), *vd = to_double(f->v, nkve);
+    double *sd = opts->sinks ? to_double(opts->sinks, (size_t)heads) : NULL;
+    double *o_d = (double *)malloc(nqe * sizeof(double)), *o_nv = (double *)malloc(nqe * sizeof(double));
+    double *lse_d = (double *)malloc(nrow * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
+    double naive_o, naive_lse, floor_o, floor_lse;
     memset(&d, 0, sizeof d);
     d.batch = 1; d.heads = heads; d.kv_heads = f->hkv; d.len_q = n_q; d.len_kv = f->len; d.head_dim = f->dim;
     d.layout = MLK_BNHD; d.causal = 1; d.scale = opts->scale; d.window = opts->window; d.softcap = opts->softcap;
     d.sinks = opts->sinks; d.tree_parent = opts->tree_parent;
     if (d.tree_parent) d.causal = 0;
+    sref_forward(&d, qd, kd, vd, sd, o_d, lse_d, 0);
+    sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+    naive_o = mlkt_max_abs_err_d(o_nv, o_d, nqe);
+    naive_lse = mlkt_max_abs_err_d(lse_nv, lse_d, nrow);
+    floor_o = mlkt_ulps(8, 1 + sref_max_abs(o_d, nqe));
+    floor_lse = mlkt_ulps(8, 1 + sref_max_abs(lse_d, nrow));
     CHECK_INT(mlk_attn_fwd(&d, q, f->k, f->v, o_ref, lse_ref), MLK_OK);
     CHECK_INT(mlk_kv_attn_opt(f->c, 1, 1, &f->seq, &n_q, q, heads, opts, o, lse), MLK_OK);
-    CHECKF(max_abs_diff(o, o_ref, nqe) <= 3e-6, "%s: o differs by %.3g", what, max_abs_diff(o, o_ref, nqe));
     for (int i = 0; i < n_q; i++) /* lse: kv [n_q, heads], attn_fwd [heads, n_q] */
-        for (int h = 0; h < heads; h++) {
-            double a = lse[(size_t)i * heads + h], b = lse_ref[(size_t)h * n_q + i], e = fabs(a - b);
-            if (a == b) e = 0;
-            if (!(e <= worst_lse)) worst_lse = e;
-        }
-    CHECKF(worst_lse <= 3e-6, "%s: lse differs by %.3g", what, worst_lse);
+        for (int h = 0; h < heads; h++) lse_t[(size_t)h * n_q + i] = lse[(size_t)i * heads + h];
+    CHECK_NAIVE(mlkt_max_abs_err(o, o_d, nqe), naive_o, floor_o, "%s: o", what);
+    CHECK_NAIVE(mlkt_max_abs_err(o_ref, o_d, nqe), naive_o, floor_o, "%s: mlk_attn_fwd o", what);
+    CHECK_NAIVE(max_abs_diff(o, o_ref, nqe), naive_o, floor_o, "%s: o vs mlk_attn_fwd", what);
+    CHECK_NAIVE(mlkt_max_abs_err(lse_t, lse_d, nrow), naive_lse, floor_lse, "%s: lse", what);
+    CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), naive_lse, floor_lse, "%s: lse vs mlk_attn_fwd", what);
     mlkt_digest(o, nqe * sizeof(float));
-    mlkt_free(q); mlkt_free(o); mlkt_free(o_ref); mlkt_free(lse); mlkt_free(lse_ref);
+    free(qd); free(kd); free(vd); free(sd); free(o_d); free(o_nv); free(lse_d); free(lse_nv);
+    mlkt_free(q); mlkt_free(o); mlkt_free(o_ref); mlkt_free(lse); mlkt_free(lse_ref); mlkt_free(lse_t);
 }
 
 static void test_kv_opts_parity(void)
 {
-    static const mlk_kv_type types[3] = {MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8};
+    static const mlk_kv_type types[4] = {MLK_KV_F32, MLK_KV_F16, MLK_KV_Q8, MLK_KV_Q4};
     static const int parent[5] = {-1, 0, 0, 1, -1};
     float sinks[8];
     mlkt_fill_normal(sinks, 8, 1.0);
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < 4; t++) {
         kv_fixture f;
         mlk_kv_attn_opts opts;
         kv_fixture_make(&f, types[t], 300, 2, 24, 16);
@@ -312,6 +522,15 @@ static void test_kv_opts_parity(void)
         opts.softcap = 30.0f; /* Gemma-2: window + softcap */
         opts.scale = 0.3f;
         check_kv_parity(&f, 8, 3, &opts, "window + softcap");
+        opts.window = 0; /* softcap alone (a large scale: it bites) */
+        opts.softcap = 5.0f;
+        opts.scale = 0.8f;
+        check_kv_parity(&f, 8, 1, &opts, "softcap decode");
+        check_kv_parity(&f, 8, 20, &opts, "softcap chunk");
+        opts.sinks = sinks;
+        check_kv_parity(&f, 8, 4, &opts, "softcap + sinks");
+        opts.window = 40;
+        check_kv_parity(&f, 8, 37, &opts, "window + softcap + sinks");
         opts.window = 0; opts.softcap = 0; opts.scale = 0;
         opts.sinks = sinks; /* gpt-oss */
         check_kv_parity(&f, 8, 1, &opts, "sinks decode");
@@ -320,6 +539,9 @@ static void test_kv_opts_parity(void)
         check_kv_parity(&f, 8, 2, &opts, "sinks + window");
         opts.window = 0; opts.sinks = NULL; opts.tree_parent = parent;
         check_kv_parity(&f, 8, 5, &opts, "tree");
+        opts.softcap = 4.0f; opts.scale = 0.6f;
+        check_kv_parity(&f, 8, 5, &opts, "tree + softcap");
+        opts.softcap = 0; opts.scale = 0;
         opts.window = 3; opts.sinks = sinks;
         check_kv_parity(&f, 8, 5, &opts, "tree + window + sinks");
         kv_fixture_free(&f);
@@ -358,39 +580,61 @@ static void test_split_kv(void)
 
 /* ---- a caller workspace: sized once, never overrun, checked ---- */
 
+/* 3 queries x 8 heads over 5000 Q4 keys, dim 16: 1.9M multiply-adds, above
+   MLK__PAR_ATTN_MACS, so the call fans out and a team larger than the
+   buffer's room would run off its end. A buffer sized for one thread runs
+   (on one), one sized for every thread on all of them, both with the bits
+   of a call that allocates; half a slab short of one thread's size is
+   MLK_ERR_ARG with o untouched. */
 static void test_kv_workspace(void)
 {
     kv_fixture f;
     mlk_kv_attn_opts opts;
-    const int heads = 4, n_q = 3;
-    size_t nqe = (size_t)n_q * heads * 16, ws;
-    float *q, *o1, *o2;
-    unsigned char *buf;
+    const int heads = 8, n_q = 3;
+    size_t nqe = (size_t)n_q * heads * 16, ws, ws2, ws_full, slab;
+    float *q, *o1, *o2, *o3;
+    unsigned char *buf, *buf_full;
     kv_fixture_make(&f, MLK_KV_Q4, 5000, 2, 16, 32);
+    CHECKF((double)n_q * 5000 * heads * 16 >= 1.5 * MLK__PAR_ATTN_MACS, "the call must fan out");
     q = random_floats(nqe, 1.0);
     o1 = mlkt_floats(nqe);
     o2 = mlkt_floats(nqe);
+    o3 = mlkt_floats(nqe);
     memset(&opts, 0, sizeof opts);
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o1, NULL), MLK_OK);
+    ws_full = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
     opts.threads = 1;
     ws = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
-    CHECK(ws > 0);
+    opts.threads = 2;
+    ws2 = mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts);
+    CHECK(ws > 0 && ws2 > ws && ws_full >= ws);
+    slab = ws2 - ws; /* one thread's share */
+    buf_full = (unsigned char *)mlkt_alloc(ws_full);
+    opts.threads = 0;
+    opts.workspace = buf_full;
+    opts.workspace_bytes = ws_full;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o3, NULL), MLK_OK);
+    CHECK(mlkt_same(o1, o3, nqe * sizeof(float)));
+    CHECK_GUARD(buf_full);
     buf = (unsigned char *)mlkt_alloc(ws);
-    opts.threads = 0; /* more threads than the buffer was sized for: they share what fits */
-    opts.workspace = buf + 1; /* unaligned */
+    opts.workspace = buf + 1; /* unaligned; more threads than the buffer was sized for: they share what fits */
     opts.workspace_bytes = ws - 1;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_OK);
     CHECK(mlkt_same(o1, o2, nqe * sizeof(float)));
     CHECK_GUARD(buf);
-    opts.workspace_bytes = 64;
     memset(o2, 0x5a, nqe * sizeof(float));
+    opts.workspace = buf;
+    opts.workspace_bytes = ws - slab / 2;
+    CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
+    opts.workspace_bytes = 64;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
     CHECK(((unsigned char *)o2)[0] == 0x5a && ((unsigned char *)o2)[nqe * sizeof(float) - 1] == 0x5a);
     opts.workspace = NULL;
     opts.window = -1;
     CHECK_INT(mlk_kv_attn_opt(f.c, 1, 1, &f.seq, &n_q, q, heads, &opts, o2, NULL), MLK_ERR_ARG);
     CHECK(mlk_kv_attn_workspace_size(f.c, 1, &f.seq, &n_q, heads, &opts) == 0);
-    mlkt_free(buf); mlkt_free(q); mlkt_free(o1); mlkt_free(o2);
+    mlkt_digest(o1, nqe * sizeof(float));
+    mlkt_free(buf); mlkt_free(buf_full); mlkt_free(q); mlkt_free(o1); mlkt_free(o2); mlkt_free(o3);
     kv_fixture_free(&f);
 }
 
@@ -453,20 +697,27 @@ static void test_kv_layout(void)
 
 /* Sequences forked from one prompt, each with its own tokens (one of them
    rewrites a shared position, so its blocks diverge there): every
-   sequence's rows of one batched call must equal mlk_attn_fwd over that
-   sequence's keys, and its own single-sequence call. */
+   sequence's rows of one batched call must agree with sref_forward over
+   that sequence's loaded keys, with mlk_attn_fwd on them and with its own
+   single-sequence call, each by the naive float32 rule. The cascade plan
+   must be taken: its prefix buffers make the call's workspace larger than
+   that of the same call on sequences of the same lengths sharing no
+   block. */
 static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_attn_opts *opts)
 {
     const int hkv = 2, heads = 8, dim = 16, prompt = 300, bs = 16;
     mlk_kv_config cfg;
-    mlk_kv_cache *c = NULL;
-    int seqs[8], nqs[8], own[8];
-    size_t rowf = (size_t)heads * dim, total_q = 0;
+    mlk_kv_cache *c = NULL, *flat = NULL;
+    mlk_kv_attn_opts one;
+    int seqs[8], flat_seqs[8], nqs[8], own[8];
+    size_t rowf = (size_t)heads * dim, total_q = 0, ws_shared, ws_flat;
     float *kv_in = random_floats((size_t)(prompt + 64) * hkv * dim, 1.0), *q, *o, *lse;
     memset(&cfg, 0, sizeof cfg);
     cfg.layers = 1; cfg.kv_heads = hkv; cfg.head_dim = dim; cfg.block_size = bs; cfg.num_blocks = 128;
     cfg.max_seqs = 8; cfg.type = type;
     CHECK_INT(mlk_kv_create(&cfg, &c), MLK_OK);
+    cfg.num_blocks = 8 * 24; /* room for 8 unshared sequences of up to 340 positions */
+    CHECK_INT(mlk_kv_create(&cfg, &flat), MLK_OK);
     CHECK_INT(mlk_kv_seq_new(c, &seqs[0]), MLK_OK);
     CHECK_INT(mlk_kv_append(c, seqs[0], prompt), MLK_OK);
     CHECK_INT(mlk_kv_store(c, seqs[0], 0, 0, prompt, kv_in, kv_in + 7), MLK_OK);
@@ -480,31 +731,55 @@ static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_at
         if (s == n_seqs - 1) /* rewrite position 200: a private copy of that block from here on */
             CHECK_INT(mlk_kv_store(c, seqs[s], 0, 200, 1, own_kv, own_kv), MLK_OK);
         total_q += (size_t)n_q * rowf;
+        CHECK_INT(mlk_kv_seq_new(flat, &flat_seqs[s]), MLK_OK); /* the same length, its own blocks */
+        CHECK_INT(mlk_kv_append(flat, flat_seqs[s], prompt + own[s]), MLK_OK);
         mlkt_free(own_kv);
     }
+    one = *opts;
+    one.threads = 1;
+    ws_shared = mlk_kv_attn_workspace_size(c, n_seqs, seqs, nqs, heads, &one);
+    ws_flat = mlk_kv_attn_workspace_size(flat, n_seqs, flat_seqs, nqs, heads, &one);
+    CHECKF(ws_flat > 0 && ws_shared > ws_flat, "cascade plan not taken: workspace %zu bytes, %zu without shared blocks",
+           ws_shared, ws_flat);
+    mlk_kv_destroy(flat);
     q = random_floats(total_q, 1.0);
     o = mlkt_floats(total_q);
     lse = mlkt_floats(total_q / dim);
     CHECK_INT(mlk_kv_attn_opt(c, 0, n_seqs, seqs, nqs, q, heads, opts, o, lse), MLK_OK);
     for (int s = 0, q_at = 0; s < n_seqs; q_at += n_q * (int)rowf, s++) {
-        int len = prompt + own[s];
-        float *k = mlkt_floats((size_t)len * hkv * dim), *v = mlkt_floats((size_t)len * hkv * dim);
-        float *o_ref = mlkt_floats((size_t)n_q * rowf), *lse_ref = mlkt_floats((size_t)n_q * heads);
-        float *o_one = mlkt_floats((size_t)n_q * rowf);
+        const int len = prompt + own[s];
+        const size_t nqe = (size_t)n_q * rowf, nkve = (size_t)len * hkv * dim, nrow = (size_t)n_q * heads;
+        float *k = mlkt_floats(nkve), *v = mlkt_floats(nkve);
+        float *o_ref = mlkt_floats(nqe), *lse_ref = mlkt_floats(nrow), *lse_t = mlkt_floats(nrow);
+        float *o_one = mlkt_floats(nqe);
+        double *qd = to_double(q + q_at, nqe), *kd, *vd, *sd = opts->sinks ? to_double(opts->sinks, (size_t)heads) : NULL;
+        double *o_d = (double *)malloc(nqe * sizeof(double)), *o_nv = (double *)malloc(nqe * sizeof(double));
+        double *lse_d = (double *)malloc(nrow * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
+        double naive_o, naive_lse, floor_o, floor_lse;
         mlk_attn_desc d;
         CHECK_INT(mlk_kv_load(c, seqs[s], 0, 0, len, k, v), MLK_OK);
+        kd = to_double(k, nkve);
+        vd = to_double(v, nkve);
         memset(&d, 0, sizeof d);
         d.batch = 1; d.heads = heads; d.kv_heads = hkv; d.len_q = n_q; d.len_kv = len; d.head_dim = dim;
         d.layout = MLK_BNHD; d.causal = 1; d.softcap = opts->softcap; d.sinks = opts->sinks;
+        sref_forward(&d, qd, kd, vd, sd, o_d, lse_d, 0);
+        sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+        naive_o = mlkt_max_abs_err_d(o_nv, o_d, nqe);
+        naive_lse = mlkt_max_abs_err_d(lse_nv, lse_d, nrow);
+        floor_o = mlkt_ulps(8, 1 + sref_max_abs(o_d, nqe));
+        floor_lse = mlkt_ulps(8, 1 + sref_max_abs(lse_d, nrow));
         CHECK_INT(mlk_attn_fwd(&d, q + q_at, k, v, o_ref, lse_ref), MLK_OK);
-        CHECKF(max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d: o differs by %.3g", s,
-               max_abs_diff(o + q_at, o_ref, (size_t)n_q * rowf));
-        for (int i = 0; i < n_q; i++)
-            for (int h = 0; h < heads; h++)
-                CHECK_CLOSE(lse[(size_t)q_at / dim + (size_t)i * heads + h], lse_ref[(size_t)h * n_q + i], 1e-6, 1e-6);
         CHECK_INT(mlk_kv_attn_opt(c, 0, 1, &seqs[s], &n_q, q + q_at, heads, opts, o_one, NULL), MLK_OK);
-        CHECKF(max_abs_diff(o + q_at, o_one, (size_t)n_q * rowf) <= 3e-6, "cascade seq %d vs alone", s);
-        mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(o_one);
+        for (int i = 0; i < n_q; i++)
+            for (int h = 0; h < heads; h++) lse_t[(size_t)h * n_q + i] = lse[(size_t)q_at / dim + (size_t)i * heads + h];
+        CHECK_NAIVE(mlkt_max_abs_err(o + q_at, o_d, nqe), naive_o, floor_o, "cascade seq %d: o", s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_ref, nqe), naive_o, floor_o, "cascade seq %d: o vs mlk_attn_fwd", s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_one, nqe), naive_o, floor_o, "cascade seq %d: o vs alone", s);
+        CHECK_NAIVE(mlkt_max_abs_err(lse_t, lse_d, nrow), naive_lse, floor_lse, "cascade seq %d: lse", s);
+        CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), naive_lse, floor_lse, "cascade seq %d: lse vs mlk_attn_fwd", s);
+        free(qd); free(kd); free(vd); free(sd); free(o_d); free(o_nv); free(lse_d); free(lse_nv);
+        mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(lse_t); mlkt_free(o_one);
     }
     mlkt_digest(o, total_q * sizeof(float));
     mlkt_free(q); mlkt_free(o); mlkt_free(lse); mlkt_free(kv_in);
@@ -824,6 +1099,7 @@ int main(void)
     mlkt_file = "test_decode";
     MLKT_RUN(test_sinks, 1);
     MLKT_RUN(test_sinks_edges, 2);
+    MLKT_RUN(test_sinks_masks, 14);
     MLKT_RUN(test_merge, 3);
     MLKT_RUN(test_kv_opts_parity, 4);
     MLKT_RUN(test_split_kv, 5);

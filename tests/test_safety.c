@@ -66,18 +66,26 @@ static double max_diff(const float *a, const float *b, size_t n)
 
 /* ---- 1: a workspace sized for one thread, used with more ---- */
 
+/* The forward is 2 x 8 x 64 x 96 x 24 = 2.4M multiply-adds, above
+   MLK__PAR_ATTN_MACS: it fans out, so a team larger than the buffer's room
+   would run off its end (the original heap overflow). The buffer sized for
+   one thread must run (on one), the one sized for four on four, with the
+   same bits as a call that allocates; a buffer short of one thread's room
+   is MLK_ERR_ARG with o untouched. */
 static void test_workspace_threads(void)
 {
-    mlk_attn_desc d = desc(2, 8, 2, 37, 53, 24);
-    size_t nq = q_count(&d), nkv = kv_count(&d), ws;
+    mlk_attn_desc d = desc(2, 8, 2, 64, 96, 24);
+    size_t nq = q_count(&d), nkv = kv_count(&d), ws, ws_full;
     float *q = mlkt_floats(nq), *k = mlkt_floats(nkv), *v = mlkt_floats(nkv), *dout = mlkt_floats(nq);
-    float *o_ref = mlkt_floats(nq), *o = mlkt_floats(nq), *lse = mlkt_floats((size_t)2 * 8 * 37);
+    float *o_ref = mlkt_floats(nq), *o = mlkt_floats(nq), *o_full = mlkt_floats(nq), *lse = mlkt_floats((size_t)2 * 8 * 64);
     float *dk_ref = mlkt_floats(nkv), *dk = mlkt_floats(nkv);
-    unsigned char *buf;
+    unsigned char *buf, *buf_full;
 #ifdef _OPENMP
     int saved = omp_get_max_threads();
 #endif
     d.causal = 1;
+    CHECKF((double)d.batch * d.heads * d.len_q * d.len_kv * d.head_dim >= 2 * MLK__PAR_ATTN_MACS,
+           "the forward must fan out (MLK__PAR_ATTN_MACS %.0f)", MLK__PAR_ATTN_MACS);
     mlkt_fill_normal(q, nq, 1.0); mlkt_fill_normal(k, nkv, 1.0); mlkt_fill_normal(v, nkv, 1.0);
     mlkt_fill_normal(dout, nq, 1.0);
     CHECK_INT(mlk_attn_fwd(&d, q, k, v, o_ref, lse), MLK_OK);
@@ -86,14 +94,24 @@ static void test_workspace_threads(void)
     ws = mlk_attn_workspace_size(&d);
     CHECK(ws > 0);
     buf = (unsigned char *)mlkt_alloc(ws);
-    d.workspace = buf;
-    d.workspace_bytes = ws;
-    d.threads = 0; /* now as many threads as OpenMP allows: the buffer must bound them */
 #ifdef _OPENMP
     omp_set_num_threads(4);
 #endif
+    d.threads = 0; /* now as many threads as OpenMP allows: the buffer must bound them */
+    ws_full = mlk_attn_workspace_size(&d);
+#ifdef _OPENMP
+    CHECKF(ws_full > ws, "a workspace for 4 threads (%zu bytes) is larger than for 1 (%zu)", ws_full, ws);
+#endif
+    buf_full = (unsigned char *)mlkt_alloc(ws_full);
+    d.workspace = buf_full;
+    d.workspace_bytes = ws_full;
+    CHECK_INT(mlk_attn_fwd(&d, q, k, v, o_full, NULL), MLK_OK);
+    CHECK(mlkt_same(o_full, o_ref, nq * sizeof(float)));
+    CHECK_GUARD(buf_full);
+    d.workspace = buf;
+    d.workspace_bytes = ws;
     CHECK_INT(mlk_attn_fwd(&d, q, k, v, o, NULL), MLK_OK);
-    CHECK(mlkt_same(o, o_ref, nq * sizeof(float)));
+    CHECK(mlkt_same(o, o_full, nq * sizeof(float)));
     CHECK_INT(mlk_attn_bwd(&d, q, k, v, o_ref, dout, lse, NULL, dk, NULL), MLK_OK);
     CHECK(mlkt_same(dk, dk_ref, nkv * sizeof(float)));
     CHECK_GUARD(buf);
@@ -115,9 +133,9 @@ static void test_workspace_threads(void)
     omp_set_num_threads(saved);
 #endif
     mlkt_digest(o_ref, nq * sizeof(float));
-    mlkt_free(buf);
-    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(dout); mlkt_free(o_ref); mlkt_free(o); mlkt_free(lse);
-    mlkt_free(dk_ref); mlkt_free(dk);
+    mlkt_free(buf); mlkt_free(buf_full);
+    mlkt_free(q); mlkt_free(k); mlkt_free(v); mlkt_free(dout); mlkt_free(o_ref); mlkt_free(o); mlkt_free(o_full);
+    mlkt_free(lse); mlkt_free(dk_ref); mlkt_free(dk);
 }
 
 /* ---- 2: P = exp(S - lse) in the backward from the forward's bits ---- */

@@ -3,10 +3,16 @@
    against a double reference of the HF/vLLM definitions (through the
    returned log-probabilities), empirical frequencies over 1e5 draws per
    row against the filtered distribution, excluded tokens never drawn,
-   top-n alternatives against a brute-force sort, bad inputs. */
+   top-n alternatives against a brute-force sort, a batch above the
+   OpenMP threshold (its digest compared across thread counts), bad
+   inputs. */
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define GOLDEN 0x9E3779B97F4A7C15ull
 
@@ -202,7 +208,7 @@ static void test_frequencies(void)
     }
 }
 
-/* ---- threads and bad inputs ---- */
+/* ---- bad inputs ---- */
 
 static void test_bad_input(void)
 {
@@ -230,6 +236,145 @@ static void test_bad_input(void)
     CHECK_INT(mlk_sample_rows(2, 8, logits, p, rng, out, NULL, 9, NULL, NULL), MLK_ERR_NULL);
     CHECK(out[0] == -7 && out[1] == -7 && rng[0] == 5 && rng[1] == 6);
     CHECK_INT(mlk_sample_rows(2, 8, logits, p, rng, out, NULL, -1, NULL, NULL), MLK_ERR_SHAPE);
+}
+
+/* ---- a batch above the OpenMP threshold, every row its own parameters ---- */
+
+/* 64 rows x 2000 logits (128000 floats > MLK__PAR_SOFTMAX_FLOATS): the
+   rows go to several threads. Logits are multiples of 1/256 and the
+   penalties and biases powers of two (or sums of them), so the penalised
+   row is exact in float: each row must draw what mlk_sample draws from that
+   row (computed here in double) with the same state, its log-probability
+   and top-n must match the double reference, banned tokens never appear,
+   and every output goes into the digest (tests/check.sh compares it across
+   1 to 4 threads; an OpenMP build also compares 1 and 3 threads here). */
+static int threaded_call(int rows, int n, const float *logits, const mlk_sample_row *p, const uint64_t *rng0,
+                         uint64_t *rng, int32_t *tok, float *lp, int top_n, int32_t *top_idx, float *top_lp)
+{
+    memcpy(rng, rng0, (size_t)rows * sizeof(uint64_t));
+    return mlk_sample_rows(rows, n, logits, p, rng, tok, lp, top_n, top_idx, top_lp);
+}
+
+static void test_threaded_rows(void)
+{
+    enum { ROWS = 64, N = 2000, TOP_N = 5, HIST = 16 };
+    float *logits = mlkt_floats((size_t)ROWS * N), *pen = mlkt_floats(N), lp[ROWS], top_lp[ROWS * TOP_N];
+    float lp2[ROWS], top_lp2[ROWS * TOP_N];
+    double *ref = (double *)malloc((size_t)N * sizeof(double));
+    int32_t hist[ROWS][HIST], tok[ROWS], tok2[ROWS], top_idx[ROWS * TOP_N], top_idx2[ROWS * TOP_N], banned[ROWS];
+    mlk_logit_bias bias[ROWS][3];
+    mlk_sample_row p[ROWS];
+    mlk_sampler all;
+    uint64_t rng0[ROWS], rng[ROWS], rng2[ROWS], state;
+    int32_t batch_a[ROWS], batch_b[ROWS];
+    CHECK((size_t)ROWS * N > MLK__PAR_SOFTMAX_FLOATS);
+    for (size_t i = 0; i < (size_t)ROWS * N; i++) logits[i] = (float)(floor(mlkt_normal() * 2.5 * 256) / 256);
+    for (int r = 0; r < ROWS; r++) {
+        const float *x = logits + (size_t)r * N;
+        int arg = 0, kind = r % 8;
+        for (int t = 1; t < N; t++) arg = x[t] > x[arg] ? t : arg;
+        for (int i = 0; i < HIST; i++) hist[r][i] = i % 4 == 0 ? arg : mlkt_int(60); /* repeats, and the argmax */
+        bias[r][0].token = arg; bias[r][0].bias = -INFINITY; /* the best token banned */
+        bias[r][1].token = mlkt_int(N); bias[r][1].bias = 1.5f;
+        bias[r][2].token = mlkt_int(N); bias[r][2].bias = -0.75f;
+        banned[r] = -1;
+        rng0[r] = mlkt_u64();
+        switch (kind) {
+        case 0: p[r] = plain_row(0.0f, 0, 1.0f, 0.0f); break;
+        case 1: p[r] = plain_row(0.8f, 40, 1.0f, 0.0f); break;
+        case 2: p[r] = plain_row(1.0f, 0, 0.9f, 0.0f); break;
+        case 3: p[r] = plain_row(1.2f, 0, 1.0f, 0.05f); break;
+        case 4:
+            p[r] = plain_row(0.7f, 0, 1.0f, 0.0f);
+            p[r].repetition_penalty = 2.0f;
+            p[r].history = hist[r]; p[r].history_len = HIST;
+            break;
+        case 5:
+            p[r] = plain_row(1.0f, 50, 0.95f, 0.0f);
+            p[r].presence_penalty = 0.5f; p[r].frequency_penalty = 0.25f;
+            p[r].history = hist[r]; p[r].history_len = HIST;
+            p[r].bias = bias[r]; p[r].n_bias = 3; banned[r] = arg;
+            break;
+        case 6: /* greedy, the argmax banned */
+            p[r] = plain_row(0.0f, 0, 1.0f, 0.0f);
+            p[r].repetition_penalty = 0.5f; p[r].history = hist[r]; p[r].history_len = HIST;
+            p[r].bias = bias[r]; p[r].n_bias = 3; banned[r] = arg;
+            break;
+        default:
+            p[r] = plain_row(1.5f, 0, 0.8f, 0.02f);
+            p[r].frequency_penalty = 0.125f; p[r].history = hist[r]; p[r].history_len = HIST;
+            p[r].bias = bias[r]; p[r].n_bias = 3; banned[r] = arg;
+            break;
+        }
+    }
+    CHECK_INT(threaded_call(ROWS, N, logits, p, rng0, rng, tok, lp, TOP_N, top_idx, top_lp), MLK_OK);
+    for (int r = 0; r < ROWS; r++) {
+        const double inv_t = p[r].sampler.temperature == 0.0f ? 1.0 : 1.0 / p[r].sampler.temperature;
+        double m = -INFINITY, l = 0;
+        int used[N], rank = 0, inexact = 0;
+        int32_t want = -1;
+        uint64_t st = rng0[r];
+        ref_penalised(&p[r], logits + (size_t)r * N, N, ref);
+        for (int t = 0; t < N; t++) {
+            pen[t] = (float)ref[t];
+            inexact += (double)pen[t] != ref[t];
+            m = ref[t] > m ? ref[t] : m;
+        }
+        CHECKF(inexact == 0, "row %d: %d penalised logits are not exact in float", r, inexact);
+        for (int t = 0; t < N; t++) l += exp((ref[t] - m) * inv_t);
+        CHECK_INT(mlk_sample(1, N, pen, &p[r].sampler, &st, &want), MLK_OK);
+        CHECKF(tok[r] == want, "row %d (kind %d): token %d, mlk_sample on the penalised row %d", r, r % 8, tok[r], want);
+        CHECK(rng[r] == rng0[r] + GOLDEN && st == rng[r]);
+        CHECKF(tok[r] != banned[r], "row %d: the banned token %d was drawn", r, banned[r]);
+        CHECK_CLOSE(lp[r], (ref[tok[r]] - m) * inv_t - log(l), 2e-5, 2e-5);
+        for (int t = 0; t < N; t++) rank += ref[t] > ref[tok[r]] || (ref[t] == ref[tok[r]] && t < tok[r]);
+        if (p[r].sampler.temperature == 0.0f) CHECK_INT(rank, 0);
+        if (p[r].sampler.top_k > 0) CHECKF(rank < p[r].sampler.top_k, "row %d: rank %d", r, rank);
+        memset(used, 0, sizeof used);
+        for (int j = 0; j < TOP_N; j++) { /* the j-th best by brute force: ties to the lower index */
+            int best = -1;
+            for (int t = 0; t < N; t++)
+                if (!used[t] && (best < 0 || ref[t] > ref[best])) best = t;
+            used[best] = 1;
+            CHECK_INT(top_idx[r * TOP_N + j], best);
+            CHECK(top_idx[r * TOP_N + j] != banned[r]);
+            CHECK_CLOSE(top_lp[r * TOP_N + j], (ref[best] - m) * inv_t - log(l), 2e-5, 2e-5);
+        }
+    }
+    mlkt_digest(tok, sizeof tok);
+    mlkt_digest(lp, sizeof lp);
+    mlkt_digest(top_idx, sizeof top_idx);
+    mlkt_digest(top_lp, sizeof top_lp);
+    mlkt_digest(rng, sizeof rng);
+#ifdef _OPENMP
+    { /* the same bits on 1 and on 3 threads within this run */
+        int saved = omp_get_max_threads();
+        for (int nt = 1; nt <= 3; nt += 2) {
+            omp_set_num_threads(nt);
+            CHECK_INT(threaded_call(ROWS, N, logits, p, rng0, rng2, tok2, lp2, TOP_N, top_idx2, top_lp2), MLK_OK);
+            CHECKF(mlkt_same(tok, tok2, sizeof tok) && mlkt_same(lp, lp2, sizeof lp) &&
+                   mlkt_same(top_idx, top_idx2, sizeof top_idx) && mlkt_same(top_lp, top_lp2, sizeof top_lp) &&
+                   mlkt_same(rng, rng2, sizeof rng), "%d threads differ from %d", nt, saved);
+        }
+        omp_set_num_threads(saved);
+    }
+#else
+    (void)tok2; (void)lp2; (void)top_lp2; (void)top_idx2; (void)rng2;
+#endif
+    /* one sampler for the whole batch: mlk_sample_rows with rng[r] = s + r * GOLDEN is mlk_sample */
+    all.temperature = 0.9f; all.top_k = 0; all.top_p = 0.95f; all.min_p = 0.01f;
+    state = 4242;
+    for (int r = 0; r < ROWS; r++) {
+        p[r] = plain_row(all.temperature, all.top_k, all.top_p, all.min_p);
+        rng[r] = 4242 + (uint64_t)r * GOLDEN;
+    }
+    CHECK_INT(mlk_sample(ROWS, N, logits, &all, &state, batch_a), MLK_OK);
+    CHECK_INT(mlk_sample_rows(ROWS, N, logits, p, rng, batch_b, NULL, 0, NULL, NULL), MLK_OK);
+    CHECK(mlkt_same(batch_a, batch_b, sizeof batch_a));
+    CHECK(state == 4242 + (uint64_t)ROWS * GOLDEN);
+    mlkt_digest(batch_a, sizeof batch_a);
+    free(ref);
+    mlkt_free(logits); mlkt_free(pen);
 }
 
 /* ---- top_p alone over a flat row: the kept set is thousands of tokens ---- */
@@ -284,6 +429,7 @@ int main(void)
     MLKT_RUN(test_penalties_logprobs, 2);
     MLKT_RUN(test_frequencies, 3);
     MLKT_RUN(test_top_p_wide, 5);
+    MLKT_RUN(test_threaded_rows, 6);
     MLKT_RUN(test_bad_input, 4);
     return mlkt_finish();
 }

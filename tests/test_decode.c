@@ -188,6 +188,38 @@ static double sref_max_abs(const double *x, size_t n)
     return m;
 }
 
+/* sref_forward of d over float inputs in double (o, lse), and the bounds of
+   the naive float32 rule for them: the float-rounded reference's error and
+   a floor of 8 ulps of the largest value. */
+typedef struct sref_bounds {
+    double *o, *lse;
+    double naive_o, naive_lse, floor_o, floor_lse;
+} sref_bounds;
+
+static void sref_bounds_make(const mlk_attn_desc *d, const float *q, const float *k, const float *v, sref_bounds *b)
+{
+    const size_t nqe = (size_t)d->batch * d->len_q * d->heads * d->head_dim;
+    const size_t nkve = (size_t)d->batch * d->len_kv * d->kv_heads * d->head_dim, nrow = nqe / d->head_dim;
+    double *qd = to_double(q, nqe), *kd = to_double(k, nkve), *vd = to_double(v, nkve);
+    double *sd = d->sinks ? to_double(d->sinks, (size_t)d->heads) : NULL;
+    double *o_nv = (double *)malloc(nqe * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
+    b->o = (double *)malloc(nqe * sizeof(double));
+    b->lse = (double *)malloc(nrow * sizeof(double));
+    sref_forward(d, qd, kd, vd, sd, b->o, b->lse, 0);
+    sref_forward(d, qd, kd, vd, sd, o_nv, lse_nv, 1);
+    b->naive_o = mlkt_max_abs_err_d(o_nv, b->o, nqe);
+    b->naive_lse = mlkt_max_abs_err_d(lse_nv, b->lse, nrow);
+    b->floor_o = mlkt_ulps(8, 1 + sref_max_abs(b->o, nqe));
+    b->floor_lse = mlkt_ulps(8, 1 + sref_max_abs(b->lse, nrow));
+    free(qd); free(kd); free(vd); free(sd); free(o_nv); free(lse_nv);
+}
+
+static void sref_bounds_free(sref_bounds *b)
+{
+    free(b->o);
+    free(b->lse);
+}
+
 /* ---- sinks: forward vs the double references, gradients vs finite differences ---- */
 
 static void check_sinks_case(int hq, int hkv, int nq, int nkv, int dim, int causal, int minus_inf_sink)
@@ -470,36 +502,27 @@ static void kv_fixture_free(kv_fixture *f)
 static void check_kv_parity(kv_fixture *f, int heads, int n_q, const mlk_kv_attn_opts *opts, const char *what)
 {
     mlk_attn_desc d;
-    size_t nqe = (size_t)n_q * heads * f->dim, nkve = (size_t)f->len * f->hkv * f->dim, nrow = (size_t)n_q * heads;
+    sref_bounds ref;
+    size_t nqe = (size_t)n_q * heads * f->dim, nrow = (size_t)n_q * heads;
     float *q = random_floats(nqe, 1.0), *o = mlkt_floats(nqe), *o_ref = mlkt_floats(nqe);
     float *lse = mlkt_floats(nrow), *lse_ref = mlkt_floats(nrow), *lse_t = mlkt_floats(nrow);
-    double *qd = to_double(q, nqe), *kd = to_double(f->k, nkve), *vd = to_double(f->v, nkve);
-    double *sd = opts->sinks ? to_double(opts->sinks, (size_t)heads) : NULL;
-    double *o_d = (double *)malloc(nqe * sizeof(double)), *o_nv = (double *)malloc(nqe * sizeof(double));
-    double *lse_d = (double *)malloc(nrow * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
-    double naive_o, naive_lse, floor_o, floor_lse;
     memset(&d, 0, sizeof d);
     d.batch = 1; d.heads = heads; d.kv_heads = f->hkv; d.len_q = n_q; d.len_kv = f->len; d.head_dim = f->dim;
     d.layout = MLK_BNHD; d.causal = 1; d.scale = opts->scale; d.window = opts->window; d.softcap = opts->softcap;
     d.sinks = opts->sinks; d.tree_parent = opts->tree_parent;
     if (d.tree_parent) d.causal = 0;
-    sref_forward(&d, qd, kd, vd, sd, o_d, lse_d, 0);
-    sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
-    naive_o = mlkt_max_abs_err_d(o_nv, o_d, nqe);
-    naive_lse = mlkt_max_abs_err_d(lse_nv, lse_d, nrow);
-    floor_o = mlkt_ulps(8, 1 + sref_max_abs(o_d, nqe));
-    floor_lse = mlkt_ulps(8, 1 + sref_max_abs(lse_d, nrow));
+    sref_bounds_make(&d, q, f->k, f->v, &ref);
     CHECK_INT(mlk_attn_fwd(&d, q, f->k, f->v, o_ref, lse_ref), MLK_OK);
     CHECK_INT(mlk_kv_attn_opt(f->c, 1, 1, &f->seq, &n_q, q, heads, opts, o, lse), MLK_OK);
     for (int i = 0; i < n_q; i++) /* lse: kv [n_q, heads], attn_fwd [heads, n_q] */
         for (int h = 0; h < heads; h++) lse_t[(size_t)h * n_q + i] = lse[(size_t)i * heads + h];
-    CHECK_NAIVE(mlkt_max_abs_err(o, o_d, nqe), naive_o, floor_o, "%s: o", what);
-    CHECK_NAIVE(mlkt_max_abs_err(o_ref, o_d, nqe), naive_o, floor_o, "%s: mlk_attn_fwd o", what);
-    CHECK_NAIVE(max_abs_diff(o, o_ref, nqe), naive_o, floor_o, "%s: o vs mlk_attn_fwd", what);
-    CHECK_NAIVE(mlkt_max_abs_err(lse_t, lse_d, nrow), naive_lse, floor_lse, "%s: lse", what);
-    CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), naive_lse, floor_lse, "%s: lse vs mlk_attn_fwd", what);
+    CHECK_NAIVE(mlkt_max_abs_err(o, ref.o, nqe), ref.naive_o, ref.floor_o, "%s: o", what);
+    CHECK_NAIVE(mlkt_max_abs_err(o_ref, ref.o, nqe), ref.naive_o, ref.floor_o, "%s: mlk_attn_fwd o", what);
+    CHECK_NAIVE(max_abs_diff(o, o_ref, nqe), ref.naive_o, ref.floor_o, "%s: o vs mlk_attn_fwd", what);
+    CHECK_NAIVE(mlkt_max_abs_err(lse_t, ref.lse, nrow), ref.naive_lse, ref.floor_lse, "%s: lse", what);
+    CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), ref.naive_lse, ref.floor_lse, "%s: lse vs mlk_attn_fwd", what);
     mlkt_digest(o, nqe * sizeof(float));
-    free(qd); free(kd); free(vd); free(sd); free(o_d); free(o_nv); free(lse_d); free(lse_nv);
+    sref_bounds_free(&ref);
     mlkt_free(q); mlkt_free(o); mlkt_free(o_ref); mlkt_free(lse); mlkt_free(lse_ref); mlkt_free(lse_t);
 }
 
@@ -752,33 +775,25 @@ static void check_cascade(mlk_kv_type type, int n_seqs, int n_q, const mlk_kv_at
         float *k = mlkt_floats(nkve), *v = mlkt_floats(nkve);
         float *o_ref = mlkt_floats(nqe), *lse_ref = mlkt_floats(nrow), *lse_t = mlkt_floats(nrow);
         float *o_one = mlkt_floats(nqe);
-        double *qd = to_double(q + q_at, nqe), *kd, *vd, *sd = opts->sinks ? to_double(opts->sinks, (size_t)heads) : NULL;
-        double *o_d = (double *)malloc(nqe * sizeof(double)), *o_nv = (double *)malloc(nqe * sizeof(double));
-        double *lse_d = (double *)malloc(nrow * sizeof(double)), *lse_nv = (double *)malloc(nrow * sizeof(double));
-        double naive_o, naive_lse, floor_o, floor_lse;
         mlk_attn_desc d;
+        sref_bounds ref;
         CHECK_INT(mlk_kv_load(c, seqs[s], 0, 0, len, k, v), MLK_OK);
-        kd = to_double(k, nkve);
-        vd = to_double(v, nkve);
         memset(&d, 0, sizeof d);
         d.batch = 1; d.heads = heads; d.kv_heads = hkv; d.len_q = n_q; d.len_kv = len; d.head_dim = dim;
         d.layout = MLK_BNHD; d.causal = 1; d.softcap = opts->softcap; d.sinks = opts->sinks;
-        sref_forward(&d, qd, kd, vd, sd, o_d, lse_d, 0);
-        sref_forward(&d, qd, kd, vd, sd, o_nv, lse_nv, 1);
-        naive_o = mlkt_max_abs_err_d(o_nv, o_d, nqe);
-        naive_lse = mlkt_max_abs_err_d(lse_nv, lse_d, nrow);
-        floor_o = mlkt_ulps(8, 1 + sref_max_abs(o_d, nqe));
-        floor_lse = mlkt_ulps(8, 1 + sref_max_abs(lse_d, nrow));
+        sref_bounds_make(&d, q + q_at, k, v, &ref);
         CHECK_INT(mlk_attn_fwd(&d, q + q_at, k, v, o_ref, lse_ref), MLK_OK);
         CHECK_INT(mlk_kv_attn_opt(c, 0, 1, &seqs[s], &n_q, q + q_at, heads, opts, o_one, NULL), MLK_OK);
         for (int i = 0; i < n_q; i++)
             for (int h = 0; h < heads; h++) lse_t[(size_t)h * n_q + i] = lse[(size_t)q_at / dim + (size_t)i * heads + h];
-        CHECK_NAIVE(mlkt_max_abs_err(o + q_at, o_d, nqe), naive_o, floor_o, "cascade seq %d: o", s);
-        CHECK_NAIVE(max_abs_diff(o + q_at, o_ref, nqe), naive_o, floor_o, "cascade seq %d: o vs mlk_attn_fwd", s);
-        CHECK_NAIVE(max_abs_diff(o + q_at, o_one, nqe), naive_o, floor_o, "cascade seq %d: o vs alone", s);
-        CHECK_NAIVE(mlkt_max_abs_err(lse_t, lse_d, nrow), naive_lse, floor_lse, "cascade seq %d: lse", s);
-        CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), naive_lse, floor_lse, "cascade seq %d: lse vs mlk_attn_fwd", s);
-        free(qd); free(kd); free(vd); free(sd); free(o_d); free(o_nv); free(lse_d); free(lse_nv);
+        CHECK_NAIVE(mlkt_max_abs_err(o + q_at, ref.o, nqe), ref.naive_o, ref.floor_o, "cascade seq %d: o", s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_ref, nqe), ref.naive_o, ref.floor_o, "cascade seq %d: o vs mlk_attn_fwd",
+                    s);
+        CHECK_NAIVE(max_abs_diff(o + q_at, o_one, nqe), ref.naive_o, ref.floor_o, "cascade seq %d: o vs alone", s);
+        CHECK_NAIVE(mlkt_max_abs_err(lse_t, ref.lse, nrow), ref.naive_lse, ref.floor_lse, "cascade seq %d: lse", s);
+        CHECK_NAIVE(max_abs_diff(lse_t, lse_ref, nrow), ref.naive_lse, ref.floor_lse,
+                    "cascade seq %d: lse vs mlk_attn_fwd", s);
+        sref_bounds_free(&ref);
         mlkt_free(k); mlkt_free(v); mlkt_free(o_ref); mlkt_free(lse_ref); mlkt_free(lse_t); mlkt_free(o_one);
     }
     mlkt_digest(o, total_q * sizeof(float));

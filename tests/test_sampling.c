@@ -77,6 +77,24 @@ static void ref_penalised(const mlk_sample_row *p, const float *x, int n, double
     }
 }
 
+/* top_idx / top_lp [top_n] against the brute-force top_n of the reference
+   logits ref [n] (ties to the lower index), as log-probabilities under
+   softmax(ref * inv_t) with max m and normaliser l. */
+static void check_top_n(const double *ref, int n, double m, double inv_t, double l, int top_n, const int32_t *top_idx,
+                        const float *top_lp)
+{
+    char *used = (char *)calloc((size_t)n, 1);
+    for (int j = 0; j < top_n; j++) {
+        int best = -1;
+        for (int t = 0; t < n; t++)
+            if (!used[t] && (best < 0 || ref[t] > ref[best])) best = t;
+        used[best] = 1;
+        CHECK_INT(top_idx[j], best);
+        CHECK_CLOSE(top_lp[j], (ref[best] - m) * inv_t - log(l), 2e-5, 2e-5);
+    }
+    free(used);
+}
+
 static void test_penalties_logprobs(void)
 {
     const int rows = 4, n = 500, top_n = 6;
@@ -101,21 +119,12 @@ static void test_penalties_logprobs(void)
     for (int r = 0; r < rows; r++) {
         const double inv_t = p[r].sampler.temperature == 0.0f ? 1.0 : 1.0 / p[r].sampler.temperature;
         double m = -INFINITY, l = 0;
-        int used[500];
         ref_penalised(&p[r], logits + (size_t)r * n, n, ref);
         for (int t = 0; t < n; t++) m = ref[t] > m ? ref[t] : m;
         for (int t = 0; t < n; t++) l += exp((ref[t] - m) * inv_t);
         CHECK_CLOSE(lp[r], (ref[tok[r]] - m) * inv_t - log(l), 2e-5, 2e-5);
         CHECKF(tok[r] != 20 || r != 3, "a banned token was drawn");
-        memset(used, 0, sizeof used);
-        for (int j = 0; j < top_n; j++) { /* the j-th best by brute force: ties to the lower index */
-            int best = -1;
-            for (int t = 0; t < n; t++)
-                if (!used[t] && (best < 0 || ref[t] > ref[best])) best = t;
-            used[best] = 1;
-            CHECK_INT(top_idx[r * top_n + j], best);
-            CHECK_CLOSE(top_lp[r * top_n + j], (ref[best] - m) * inv_t - log(l), 2e-5, 2e-5);
-        }
+        check_top_n(ref, n, m, inv_t, l, top_n, top_idx + r * top_n, top_lp + r * top_n);
         if (r == 2) { /* greedy: the argmax of the penalised logits */
             int arg = 0;
             for (int t = 1; t < n; t++) arg = ref[t] > ref[arg] ? t : arg;
@@ -311,7 +320,7 @@ static void test_threaded_rows(void)
     for (int r = 0; r < ROWS; r++) {
         const double inv_t = p[r].sampler.temperature == 0.0f ? 1.0 : 1.0 / p[r].sampler.temperature;
         double m = -INFINITY, l = 0;
-        int used[N], rank = 0, inexact = 0;
+        int rank = 0, inexact = 0;
         int32_t want = -1;
         uint64_t st = rng0[r];
         ref_penalised(&p[r], logits + (size_t)r * N, N, ref);
@@ -330,16 +339,8 @@ static void test_threaded_rows(void)
         for (int t = 0; t < N; t++) rank += ref[t] > ref[tok[r]] || (ref[t] == ref[tok[r]] && t < tok[r]);
         if (p[r].sampler.temperature == 0.0f) CHECK_INT(rank, 0);
         if (p[r].sampler.top_k > 0) CHECKF(rank < p[r].sampler.top_k, "row %d: rank %d", r, rank);
-        memset(used, 0, sizeof used);
-        for (int j = 0; j < TOP_N; j++) { /* the j-th best by brute force: ties to the lower index */
-            int best = -1;
-            for (int t = 0; t < N; t++)
-                if (!used[t] && (best < 0 || ref[t] > ref[best])) best = t;
-            used[best] = 1;
-            CHECK_INT(top_idx[r * TOP_N + j], best);
-            CHECK(top_idx[r * TOP_N + j] != banned[r]);
-            CHECK_CLOSE(top_lp[r * TOP_N + j], (ref[best] - m) * inv_t - log(l), 2e-5, 2e-5);
-        }
+        check_top_n(ref, N, m, inv_t, l, TOP_N, top_idx + r * TOP_N, top_lp + r * TOP_N);
+        for (int j = 0; j < TOP_N; j++) CHECK(top_idx[r * TOP_N + j] != banned[r]);
     }
     mlkt_digest(tok, sizeof tok);
     mlkt_digest(lp, sizeof lp);

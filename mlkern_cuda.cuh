@@ -5,8 +5,8 @@
    Device kernels with host launchers for layer norm and RMS norm (forward
    and backward), softmax, log-softmax, fused top-k softmax / log-softmax,
    sampling with mlk_sample's semantics and random numbers, flash attention
-   forward and backward (fp32 SIMT, and bf16 / fp16 on tensor cores for the
-   forward), attention over a device copy of mlkern's paged KV pool and
+   forward and backward (fp32 SIMT, and bf16 / fp16 on tensor cores),
+   attention over a device copy of mlkern's paged KV pool and
    the writes into it, and the ternary (BitNet b1.58) GEMV/GEMM on
    mlkern's packed 2-bit weights. Each launcher
    mirrors its CPU twin in mlkern.h: the same arguments as device pointers,
@@ -256,6 +256,20 @@
    1 / cosh^2 of the raw score); no atomics and no partial sums, so a call
    gives the same bits every run. Tiles: 32 x 32 up to head_dim 64,
    16 x 16 up to 128, 8 x 8 up to 256.
+   The calls the forward runs on tensor cores (bf16 / fp16, head_dim 64,
+   96 or 128, no tree, at least 16 rows per kv head, q / k / v and dout
+   16-byte aligned) run the backward there too, in the same two passes
+   and fixed orders over the forward's (query, head) rows of a kv head: a
+   block per (batch, kv head, 64 keys; 32 at head_dim 128) keeps dK and dV
+   in fp32 registers, 16 keys a warp, while the row tiles that see its keys
+   (32 rows to head_dim 64, else 16; Q, dO, lse and D by cp.async through
+   two buffers) pass: S^T = K Q^T, P from the lse, dV += P^T dO, dP^T =
+   V dO^T, dS, dK += dS^T Q, all mma.sync m16n8k16 from ldmatrix
+   fragments; a block per 64 rows keeps dQ while the key tiles of its band
+   pass (dQ += dS K). Row tiles outside a key tile's band and key tiles
+   outside a row tile's are never loaded. P and dS are rounded to T before
+   their products, as FlashAttention-2 does: the error stays within twice
+   that of a plain bf16 / fp16 backward with fp32 sums.
        template <typename T> mlk_status mlk_cuda_attn_bwd(
            const mlk_attn_desc *d (host), const T *q, const T *k,
            const T *v, const T *o, const T *dout, const float *lse,
@@ -3318,6 +3332,23 @@ static __device__ __forceinline__ void mlk_cuda__double_buffer(int n, const L &l
     }
 }
 
+/* The task's key tiles k0 = t.lo, t.lo + 32, ... through the two K and V
+   buffers: body(k0, ks, vs) once tile k0 is in shared memory. */
+template <typename T, int D, class B>
+static __device__ __forceinline__ void mlk_cuda__mma_key_tiles(const mlk_cuda__attn_dense<T> &f,
+                                                               const mlk_cuda__attn_task &t, T *k_s, T *v_s,
+                                                               const B &body)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    const int KT = MLK_CUDA__MMA_KEYS;
+    auto load = [&](int j, int buf) {
+        mlk_cuda__mma_load_kv<T, D>(f, t, t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
+    };
+    mlk_cuda__double_buffer((t.hi - t.lo + KT - 1) / KT, load, [&](int j, int buf) {
+        body(t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
+    });
+}
+
 /* Block x = (item, 64-row tile) * kv_heads + kv head. Lane l of warp w
    holds rows w * 16 + l / 4 and that + 8 of the tile (half 0 and 1 of
    every accumulator fragment), columns 2 (l % 4) and the next of each
@@ -3357,12 +3388,7 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_
     float o_acc[D / 8][4];
     mlk_cuda__mma_zero(o_acc);
 
-    auto load = [&](int j, int buf) {
-        mlk_cuda__mma_load_kv<T, D>(f, t, t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
-    };
-    mlk_cuda__double_buffer((t.hi - t.lo + KT - 1) / KT, load, [&](int j, int buf) {
-        const int k0 = t.lo + j * KT;
-        const T *ks = k_s + buf * G::BUF, *vs = v_s + buf * G::BUF;
+    mlk_cuda__mma_key_tiles<T, D>(f, t, k_s, v_s, [&](int k0, const T *ks, const T *vs) {
         float s[KT / 8][4];
         mlk_cuda__mma_zero(s);
 #pragma unroll
@@ -3555,6 +3581,23 @@ MLKERN_CUDA_DEF size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d)
     return mlk_cuda__attn_check(d, &g) == MLK_OK ? g.bytes : 0;
 }
 
+/* The dense front end's tensors and their geometry. */
+template <typename T>
+static inline void mlk_cuda__attn_dense_tensors(mlk_cuda__attn_dense<T> *f, const T *q, const T *k, const T *v, T *o,
+                                                float *lse, int len_q, int len_kv, int tiles_per_item,
+                                                const mlk_cuda__attn_strides &s)
+{
+    f->q = q;
+    f->k = k;
+    f->v = v;
+    f->o = o;
+    f->lse = lse;
+    f->len_q = len_q;
+    f->len_kv = len_kv;
+    f->tiles_per_item = tiles_per_item;
+    f->s = s;
+}
+
 /* The mask options, logits and sinks shared by both front ends. */
 static inline void mlk_cuda__attn_common_init(mlk_cuda__attn_common *c, int head_dim, int heads, int kv_heads,
                                               int causal, int window, float scale, float softcap,
@@ -3595,15 +3638,8 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q,
                                d->softcap, g.plan);
     mlk_cuda__attn_stage_arrays(d, g, &sc, hs, &f.kv_len, &f.c.tree_parent, &f.c.tree_depth, &f.c.sinks);
     mlk_cuda__attn_carve_parts(&sc, g.plan, g.head_dim, &f.c);
-    f.q = q;
-    f.k = k;
-    f.v = v;
-    f.o = o;
-    f.lse = lse;
-    f.len_q = g.len_q;
-    f.len_kv = g.len_kv;
-    f.tiles_per_item = f.c.n_tiles / g.batch;
-    f.s = mlk_cuda__attn_strides_of(d, g);
+    mlk_cuda__attn_dense_tensors(&f, q, k, v, o, lse, g.len_q, g.len_kv, f.c.n_tiles / g.batch,
+                                 mlk_cuda__attn_strides_of(d, g));
     cudaError_t e = mlk_cuda__stage_send(&sc, hs, stream);
     if (e == cudaSuccess)
         e = mlk_cuda__attn_fwd_mma_supported(d, q, k, v) ? mlk_cuda__attn_fwd_mma(f, g.batch, stream)
@@ -4282,12 +4318,7 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_bwd_dq_mma_kernel(mlk_cuda
     float acc[D / 8][4];
     mlk_cuda__mma_zero(acc);
 
-    auto load = [&](int j, int buf) {
-        mlk_cuda__mma_load_kv<T, D>(f, t, t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
-    };
-    mlk_cuda__double_buffer((t.hi - t.lo + KT - 1) / KT, load, [&](int j, int buf) {
-        const int k0 = t.lo + j * KT;
-        const T *ks = k_s + buf * G::BUF, *vs = v_s + buf * G::BUF;
+    mlk_cuda__mma_key_tiles<T, D>(f, t, k_s, v_s, [&](int k0, const T *ks, const T *vs) {
         float s[KT / 8][4], dp[KT / 8][4];
         mlk_cuda__mma_zero(s);
         mlk_cuda__mma_zero(dp);
@@ -4391,16 +4422,9 @@ static inline cudaError_t mlk_cuda__attn_bwd_mma(const mlk_cuda__attn_bwd_geom &
         mlk_cuda__attn_plan plan = {0, MLK_CUDA__MMA_ROWS, tiles * g.batch * g.kv_heads, 1, 0};
         mlk_cuda__attn_common_init(&f.c, g.head_dim, g.heads, g.kv_heads, g.causal, g.window, g.scale, g.lg.cap,
                                    plan);
-        f.q = q;
-        f.k = k;
-        f.v = v;
-        f.o = NULL;
-        f.lse = const_cast<float *>(lse); /* read only */
+        mlk_cuda__attn_dense_tensors<T>(&f, q, k, v, NULL, const_cast<float *>(lse) /* read only */, g.len_q,
+                                        g.len_kv, tiles, g.s);
         f.kv_len = g.kv_len;
-        f.len_q = g.len_q;
-        f.len_kv = g.len_kv;
-        f.tiles_per_item = tiles;
-        f.s = g.s;
         a.dout = dout;
         a.row_d = row_d;
         a.dq = dq;

@@ -142,34 +142,32 @@ static void describe(const mlk_attn_desc *d, const char *type, char *buf, size_t
 
 /* ---- which kernels ran ---- */
 
-/* Launches of the tensor-core backward's kernels (-1: not observable). */
+/* Launches of the kernels given, summed (-1: not observable). */
+template <typename... K> static long launches_of(K... kernels)
+{
+    long n = 0;
+    ((n += mlkct_launches_of(kernels)), ...);
+    return mlkct_launches() < 0 ? -1 : n;
+}
+
+/* Launches of the tensor-core backward's kernels (fp32 has none). */
 template <typename T> static long mma_bwd_launches(void)
 {
-    if constexpr (sizeof(T) == 4) {
-        return mlkct_launches() < 0 ? -1 : 0; /* fp32 has none */
-    } else {
-        long n = mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 64>) +
-                 mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 96>) +
-                 mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 128>) +
-                 mlkct_launches_of(mlk_cuda__attn_bwd_dq_mma_kernel<T, 64>) +
-                 mlkct_launches_of(mlk_cuda__attn_bwd_dq_mma_kernel<T, 96>) +
-                 mlkct_launches_of(mlk_cuda__attn_bwd_dq_mma_kernel<T, 128>);
-        return n < 0 ? -1 : n;
-    }
+    if constexpr (sizeof(T) == 4)
+        return launches_of();
+    else
+        return launches_of(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 64>, mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 96>,
+                           mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 128>, mlk_cuda__attn_bwd_dq_mma_kernel<T, 64>,
+                           mlk_cuda__attn_bwd_dq_mma_kernel<T, 96>, mlk_cuda__attn_bwd_dq_mma_kernel<T, 128>);
 }
 
 /* Launches of the SIMT backward's dK / dV and dQ kernels. */
 template <typename T> static long simt_bwd_launches(void)
 {
-    long n = mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 32>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 64>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 128>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 256>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dq_kernel<T, 32>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dq_kernel<T, 64>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dq_kernel<T, 128>) +
-             mlkct_launches_of(mlk_cuda__attn_bwd_dq_kernel<T, 256>);
-    return n < 0 ? -1 : n;
+    return launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 32>, mlk_cuda__attn_bwd_dkdv_kernel<T, 64>,
+                       mlk_cuda__attn_bwd_dkdv_kernel<T, 128>, mlk_cuda__attn_bwd_dkdv_kernel<T, 256>,
+                       mlk_cuda__attn_bwd_dq_kernel<T, 32>, mlk_cuda__attn_bwd_dq_kernel<T, 64>,
+                       mlk_cuda__attn_bwd_dq_kernel<T, 128>, mlk_cuda__attn_bwd_dq_kernel<T, 256>);
 }
 
 /* ---- one case: inputs, the CPU twin, the device, the reference ---- */

@@ -3155,7 +3155,11 @@ template <class F> static inline cudaError_t mlk_cuda__attn_launch(const F &f, c
    mlk_cuda__attn_fwd_mma(f, batch, stream)
                                   launches it for the dense front end f as
                                   mlk_cuda_attn_fwd builds it (its own row
-                                  tiles; never split, so no partial state) */
+                                  tiles; never split, so no partial state)
+   The tiles' loads, fragment products (mlk_cuda__mma_abt: A B^T with B
+   rows in shared memory; mlk_cuda__mma_pb: an accumulator rounded to T
+   times B rows), the key-tile pipeline and the band test serve the
+   tensor-core backward too. */
 
 #define MLK_CUDA__MMA_ROWS 64 /* rows per block: 16 per warp */
 #define MLK_CUDA__MMA_KEYS 32 /* keys per K / V tile */

@@ -5,8 +5,8 @@
    Device kernels with host launchers for layer norm and RMS norm (forward
    and backward), softmax, log-softmax, fused top-k softmax / log-softmax,
    sampling with mlk_sample's semantics and random numbers, flash attention
-   forward and backward (fp32 SIMT, and bf16 / fp16 on tensor cores for the
-   forward), attention over a device copy of mlkern's paged KV pool and
+   forward and backward (fp32 SIMT, and bf16 / fp16 on tensor cores),
+   attention over a device copy of mlkern's paged KV pool and
    the writes into it, and the ternary (BitNet b1.58) GEMV/GEMM on
    mlkern's packed 2-bit weights. Each launcher
    mirrors its CPU twin in mlkern.h: the same arguments as device pointers,
@@ -256,6 +256,20 @@
    1 / cosh^2 of the raw score); no atomics and no partial sums, so a call
    gives the same bits every run. Tiles: 32 x 32 up to head_dim 64,
    16 x 16 up to 128, 8 x 8 up to 256.
+   The calls the forward runs on tensor cores (bf16 / fp16, head_dim 64,
+   96 or 128, no tree, at least 16 rows per kv head, q / k / v and dout
+   16-byte aligned) run the backward there too, in the same two passes
+   and fixed orders over the forward's (query, head) rows of a kv head: a
+   block per (batch, kv head, 64 keys; 32 at head_dim 128) keeps dK and dV
+   in fp32 registers, 16 keys a warp, while the row tiles that see its keys
+   (32 rows to head_dim 64, else 16; Q, dO, lse and D by cp.async through
+   two buffers) pass: S^T = K Q^T, P from the lse, dV += P^T dO, dP^T =
+   V dO^T, dS, dK += dS^T Q, all mma.sync m16n8k16 from ldmatrix
+   fragments; a block per 64 rows keeps dQ while the key tiles of its band
+   pass (dQ += dS K). Row tiles outside a key tile's band and key tiles
+   outside a row tile's are never loaded. P and dS are rounded to T before
+   their products, as FlashAttention-2 does: the error stays within twice
+   that of a plain bf16 / fp16 backward with fp32 sums.
        template <typename T> mlk_status mlk_cuda_attn_bwd(
            const mlk_attn_desc *d (host), const T *q, const T *k,
            const T *v, const T *o, const T *dout, const float *lse,
@@ -2703,15 +2717,25 @@ template <typename T> struct mlk_cuda__attn_dense {
     {
         o[q_at(item, i, h) + e] = mlk_cuda__from_float<T>(x);
     }
+    /* row (item, h, i) of lse-shaped [batch, heads, len_q] arrays */
+    __device__ __forceinline__ size_t row_at(int item, int i, int h) const
+    {
+        return ((size_t)item * c.heads + h) * len_q + i;
+    }
     __device__ __forceinline__ float *lse_at(int item, int i, int h) const
     {
-        return lse ? lse + ((size_t)item * c.heads + h) * len_q + i : NULL;
+        return lse ? lse + row_at(item, i, h) : NULL;
+    }
+    /* element 0 of key `key` of kv head kvh in k-shaped tensors */
+    __device__ __forceinline__ size_t kv_at(int item, int kvh, int key) const
+    {
+        return (size_t)item * s.kv_batch + (size_t)kvh * s.kv_head + (size_t)key * s.kv_tok;
     }
     /* the row fetch: key `key` of kv head kvh, K (kv 0) or V (kv 1) */
     typedef const T *row_t;
     __device__ __forceinline__ row_t row(int kv, int item, int kvh, int key) const
     {
-        return (kv ? v : k) + (size_t)item * s.kv_batch + (size_t)kvh * s.kv_head + (size_t)key * s.kv_tok;
+        return (kv ? v : k) + kv_at(item, kvh, key);
     }
     __device__ __forceinline__ float elem(row_t r, int e) const { return mlk_cuda__to_float(r[e]); }
 };
@@ -2787,6 +2811,28 @@ template <int TYPE> struct mlk_cuda__attn_paged {
     __device__ __forceinline__ float elem(row_t r, int e) const { return mlk_cuda__kv_elem<TYPE>(r, nb, e); }
 };
 
+/* Keys [lo, hi) holding every key rows v0 .. v0+n-1 (n >= 1) of an item's
+   n_q x group rows see (row v: query v / group, head v % group of the kv
+   head's group). lo and hi never decrease as v0 grows. */
+static __device__ __forceinline__ void mlk_cuda__attn_rows_keys(const mlk_cuda__attn_mask &m, int group, int v0, int n,
+                                                                int *lo, int *hi)
+{
+    mlk_cuda__attn_key_range(m, v0 / group, (v0 + n - 1) / group + 1, lo, hi);
+}
+
+/* A task's item, kv head and mask. */
+template <class F>
+static __device__ __forceinline__ void mlk_cuda__attn_task_at(const F &f, int item, int kvh, mlk_cuda__attn_task *t)
+{
+    t->item = item;
+    t->kvh = kvh;
+    f.mask_of(item, &t->m);
+    t->m.causal = f.c.causal;
+    t->m.window = f.c.window;
+    t->m.tree_parent = f.c.tree_parent;
+    t->m.tree_depth = f.c.tree_depth;
+}
+
 /* The block's task: its item, rows, and keys (its run's, when split);
    n_runs 0 for a run index past the task's runs (the block has nothing to do). */
 template <class F, int ROWS>
@@ -2794,17 +2840,11 @@ static __device__ __forceinline__ mlk_cuda__attn_task mlk_cuda__attn_task_of(con
 {
     const mlk_cuda__attn_common &c = f.c;
     mlk_cuda__attn_task t;
-    int tile;
-    t.kvh = block % c.kv_heads;
-    t.item = f.item_of(block / c.kv_heads, &tile);
-    f.mask_of(t.item, &t.m);
-    t.m.causal = c.causal;
-    t.m.window = c.window;
-    t.m.tree_parent = c.tree_parent;
-    t.m.tree_depth = c.tree_depth;
+    int tile, item = f.item_of(block / c.kv_heads, &tile);
+    mlk_cuda__attn_task_at(f, item, block % c.kv_heads, &t);
     t.v0 = tile * ROWS;
     t.n_rows = t.m.n_q * c.group - t.v0 < ROWS ? t.m.n_q * c.group - t.v0 : ROWS;
-    mlk_cuda__attn_key_range(t.m, t.v0 / c.group, (t.v0 + t.n_rows - 1) / c.group + 1, &t.lo, &t.hi);
+    mlk_cuda__attn_rows_keys(t.m, c.group, t.v0, t.n_rows, &t.lo, &t.hi);
     t.n_runs = 1;
     if (c.split_len) {
         t.n_runs = t.hi - t.lo > c.split_len ? (t.hi - t.lo - 1) / c.split_len + 1 : 1;
@@ -3115,7 +3155,11 @@ template <class F> static inline cudaError_t mlk_cuda__attn_launch(const F &f, c
    mlk_cuda__attn_fwd_mma(f, batch, stream)
                                   launches it for the dense front end f as
                                   mlk_cuda_attn_fwd builds it (its own row
-                                  tiles; never split, so no partial state) */
+                                  tiles; never split, so no partial state)
+   The tiles' loads, fragment products (mlk_cuda__mma_abt: A B^T with B
+   rows in shared memory; mlk_cuda__mma_pb: an accumulator rounded to T
+   times B rows), the key-tile pipeline and the band test serve the
+   tensor-core backward too. */
 
 #define MLK_CUDA__MMA_ROWS 64 /* rows per block: 16 per warp */
 #define MLK_CUDA__MMA_KEYS 32 /* keys per K / V tile */
@@ -3156,6 +3200,101 @@ static __device__ __forceinline__ void mlk_cuda__mma_load_kv(const mlk_cuda__att
     }
 }
 
+/* Rows t.v0 .. t.v0+ROWS-1 of a q-shaped tensor (q, dO) into dst; rows
+   at or past t.n_rows are zero-filled. */
+template <typename T, int D, int ROWS>
+static __device__ __forceinline__ void mlk_cuda__mma_load_rows(const mlk_cuda__attn_dense<T> &f,
+                                                               const mlk_cuda__attn_task &t, const T *src, T *dst)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    const int group = f.c.group;
+    for (int x = threadIdx.x; x < ROWS * G::CHUNKS; x += blockDim.x) {
+        int r = x / G::CHUNKS, e = x % G::CHUNKS * 8, v = t.v0 + r;
+        bool in = r < t.n_rows;
+        const T *at = in ? src + f.q_at(t.item, v / group, t.kvh * group + v % group) + e : src;
+        mlk_cuda__cp_async16_zfill(dst + r * G::PITCH + e, at, in ? 16 : 0);
+    }
+}
+
+/* The A fragment of columns 16 kc .. 16 kc + 15 of the 16 rows at rows. */
+template <int D, typename T>
+static __device__ __forceinline__ void mlk_cuda__mma_a_frag(const T *rows, int kc, uint32_t (&a)[4])
+{
+    int lane = threadIdx.x % 32;
+    mlk_cuda__ldmatrix_x4(a, rows + (lane % 16) * mlk_cuda__mma_geom<D>::PITCH + kc * 16 + 8 * (lane / 16));
+}
+
+/* acc (16 x N) += A B^T over columns 16 kc .. 16 kc + 15: a the A
+   fragment of those columns, b N rows in shared memory (as K or dO rows). */
+template <typename T, int D, int N>
+static __device__ __forceinline__ void mlk_cuda__mma_abt(float (&acc)[N / 8][4], const uint32_t (&a)[4], const T *b,
+                                                         int kc)
+{
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int np = 0; np < N / 16; np++) { /* rows 16 np .. 16 np + 15 of b: two n8 pieces */
+        uint32_t r[4];
+        int n = np * 16 + lane % 8 + 8 * (lane / 16), col = kc * 16 + 8 * (lane / 8 % 2);
+        mlk_cuda__ldmatrix_x4(r, b + n * mlk_cuda__mma_geom<D>::PITCH + col);
+        mlk_cuda__mma_m16n8k16<T>(acc[2 * np], a, r);
+        mlk_cuda__mma_m16n8k16<T>(acc[2 * np + 1], a, r + 2);
+    }
+}
+
+/* acc (16 x D) += P B: p a 16 x K accumulator (rounded to T here), b K
+   rows of D columns in shared memory (as V rows). An accumulator's pieces
+   2 kc and 2 kc + 1 are the A fragment of its columns 16 kc .. 16 kc + 15. */
+template <typename T, int D, int K>
+static __device__ __forceinline__ void mlk_cuda__mma_pb(float (&acc)[D / 8][4], const float (&p)[K / 8][4], const T *b)
+{
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kc = 0; kc < K / 16; kc++) {
+        uint32_t pa[4] = {mlk_cuda__pack2<T>(p[2 * kc][0], p[2 * kc][1]), mlk_cuda__pack2<T>(p[2 * kc][2], p[2 * kc][3]),
+                          mlk_cuda__pack2<T>(p[2 * kc + 1][0], p[2 * kc + 1][1]),
+                          mlk_cuda__pack2<T>(p[2 * kc + 1][2], p[2 * kc + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) { /* columns 16 dp .. 16 dp + 15: two n8 pieces */
+            uint32_t r[4];
+            mlk_cuda__ldmatrix_x4_trans(r, b + (kc * 16 + lane % 16) * mlk_cuda__mma_geom<D>::PITCH + dp * 16 +
+                                               8 * (lane / 16));
+            mlk_cuda__mma_m16n8k16<T>(acc[2 * dp], pa, r);
+            mlk_cuda__mma_m16n8k16<T>(acc[2 * dp + 1], pa, r + 2);
+        }
+    }
+}
+
+template <int N> static __device__ __forceinline__ void mlk_cuda__mma_zero(float (&acc)[N][4])
+{
+#pragma unroll
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < 4; i++) acc[n][i] = 0.0f;
+}
+
+/* Half `half` of a lane's row of a 16 x D accumulator (row lane / 4 + 8
+   half, columns 2 (lane % 4) and the next of each 8-wide piece), times w,
+   into the T row dst. */
+template <typename T, int D>
+static __device__ __forceinline__ void mlk_cuda__mma_store_row(T *dst, const float (&acc)[D / 8][4], int half, float w)
+{
+    int col = 2 * (threadIdx.x % 4);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        dst[dt * 8 + col] = mlk_cuda__from_float<T>(acc[dt][2 * half] * w);
+        dst[dt * 8 + col + 1] = mlk_cuda__from_float<T>(acc[dt][2 * half + 1] * w);
+    }
+}
+
+/* Every key k0 .. k0+nk-1 is visible to every row at or past query
+   first_query: a tile that needs no per-key test. */
+static __device__ __forceinline__ bool mlk_cuda__mma_tile_inside(const mlk_cuda__attn_common &c,
+                                                                const mlk_cuda__attn_task &t, int k0, int nk,
+                                                                int first_query)
+{
+    int off = t.m.n_keys - t.m.n_q;
+    return k0 + nk <= t.hi && c.window == 0 && (!c.causal || k0 + nk - 1 <= first_query + off);
+}
+
 /* A row's online state before any key: the sink's share of the sum sits
    on the first lane of the row's quad (a row's sum is spread over 4 lanes). */
 static __device__ __forceinline__ mlk_cuda__attn_online mlk_cuda__mma_row_start(const mlk_cuda__attn_common &c,
@@ -3178,6 +3317,42 @@ static __device__ __forceinline__ float mlk_cuda__quad_sum(float v)
     return v + __shfl_xor_sync(0xFFFFFFFFu, v, 2);
 }
 
+/* Tiles 0 .. n-1 through two shared-memory buffers: load(j, buf) issues
+   tile j's cp.async copies (and any plain stores) into buffer buf, body(j,
+   buf) runs once they have landed and every thread sees them. Tile j + 1
+   is in flight while tile j's body runs. */
+template <class L, class B>
+static __device__ __forceinline__ void mlk_cuda__double_buffer(int n, const L &load, const B &body)
+{
+    if (n > 0) load(0, 0);
+    mlk_cuda__cp_async_commit();
+    for (int j = 0; j < n; j++) {
+        if (j + 1 < n) load(j + 1, (j + 1) & 1);
+        mlk_cuda__cp_async_commit(); /* perhaps empty: wait<1> then always means "tile j is here" */
+        mlk_cuda__cp_async_wait<1>();
+        __syncthreads();
+        body(j, j & 1);
+        __syncthreads(); /* the next tile's copies overwrite this buffer */
+    }
+}
+
+/* The task's key tiles k0 = t.lo, t.lo + 32, ... through the two K and V
+   buffers: body(k0, ks, vs) once tile k0 is in shared memory. */
+template <typename T, int D, class B>
+static __device__ __forceinline__ void mlk_cuda__mma_key_tiles(const mlk_cuda__attn_dense<T> &f,
+                                                               const mlk_cuda__attn_task &t, T *k_s, T *v_s,
+                                                               const B &body)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    const int KT = MLK_CUDA__MMA_KEYS;
+    auto load = [&](int j, int buf) {
+        mlk_cuda__mma_load_kv<T, D>(f, t, t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
+    };
+    mlk_cuda__double_buffer((t.hi - t.lo + KT - 1) / KT, load, [&](int j, int buf) {
+        body(t.lo + j * KT, k_s + buf * G::BUF, v_s + buf * G::BUF);
+    });
+}
+
 /* Block x = (item, 64-row tile) * kv_heads + kv head. Lane l of warp w
    holds rows w * 16 + l / 4 and that + 8 of the tile (half 0 and 1 of
    every accumulator fragment), columns 2 (l % 4) and the next of each
@@ -3193,19 +3368,13 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_
     T *k_s = (T *)mlk_cuda__dynamic_smem(), *v_s = k_s + 2 * G::BUF;
 
     /* the Q tile: global -> shared (over the K buffers) -> A fragments, kept in registers */
-    for (int x = threadIdx.x; x < MLK_CUDA__MMA_ROWS * G::CHUNKS; x += blockDim.x) {
-        int r = x / G::CHUNKS, e = x % G::CHUNKS * 8, v = t.v0 + r;
-        bool in = r < t.n_rows;
-        const T *src = in ? f.q + f.q_at(t.item, v / c.group, t.kvh * c.group + v % c.group) + e : f.q;
-        mlk_cuda__cp_async16_zfill(k_s + r * P + e, src, in ? 16 : 0);
-    }
+    mlk_cuda__mma_load_rows<T, D, MLK_CUDA__MMA_ROWS>(f, t, f.q, k_s);
     mlk_cuda__cp_async_commit();
     mlk_cuda__cp_async_wait<0>();
     __syncthreads();
     uint32_t qf[D / 16][4];
 #pragma unroll
-    for (int kc = 0; kc < D / 16; kc++)
-        mlk_cuda__ldmatrix_x4(qf[kc], k_s + (warp * 16 + lane % 16) * P + kc * 16 + 8 * (lane / 16));
+    for (int kc = 0; kc < D / 16; kc++) mlk_cuda__mma_a_frag<D>(k_s + warp * 16 * P, kc, qf[kc]);
     __syncthreads(); /* the K tiles overwrite the staged Q */
 
     int row[2], query[2];
@@ -3219,41 +3388,17 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_
         valid[half] = row[half] < t.n_rows;
         st[half] = mlk_cuda__mma_row_start(c, t.kvh * c.group + v % c.group, valid[half]);
     }
-    const int first_query = (t.v0 + warp * 16) / c.group, off = t.m.n_keys - t.m.n_q;
+    const int first_query = (t.v0 + warp * 16) / c.group;
     float o_acc[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-        for (int i = 0; i < 4; i++) o_acc[dt][i] = 0.0f;
+    mlk_cuda__mma_zero(o_acc);
 
-    const int n_tiles = (t.hi - t.lo + KT - 1) / KT;
-    if (n_tiles > 0) mlk_cuda__mma_load_kv<T, D>(f, t, t.lo, k_s, v_s);
-    mlk_cuda__cp_async_commit();
-    for (int j = 0; j < n_tiles; j++) {
-        const int k0 = t.lo + j * KT, buf = j & 1;
-        if (j + 1 < n_tiles)
-            mlk_cuda__mma_load_kv<T, D>(f, t, k0 + KT, k_s + (buf ^ 1) * G::BUF, v_s + (buf ^ 1) * G::BUF);
-        mlk_cuda__cp_async_commit(); /* perhaps empty: wait<1> then always means "tile j is here" */
-        mlk_cuda__cp_async_wait<1>();
-        __syncthreads();
-        const T *ks = k_s + buf * G::BUF, *vs = v_s + buf * G::BUF;
-
+    mlk_cuda__mma_key_tiles<T, D>(f, t, k_s, v_s, [&](int k0, const T *ks, const T *vs) {
         float s[KT / 8][4];
+        mlk_cuda__mma_zero(s);
 #pragma unroll
-        for (int nt = 0; nt < KT / 8; nt++)
-            for (int i = 0; i < 4; i++) s[nt][i] = 0.0f;
-#pragma unroll
-        for (int kc = 0; kc < D / 16; kc++)
-#pragma unroll
-            for (int np = 0; np < KT / 16; np++) { /* keys 16 np .. 16 np + 15: two n8 pieces */
-                uint32_t r[4];
-                int key = np * 16 + lane % 8 + 8 * (lane / 16), col = kc * 16 + 8 * (lane / 8 % 2);
-                mlk_cuda__ldmatrix_x4(r, ks + key * P + col);
-                mlk_cuda__mma_m16n8k16<T>(s[2 * np], qf[kc], r);
-                mlk_cuda__mma_m16n8k16<T>(s[2 * np + 1], qf[kc], r + 2);
-            }
+        for (int kc = 0; kc < D / 16; kc++) mlk_cuda__mma_abt<T, D, KT>(s, qf[kc], ks, kc);
 
-        /* inside the band for every row of the warp: no per-key test */
-        bool full = k0 + KT <= t.hi && c.window == 0 && (!c.causal || k0 + KT - 1 <= first_query + off);
+        const bool inside = mlk_cuda__mma_tile_inside(c, t, k0, KT, first_query);
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             float mx = -INFINITY;
@@ -3263,8 +3408,7 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_
                 for (int e = 0; e < 2; e++) {
                     int key = k0 + nt * 8 + 2 * quad + e;
                     float &x = s[nt][2 * half + e];
-                    bool vis = valid[half] &&
-                               (full ? key < t.hi : mlk_cuda__attn_visible(t.m, query[half], key, false));
+                    bool vis = valid[half] && (inside || mlk_cuda__attn_visible(t.m, query[half], key, false));
                     x = vis ? mlk_cuda__attn_logit2(c.lg, x * c.lg.q_scale) : -INFINITY;
                     mx = fmaxf(mx, x);
                 }
@@ -3284,37 +3428,16 @@ __global__ void __launch_bounds__(128) mlk_cuda__attn_mma_kernel(mlk_cuda__attn_
                 o_acc[dt][2 * half + 1] *= alpha;
             }
         }
-
-        /* P's accumulator pieces 2kc and 2kc+1 are the A fragment of keys 16kc .. 16kc+15 */
-#pragma unroll
-        for (int kc = 0; kc < KT / 16; kc++) {
-            uint32_t pa[4] = {mlk_cuda__pack2<T>(s[2 * kc][0], s[2 * kc][1]),
-                              mlk_cuda__pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                              mlk_cuda__pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                              mlk_cuda__pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) { /* columns 16 dp .. 16 dp + 15: two n8 pieces */
-                uint32_t r[4];
-                mlk_cuda__ldmatrix_x4_trans(r, vs + (kc * 16 + lane % 16) * P + dp * 16 + 8 * (lane / 16));
-                mlk_cuda__mma_m16n8k16<T>(o_acc[2 * dp], pa, r);
-                mlk_cuda__mma_m16n8k16<T>(o_acc[2 * dp + 1], pa, r + 2);
-            }
-        }
-        __syncthreads(); /* the next tile's copies overwrite this buffer */
-    }
+        mlk_cuda__mma_pb<T, D, KT>(o_acc, s, vs);
+    });
 
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         float l = mlk_cuda__quad_sum(st[half].l);
         if (!valid[half]) continue;
         /* l is 0 only for a row that saw nothing: o = 0, lse = -inf */
-        float inv = l != 0.0f ? 1.0f / l : 0.0f;
-        int v = t.v0 + row[half], h = t.kvh * c.group + v % c.group;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            f.store_o(t.item, query[half], h, dt * 8 + 2 * quad, o_acc[dt][2 * half] * inv);
-            f.store_o(t.item, query[half], h, dt * 8 + 2 * quad + 1, o_acc[dt][2 * half + 1] * inv);
-        }
+        int h = t.kvh * c.group + (t.v0 + row[half]) % c.group;
+        mlk_cuda__mma_store_row<T, D>(f.o + f.q_at(t.item, query[half], h), o_acc, half, l != 0.0f ? 1.0f / l : 0.0f);
         float *lse = f.lse_at(t.item, query[half], h);
         if (lse && quad == 0) *lse = mlk_cuda__attn_online_lse(st[half].m, l);
     }
@@ -3462,6 +3585,23 @@ MLKERN_CUDA_DEF size_t mlk_cuda_attn_fwd_workspace_size(const mlk_attn_desc *d)
     return mlk_cuda__attn_check(d, &g) == MLK_OK ? g.bytes : 0;
 }
 
+/* The dense front end's tensors and their geometry. */
+template <typename T>
+static inline void mlk_cuda__attn_dense_tensors(mlk_cuda__attn_dense<T> *f, const T *q, const T *k, const T *v, T *o,
+                                                float *lse, int len_q, int len_kv, int tiles_per_item,
+                                                const mlk_cuda__attn_strides &s)
+{
+    f->q = q;
+    f->k = k;
+    f->v = v;
+    f->o = o;
+    f->lse = lse;
+    f->len_q = len_q;
+    f->len_kv = len_kv;
+    f->tiles_per_item = tiles_per_item;
+    f->s = s;
+}
+
 /* The mask options, logits and sinks shared by both front ends. */
 static inline void mlk_cuda__attn_common_init(mlk_cuda__attn_common *c, int head_dim, int heads, int kv_heads,
                                               int causal, int window, float scale, float softcap,
@@ -3502,15 +3642,8 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_fwd(const mlk_attn_desc *d, const T *q,
                                d->softcap, g.plan);
     mlk_cuda__attn_stage_arrays(d, g, &sc, hs, &f.kv_len, &f.c.tree_parent, &f.c.tree_depth, &f.c.sinks);
     mlk_cuda__attn_carve_parts(&sc, g.plan, g.head_dim, &f.c);
-    f.q = q;
-    f.k = k;
-    f.v = v;
-    f.o = o;
-    f.lse = lse;
-    f.len_q = g.len_q;
-    f.len_kv = g.len_kv;
-    f.tiles_per_item = f.c.n_tiles / g.batch;
-    f.s = mlk_cuda__attn_strides_of(d, g);
+    mlk_cuda__attn_dense_tensors(&f, q, k, v, o, lse, g.len_q, g.len_kv, f.c.n_tiles / g.batch,
+                                 mlk_cuda__attn_strides_of(d, g));
     cudaError_t e = mlk_cuda__stage_send(&sc, hs, stream);
     if (e == cudaSuccess)
         e = mlk_cuda__attn_fwd_mma_supported(d, q, k, v) ? mlk_cuda__attn_fwd_mma(f, g.batch, stream)
@@ -3824,6 +3957,23 @@ static __device__ __forceinline__ void mlk_cuda__attn_bwd_axpy4(float *acc, floa
     acc[3] += w * x.w;
 }
 
+/* P and dS of one score from dot = (q_scale q).k and dp = dO.v, with the
+   row's lse2 = lse * log2(e) and D: P = 0 where the key is not visible or
+   the row sees nothing (lse -inf). */
+static __device__ __forceinline__ float mlk_cuda__attn_bwd_p_ds(const mlk_cuda__attn_logits &lg, float dot, float dp,
+                                                                float lse2, float row_d, bool vis, float *ds)
+{
+    float cap_grad = 1.0f;
+    if (lg.cap > 0.0f) { /* 1 / cosh^2, not 1 - tanh^2, which cancels where tanh saturates */
+        float ch = coshf(dot / lg.cap);
+        cap_grad = 1.0f / (ch * ch);
+    }
+    float p = vis && lse2 > -INFINITY ? exp2f(mlk_cuda__attn_logit2(lg, dot) - lse2) : 0.0f;
+    /* p = 0 gives dS = 0 even where a masked value made dP NaN */
+    *ds = p != 0.0f ? p * (dp - row_d) * cap_grad : 0.0f;
+    return p;
+}
+
 /* dS and P (with VIS: 1 for a visible pair, else 0) of the BQ x BKV tile
    of queries q0.. and keys kv0.. from the Q, dO, K, V tiles, in the
    forward's base-2 logits. A thread takes PER_THREAD pairs of one key
@@ -3864,16 +4014,10 @@ static __device__ __forceinline__ void mlk_cuda__attn_bwd_scores(const float *qs
         }
         if (part) continue;
         int r = r0 + n * RSTEP, i = q0 + r;
-        float dot = g.lg.q_scale * s[n], cap_grad = 1.0f;
-        bool seen = lse2_s[r] > -INFINITY &&
+        bool seen = lse2_s[r] > -INFINITY && /* first: rows past len_q have no tree node */
                     mlk_cuda__attn_visible(m, i, kv0 + c, mlk_cuda__attn_tree_bits(m, i, kv0) >> c & 1u);
-        if (g.lg.cap > 0.0f) { /* 1 / cosh^2, not 1 - tanh^2, which cancels where tanh saturates */
-            float ch = coshf(dot / g.lg.cap);
-            cap_grad = 1.0f / (ch * ch);
-        }
-        float p = seen ? exp2f(mlk_cuda__attn_logit2(g.lg, dot) - lse2_s[r]) : 0.0f;
-        /* p = 0 gives dS = 0 even where a masked value made dP NaN */
-        dss[r * tl::LDS + c] = p != 0.0f ? p * (dp[n] - d_s[r]) * cap_grad : 0.0f;
+        float ds, p = mlk_cuda__attn_bwd_p_ds(g.lg, g.lg.q_scale * s[n], dp[n], lse2_s[r], d_s[r], seen, &ds);
+        dss[r * tl::LDS + c] = ds;
         ps[r * tl::LDS + c] = VIS ? (seen ? 1.0f : 0.0f) : p;
     }
 }
@@ -3994,6 +4138,220 @@ mlk_cuda__attn_bwd_dq_kernel(mlk_cuda__attn_bwd_geom g, const T *__restrict__ q,
     }
 }
 
+/* ---- backward on tensor cores (bf16 / fp16, head_dim 64, 96, 128) ----
+   The same two passes and summation orders fixed by the shapes, over the
+   tensor-core forward's rows: an item's n_q x group (query, head) pairs of
+   one kv head, query-major, so a key tile serves every head of its group.
+   P and dS are rounded to T for their mma, as FlashAttention-2 does;
+   every product sums in fp32.
+   dK / dV: a block per (item, kv head, key tile of 16 keys per warp). Over
+   the row tiles that see the key tile (the band; the rest are never
+   loaded), a warp takes S^T = K Q^T and dP^T = V dO^T for its keys, then
+   dV += P^T dO and dK += dS^T Q, in registers until the end. The row
+   tiles' Q, dO, lse and D are double-buffered.
+   dQ: a block per 64-row tile, as the forward's, over the key tiles of its
+   band: S = Q K^T, dP = dO V^T, dQ += dS K. */
+
+/* dK / dV tiles within the default 48 KiB of shared memory: K and V of
+   KEYS keys, two buffers of ROWS rows of Q and dO, lse2 and D. */
+template <int D> struct mlk_cuda__mma_bwd_geom {
+    static const int WARPS = D <= 96 ? 4 : 2, KEYS = 16 * WARPS, ROWS = D <= 64 ? 32 : 16;
+    static const int PITCH = mlk_cuda__mma_geom<D>::PITCH, KV_TILE = KEYS * PITCH, ROW_TILE = ROWS * PITCH;
+    static constexpr size_t SMEM = (2 * (size_t)KV_TILE + 4 * (size_t)ROW_TILE) * 2 + 4 * ROWS * sizeof(float);
+    static_assert(SMEM <= 48 * 1024 && KEYS % MLK_CUDA__MMA_KEYS == 0, "default shared memory; whole K / V loads");
+};
+
+/* What both kernels take: the dense front end over q, k, v and lse (its o
+   unused), dO, D (lse's layout) and the gradients (NULL: not wanted). */
+template <typename T> struct mlk_cuda__attn_mma_bwd {
+    mlk_cuda__attn_dense<T> f;
+    const T *dout;
+    const float *row_d;
+    T *dq, *dk, *dv;
+    float scale;
+};
+
+/* Row tiles [*first, *end) of ROWS rows that see a key of [k0, k1): the
+   key ranges of row tiles never move back, so two bisections find them. */
+template <int ROWS>
+static __device__ __forceinline__ void mlk_cuda__attn_row_band(const mlk_cuda__attn_mask &m, int group, int k0, int k1,
+                                                               int *first, int *end)
+{
+    const int n_rows = m.n_q * group;
+    int a = 0;
+    for (int side = 0; side < 2; side++) { /* the first tile whose keys reach past k0, then the first past k1 */
+        int b = (n_rows + ROWS - 1) / ROWS;
+        while (a < b) {
+            int mid = (a + b) / 2, v0 = mid * ROWS, lo, hi;
+            mlk_cuda__attn_rows_keys(m, group, v0, n_rows - v0 < ROWS ? n_rows - v0 : ROWS, &lo, &hi);
+            if (side ? lo >= k1 : hi > k0) b = mid;
+            else a = mid + 1;
+        }
+        *(side ? end : first) = a;
+    }
+}
+
+/* lse2 = lse * log2(e) and D of a row (v its index in the task's rows);
+   a row past them gets -inf and 0: no gradient. */
+template <typename T>
+static __device__ __forceinline__ void mlk_cuda__mma_bwd_row_stats(const mlk_cuda__attn_mma_bwd<T> &a,
+                                                                   const mlk_cuda__attn_task &t, int v, bool valid,
+                                                                   float *lse2, float *row_d)
+{
+    const int group = a.f.c.group;
+    size_t at = valid ? a.f.row_at(t.item, v / group, t.kvh * group + v % group) : 0;
+    *lse2 = valid ? a.f.lse[at] * MLK_CUDA__LOG2E : -INFINITY;
+    *row_d = valid ? a.row_d[at] : 0.0f;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(32 * mlk_cuda__mma_bwd_geom<D>::WARPS)
+mlk_cuda__attn_bwd_dkdv_mma_kernel(mlk_cuda__attn_mma_bwd<T> a)
+{
+    typedef mlk_cuda__mma_bwd_geom<D> G;
+    const int BQ = G::ROWS, P = G::PITCH;
+    const mlk_cuda__attn_dense<T> &f = a.f;
+    const mlk_cuda__attn_common &c = f.c;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, quad = lane % 4;
+    /* block x = (item * kv_heads + kv head) * key tiles + key tile */
+    const int n_kt = (f.len_kv + G::KEYS - 1) / G::KEYS, k0 = (int)(blockIdx.x % n_kt) * G::KEYS;
+    mlk_cuda__attn_task t;
+    mlk_cuda__attn_task_at(f, (int)(blockIdx.x / n_kt / c.kv_heads), (int)(blockIdx.x / n_kt % c.kv_heads), &t);
+    t.lo = k0;
+    t.hi = t.m.n_keys; /* keys past kv_len load as zeros */
+    const int n_rows = t.m.n_q * c.group, kw = k0 + warp * 16; /* the warp's keys kw .. kw+15 */
+    T *k_s = (T *)mlk_cuda__dynamic_smem(), *v_s = k_s + G::KV_TILE, *q_s = v_s + G::KV_TILE;
+    T *do_s = q_s + 2 * G::ROW_TILE;
+    float *lse2_s = (float *)(do_s + 2 * G::ROW_TILE), *d_s = lse2_s + 2 * BQ;
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+    mlk_cuda__mma_zero(dk_acc);
+    mlk_cuda__mma_zero(dv_acc);
+
+    int first = 0, end = 0;
+    if (k0 < t.m.n_keys) /* else no row sees the tile: its gradients are 0 */
+        mlk_cuda__attn_row_band<BQ>(t.m, c.group, k0, k0 + G::KEYS < t.m.n_keys ? k0 + G::KEYS : t.m.n_keys,
+                                    &first, &end);
+    if (first < end) /* with the first row tile's copies */
+        for (int j = 0; j < G::KEYS; j += MLK_CUDA__MMA_KEYS)
+            mlk_cuda__mma_load_kv<T, D>(f, t, k0 + j, k_s + j * P, v_s + j * P);
+    auto load = [&](int j, int buf) {
+        t.v0 = (first + j) * BQ;
+        t.n_rows = n_rows - t.v0 < BQ ? n_rows - t.v0 : BQ;
+        mlk_cuda__mma_load_rows<T, D, BQ>(f, t, f.q, q_s + buf * G::ROW_TILE);
+        mlk_cuda__mma_load_rows<T, D, BQ>(f, t, a.dout, do_s + buf * G::ROW_TILE);
+        for (int r = threadIdx.x; r < BQ; r += blockDim.x)
+            mlk_cuda__mma_bwd_row_stats(a, t, t.v0 + r, r < t.n_rows, lse2_s + buf * BQ + r, d_s + buf * BQ + r);
+    };
+    mlk_cuda__double_buffer(end - first, load, [&](int j, int buf) {
+        const int v0 = (first + j) * BQ, n = n_rows - v0 < BQ ? n_rows - v0 : BQ;
+        const T *qs = q_s + buf * G::ROW_TILE, *dos = do_s + buf * G::ROW_TILE;
+        const float *lse2 = lse2_s + buf * BQ, *row_d = d_s + buf * BQ;
+        float s[BQ / 8][4], dp[BQ / 8][4]; /* S^T and dP^T: the warp's 16 keys x the tile's rows */
+        mlk_cuda__mma_zero(s);
+        mlk_cuda__mma_zero(dp);
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc++) {
+            uint32_t x[4];
+            mlk_cuda__mma_a_frag<D>(k_s + warp * 16 * P, kc, x);
+            mlk_cuda__mma_abt<T, D, BQ>(s, x, qs, kc);
+            mlk_cuda__mma_a_frag<D>(v_s + warp * 16 * P, kc, x);
+            mlk_cuda__mma_abt<T, D, BQ>(dp, x, dos, kc);
+        }
+        const bool inside = n == BQ && mlk_cuda__mma_tile_inside(c, t, kw, 16, v0 / c.group);
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int r = nt * 8 + 2 * quad + (i & 1), key = kw + lane / 4 + 8 * (i >> 1);
+                bool vis = inside || (r < n && mlk_cuda__attn_visible(t.m, (v0 + r) / c.group, key, false));
+                s[nt][i] = mlk_cuda__attn_bwd_p_ds(c.lg, s[nt][i] * c.lg.q_scale, dp[nt][i], lse2[r], row_d[r], vis,
+                                                   &dp[nt][i]);
+            }
+        mlk_cuda__mma_pb<T, D, BQ>(dv_acc, s, dos);
+        mlk_cuda__mma_pb<T, D, BQ>(dk_acc, dp, qs);
+    });
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int key = kw + lane / 4 + 8 * half;
+        if (key >= f.len_kv) continue;
+        size_t at = f.kv_at(t.item, t.kvh, key);
+        if (a.dk) mlk_cuda__mma_store_row<T, D>(a.dk + at, dk_acc, half, a.scale);
+        if (a.dv) mlk_cuda__mma_store_row<T, D>(a.dv + at, dv_acc, half, 1.0f);
+    }
+}
+
+/* Block x = (item, 64-row tile) * kv_heads + kv head, lanes holding rows
+   as in the forward; Q and dO stay in registers as A fragments. */
+template <typename T, int D>
+__global__ void __launch_bounds__(128) mlk_cuda__attn_bwd_dq_mma_kernel(mlk_cuda__attn_mma_bwd<T> a)
+{
+    typedef mlk_cuda__mma_geom<D> G;
+    const int KT = MLK_CUDA__MMA_KEYS, P = G::PITCH;
+    const mlk_cuda__attn_dense<T> &f = a.f;
+    const mlk_cuda__attn_common &c = f.c;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, quad = lane % 4;
+    mlk_cuda__attn_task t = mlk_cuda__attn_task_of<mlk_cuda__attn_dense<T>, MLK_CUDA__MMA_ROWS>(f, (int)blockIdx.x, 0);
+    T *k_s = (T *)mlk_cuda__dynamic_smem(), *v_s = k_s + 2 * G::BUF;
+
+    /* Q and dO staged over the K and V buffers */
+    mlk_cuda__mma_load_rows<T, D, MLK_CUDA__MMA_ROWS>(f, t, f.q, k_s);
+    mlk_cuda__mma_load_rows<T, D, MLK_CUDA__MMA_ROWS>(f, t, a.dout, v_s);
+    mlk_cuda__cp_async_commit();
+    mlk_cuda__cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[D / 16][4], dof[D / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc++) {
+        mlk_cuda__mma_a_frag<D>(k_s + warp * 16 * P, kc, qf[kc]);
+        mlk_cuda__mma_a_frag<D>(v_s + warp * 16 * P, kc, dof[kc]);
+    }
+    __syncthreads(); /* the K and V tiles overwrite them */
+
+    int query[2];
+    bool valid[2];
+    float lse2[2], row_d[2];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int row = warp * 16 + lane / 4 + 8 * half;
+        query[half] = (t.v0 + row) / c.group;
+        valid[half] = row < t.n_rows;
+        mlk_cuda__mma_bwd_row_stats(a, t, t.v0 + row, valid[half], &lse2[half], &row_d[half]);
+    }
+    const int first_query = (t.v0 + warp * 16) / c.group;
+    float acc[D / 8][4];
+    mlk_cuda__mma_zero(acc);
+
+    mlk_cuda__mma_key_tiles<T, D>(f, t, k_s, v_s, [&](int k0, const T *ks, const T *vs) {
+        float s[KT / 8][4], dp[KT / 8][4];
+        mlk_cuda__mma_zero(s);
+        mlk_cuda__mma_zero(dp);
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc++) {
+            mlk_cuda__mma_abt<T, D, KT>(s, qf[kc], ks, kc);
+            mlk_cuda__mma_abt<T, D, KT>(dp, dof[kc], vs, kc);
+        }
+        const bool inside = mlk_cuda__mma_tile_inside(c, t, k0, KT, first_query);
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) { /* dS over S */
+                int half = i >> 1, key = k0 + nt * 8 + 2 * quad + (i & 1);
+                bool vis = valid[half] && (inside || mlk_cuda__attn_visible(t.m, query[half], key, false));
+                mlk_cuda__attn_bwd_p_ds(c.lg, s[nt][i] * c.lg.q_scale, dp[nt][i], lse2[half], row_d[half], vis,
+                                        &s[nt][i]);
+            }
+        mlk_cuda__mma_pb<T, D, KT>(acc, s, ks);
+    });
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        if (!valid[half]) continue;
+        int h = t.kvh * c.group + (t.v0 + warp * 16 + lane / 4 + 8 * half) % c.group;
+        mlk_cuda__mma_store_row<T, D>(a.dq + f.q_at(t.item, query[half], h), acc, half, a.scale);
+    }
+}
+
 /* Scratch: the staged arrays, then D [B, Hq, Nq]. */
 static inline size_t mlk_cuda__attn_bwd_bytes(const mlk_cuda__attn_desc &checked)
 {
@@ -4025,6 +4383,64 @@ static inline cudaError_t mlk_cuda__attn_bwd_launch(const mlk_cuda__attn_bwd_geo
                              stream, g, q, k, v, dout, lse, row_d, dq);
     }
     return e;
+}
+
+/* The tensor-core backward takes the calls the tensor-core forward takes
+   (the same rule: a training step's two halves run on the same units),
+   dO 16-byte aligned too. */
+template <typename T>
+static inline bool mlk_cuda__attn_bwd_mma_supported(const mlk_attn_desc *d, const T *q, const T *k, const T *v,
+                                                    const T *dout)
+{
+    return mlk_cuda__attn_fwd_mma_supported(d, q, k, v) && mlk_cuda__aligned16(dout);
+}
+
+template <typename T, int D>
+static inline cudaError_t mlk_cuda__attn_bwd_mma_run(const mlk_cuda__attn_mma_bwd<T> &a, int batch, cudaStream_t stream)
+{
+    typedef mlk_cuda__mma_bwd_geom<D> G;
+    const mlk_cuda__attn_common &c = a.f.c;
+    cudaError_t e = cudaSuccess;
+    if (a.dk || a.dv) {
+        size_t blocks = (size_t)batch * c.kv_heads * ((a.f.len_kv + G::KEYS - 1) / G::KEYS);
+        e = mlk_cuda__launch(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, D>, dim3((unsigned)blocks), dim3(32 * G::WARPS),
+                             G::SMEM, stream, a);
+    }
+    if (a.dq && e == cudaSuccess)
+        e = mlk_cuda__launch(mlk_cuda__attn_bwd_dq_mma_kernel<T, D>, dim3((unsigned)((size_t)c.n_tiles * c.kv_heads)),
+                             dim3(128), mlk_cuda__mma_geom<D>::SMEM, stream, a);
+    return e;
+}
+
+/* After the D kernel, for a call mlk_cuda__attn_bwd_mma_supported takes. */
+template <typename T>
+static inline cudaError_t mlk_cuda__attn_bwd_mma(const mlk_cuda__attn_bwd_geom &g, const T *q, const T *k,
+    const T *v, const T *dout, const float *lse, const float *row_d, T *dq, T *dk, T *dv, cudaStream_t stream)
+{
+    if constexpr (!std::is_same<T, __nv_bfloat16>::value && !std::is_same<T, __half>::value) {
+        return cudaErrorInvalidValue; /* mlk_cuda__attn_bwd_mma_supported says no */
+    } else {
+        mlk_cuda__attn_mma_bwd<T> a;
+        mlk_cuda__attn_dense<T> &f = a.f;
+        int tiles = (g.len_q * g.group + MLK_CUDA__MMA_ROWS - 1) / MLK_CUDA__MMA_ROWS;
+        mlk_cuda__attn_plan plan = {0, MLK_CUDA__MMA_ROWS, tiles * g.batch * g.kv_heads, 1, 0};
+        mlk_cuda__attn_common_init(&f.c, g.head_dim, g.heads, g.kv_heads, g.causal, g.window, g.scale, g.lg.cap,
+                                   plan);
+        mlk_cuda__attn_dense_tensors<T>(&f, q, k, v, NULL, const_cast<float *>(lse) /* read only */, g.len_q,
+                                        g.len_kv, tiles, g.s);
+        f.kv_len = g.kv_len;
+        a.dout = dout;
+        a.row_d = row_d;
+        a.dq = dq;
+        a.dk = dk;
+        a.dv = dv;
+        a.scale = g.scale;
+        switch (g.head_dim) {
+        case 64: return mlk_cuda__attn_bwd_mma_run<T, 64>(a, g.batch, stream);
+        case 96: return mlk_cuda__attn_bwd_mma_run<T, 96>(a, g.batch, stream);
+        default: return mlk_cuda__attn_bwd_mma_run<T, 128>(a, g.batch, stream);
+        }
+    }
 }
 
 /* Shared by both launchers: checks, the scratch, the staged arrays (D's
@@ -4067,7 +4483,9 @@ MLKERN_CUDA_DEF mlk_status mlk_cuda_attn_bwd(const mlk_attn_desc *d, const T *q,
     float *row_d = mlk_cuda__take<float>(&sc, rows);
     cudaError_t e = mlk_cuda__launch(mlk_cuda__attn_bwd_d_kernel<T>, dim3((unsigned)((rows + 7) / 8)), dim3(256), 0,
                                      stream, g, o, dout, row_d);
-    if (e == cudaSuccess) {
+    if (e == cudaSuccess && mlk_cuda__attn_bwd_mma_supported(d, q, k, v, dout)) {
+        e = mlk_cuda__attn_bwd_mma(g, q, k, v, dout, lse, row_d, dq, dk, dv, stream);
+    } else if (e == cudaSuccess) {
         auto launch = g.head_dim <= 32 ? mlk_cuda__attn_bwd_launch<T, 32>
                       : g.head_dim <= 64 ? mlk_cuda__attn_bwd_launch<T, 64>
                       : g.head_dim <= 128 ? mlk_cuda__attn_bwd_launch<T, 128>

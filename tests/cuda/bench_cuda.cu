@@ -271,6 +271,7 @@ int main(void)
     bench_attn_fwd<float>(4, 16, 4096, 64, 1, "f32");
     bench_attn_fwd<__nv_bfloat16>(1, 32, 1, 128, 0, "bf16", 8, 4096);
     bench_attn_fwd<__nv_bfloat16>(1, 32, 1, 128, 0, "bf16", 8, 32768);
+    /* bf16 at head_dim 64 / 128 (cudaMalloc'd, so aligned): the tensor-core backward; f32: SIMT */
     bench_attn_bwd<__nv_bfloat16>(4, 16, 4096, 64, 1, "bf16");
     bench_attn_bwd<__nv_bfloat16>(4, 16, 4096, 64, 0, "bf16");
     bench_attn_bwd<__nv_bfloat16>(2, 16, 8192, 128, 1, "bf16");

@@ -11,7 +11,8 @@
    or forgets an element fails. Under the emulator every kernel call of a
    test goes through mlkct_orders(), which runs it in each thread order and
    requires bitwise-identical outputs; mlkct_launches() counts kernel
-   launches (on a GPU it returns -1: not observable). */
+   launches and mlkct_launches_of(kernel) those of one kernel (on a GPU
+   both return -1: not observable). */
 #ifndef MLKCT_H
 #define MLKCT_H
 
@@ -38,10 +39,12 @@
 static const int mlkct_n_orders = 3;
 static inline void mlkct_set_order(int i) { simt_set_order(i, 0x5EED0000ull + (uint64_t)i); }
 static inline long mlkct_launches(void) { return simt_launches(); }
+template <typename K> static inline long mlkct_launches_of(K kernel) { return simt_launches_of(kernel); }
 #else
 static const int mlkct_n_orders = 1;
 static inline void mlkct_set_order(int) {}
 static inline long mlkct_launches(void) { return -1; }
+template <typename K> static inline long mlkct_launches_of(K) { return -1; }
 /* Before main: without a device the test says so and exits 77 (ctest's
    "skipped"), never reporting a pass. */
 [[maybe_unused]] static int mlkct_device_probe = []() {
@@ -219,6 +222,18 @@ template <typename T> static inline double mlkct_err(const T *got, const double 
         double g = mlkct_to_float(got[i]), d = fabs(g - ref[i]) - mlkct_rounding<T>(ref[i]);
         if (g != g) return INFINITY;
         if (d > e) e = d;
+    }
+    return e;
+}
+
+/* mlkct_err for a result already rounded to T, kept in double (a naive
+   T computation's, the yardstick of a tensor-core kernel) */
+template <typename T> static inline double mlkct_err_rounded(const double *got, const double *ref, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = fabs(got[i] - ref[i]) - mlkct_rounding<T>(ref[i]);
+        e = x > e ? x : e;
     }
     return e;
 }

@@ -126,6 +126,7 @@ struct run_state {
     uint64_t seed = 1;
     size_t stack_bytes = (size_t)256 << 10;
     long launches = 0;        /* kernel launches so far (tests check "nothing launched") */
+    std::map<void (*)(), long> launches_of; /* the same per kernel (tests check which path ran) */
     cudaError_t sticky = cudaSuccess;
     dim3 grid, block;
     uint3 bid;
@@ -612,6 +613,11 @@ inline void simt_set_order(int ord, uint64_t seed)
     simt::g().rng = seed * 0x9E3779B97F4A7C15ull;
 }
 inline long simt_launches() { return simt::g().launches; }
+template <typename... P> inline long simt_launches_of(void (*kernel)(P...))
+{
+    auto it = simt::g().launches_of.find(reinterpret_cast<void (*)()>(kernel));
+    return it == simt::g().launches_of.end() ? 0 : it->second;
+}
 
 inline void __syncthreads() { simt::wait_block(0); }
 inline int __syncthreads_or(int pred) { return simt::wait_block(pred) != 0; }
@@ -810,7 +816,9 @@ cudaError_t mlk_cuda__launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t
 {
     std::tuple<P...> params(args...);
     std::function<void()> body = [&]() { std::apply(kernel, params); };
-    return simt::launch(grid, block, smem, body);
+    cudaError_t e = simt::launch(grid, block, smem, body);
+    if (e == cudaSuccess) simt::g().launches_of[reinterpret_cast<void (*)()>(kernel)]++;
+    return e;
 }
 inline unsigned char *mlk_cuda__dynamic_smem() { return simt::g().dyn_smem.data(); }
 

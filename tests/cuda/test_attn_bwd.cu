@@ -6,7 +6,12 @@
    a fully masked first KV tile, rows that see nothing, GQA and MQA,
    windows, softcap, sinks, kv_len with an empty item and non-finite keys
    past it, multi-root trees, both layouts, head_dim 1 to 256); central
-   finite differences in double; two runs bitwise equal; bad arguments. */
+   finite differences in double; two runs bitwise equal; bad arguments.
+   The tensor-core path (bf16 / fp16 at head_dim 64, 96, 128) is held
+   instead to twice the error of a plain T backward (fp32 products, P and
+   dS rounded to T) plus a floor, and every case checks which path the
+   dispatch took. */
+#define MLKCT_HEADER_IMPL
 #include "mlkct.h"
 
 /* ---- double reference: forward, backward and sink gradient ---- */
@@ -135,6 +140,36 @@ static void describe(const mlk_attn_desc *d, const char *type, char *buf, size_t
              (double)d->softcap, d->sinks != NULL, d->kv_len != NULL, d->tree_parent != NULL, (int)d->layout);
 }
 
+/* ---- which kernels ran ---- */
+
+/* Launches of the kernels given, summed (-1: not observable). */
+template <typename... K> static long launches_of(K... kernels)
+{
+    long n = 0;
+    ((n += mlkct_launches_of(kernels)), ...);
+    return mlkct_launches() < 0 ? -1 : n;
+}
+
+/* Launches of the tensor-core backward's kernels (fp32 has none). */
+template <typename T> static long mma_bwd_launches(void)
+{
+    if constexpr (sizeof(T) == 4)
+        return launches_of();
+    else
+        return launches_of(mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 64>, mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 96>,
+                           mlk_cuda__attn_bwd_dkdv_mma_kernel<T, 128>, mlk_cuda__attn_bwd_dq_mma_kernel<T, 64>,
+                           mlk_cuda__attn_bwd_dq_mma_kernel<T, 96>, mlk_cuda__attn_bwd_dq_mma_kernel<T, 128>);
+}
+
+/* Launches of the SIMT backward's dK / dV and dQ kernels. */
+template <typename T> static long simt_bwd_launches(void)
+{
+    return launches_of(mlk_cuda__attn_bwd_dkdv_kernel<T, 32>, mlk_cuda__attn_bwd_dkdv_kernel<T, 64>,
+                       mlk_cuda__attn_bwd_dkdv_kernel<T, 128>, mlk_cuda__attn_bwd_dkdv_kernel<T, 256>,
+                       mlk_cuda__attn_bwd_dq_kernel<T, 32>, mlk_cuda__attn_bwd_dq_kernel<T, 64>,
+                       mlk_cuda__attn_bwd_dq_kernel<T, 128>, mlk_cuda__attn_bwd_dq_kernel<T, 256>);
+}
+
 /* ---- one case: inputs, the CPU twin, the device, the reference ---- */
 
 struct attn_inputs {
@@ -175,6 +210,54 @@ static void make_inputs(const mlk_attn_desc *d, double q_std, bool poison_tail, 
     in->lse.resize(in->nrow);
     CHECK_INT(mlk_attn_fwd(d, in->q.data(), in->k.data(), in->v.data(), o.data(), in->lse.data()), MLK_OK);
     mlkct_round<T>(o.data(), o.size(), &in->o);
+}
+
+template <typename T> static float round_to(float x) { return mlkct_to_float(mlkct_from_float<T>(x)); }
+
+/* The backward as a plain T computation, the tensor-core path's yardstick:
+   float scores, P = exp(s - lse), dP and D in float, dS = P (dP - D)
+   (softcap: over cosh^2), then P and dS rounded to T for the float sums
+   dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K; results rounded to T. */
+template <typename T> static void naive_bwd(const mlk_attn_desc *d, const attn_inputs &in, ref_grads *r)
+{
+    int hkv = kv_heads_of(d), nkv = len_kv_of(d), dim = d->head_dim, group = d->heads / hkv;
+    float scale = d->scale != 0 ? d->scale : 1.0f / sqrtf((float)dim), cap = d->softcap;
+    std::vector<float> dq(in.nq_el, 0.0f), dk(in.nkv_el, 0.0f), dv(in.nkv_el, 0.0f);
+    for (int b = 0; b < d->batch; b++) {
+        int n_b = d->kv_len ? d->kv_len[b] : nkv;
+        for (int h = 0; h < d->heads; h++)
+            for (int i = 0; i < d->len_q; i++) {
+                size_t qi = ref_at(d, d->heads, d->len_q, b, h, i);
+                float lse = in.lse[((size_t)b * d->heads + h) * d->len_q + i], row_d = 0;
+                if (lse == -INFINITY) continue;
+                for (int e = 0; e < dim; e++) row_d += in.dout[qi + e] * in.o[qi + e];
+                for (int j = 0; j < nkv; j++) {
+                    if (!ref_sees(d, n_b, i, j)) continue;
+                    size_t kj = ref_at(d, hkv, nkv, b, h / group, j);
+                    float dot = 0, dp = 0;
+                    for (int e = 0; e < dim; e++) {
+                        dot += in.q[qi + e] * in.k[kj + e];
+                        dp += in.dout[qi + e] * in.v[kj + e];
+                    }
+                    float u = dot * scale, sc = cap > 0 ? cap * tanhf(u / cap) : u, p = expf(sc - lse);
+                    float ds = p * (dp - row_d) / (cap > 0 ? coshf(u / cap) * coshf(u / cap) : 1.0f);
+                    float pt = round_to<T>(p), dst = round_to<T>(ds);
+                    for (int e = 0; e < dim; e++) {
+                        dq[qi + e] += dst * in.k[kj + e];
+                        dk[kj + e] += dst * in.q[qi + e];
+                        dv[kj + e] += pt * in.dout[qi + e];
+                    }
+                }
+            }
+    }
+    r->dq.resize(in.nq_el);
+    r->dk.resize(in.nkv_el);
+    r->dv.resize(in.nkv_el);
+    for (size_t x = 0; x < in.nq_el; x++) r->dq[x] = round_to<T>(scale * dq[x]);
+    for (size_t x = 0; x < in.nkv_el; x++) {
+        r->dk[x] = round_to<T>(scale * dk[x]);
+        r->dv[x] = round_to<T>(dv[x]);
+    }
 }
 
 template <typename T> struct device_bufs {
@@ -293,27 +376,35 @@ static void check_case(const mlk_attn_desc *d, double q_std = 1.0, bool poison_t
            "%s: the reference is not finite (mlkct_err would not see the device's error)", what);
 
     device_bufs<T> b = device_upload<T>(d, in);
+    const bool mma = mlk_cuda__attn_bwd_mma_supported<T>(d, b.q.p, b.k.p, b.v.p, b.dout.p);
+    ref_grads naive;
+    if (mma) naive_bwd<T>(d, in, &naive);
+    long mma_before = mma_bwd_launches<T>(), simt_before = simt_bwd_launches<T>();
     int calls = 0;
     std::vector<unsigned char> out = mlkct_orders(what, [&]() { return device_run<T>(d, b, w, calls++ % 2 == 0); });
     CHECKF(device_run<T>(d, b, w, false) == out, "%s: a second run gives other bits", what);
+    if (mma_before >= 0)
+        CHECKF((mma_bwd_launches<T>() > mma_before) == mma && (simt_bwd_launches<T>() > simt_before) == !mma,
+               "%s: the dispatch took the %s path", what, mma ? "tensor-core" : "SIMT");
     const T *dq = (const T *)out.data(), *dk = dq + in.nq_el, *dv = dk + in.nkv_el;
     const float *dsinks = (const float *)(dv + in.nkv_el);
-    double floor_ = grad_floor(ref);
-    if (w.dq)
-        CHECK_NAIVE(mlkct_err(dq, ref.dq.data(), in.nq_el), mlkt_max_abs_err(dq_cpu.data(), ref.dq.data(), in.nq_el),
-                    floor_, "dq %s", what);
-    else
-        CHECKF(untouched((const unsigned char *)dq, in.nq_el * sizeof(T)), "dq written though NULL: %s", what);
-    if (w.dk)
-        CHECK_NAIVE(mlkct_err(dk, ref.dk.data(), in.nkv_el), mlkt_max_abs_err(dk_cpu.data(), ref.dk.data(), in.nkv_el),
-                    floor_, "dk %s", what);
-    else
-        CHECKF(untouched((const unsigned char *)dk, in.nkv_el * sizeof(T)), "dk written though NULL: %s", what);
-    if (w.dv)
-        CHECK_NAIVE(mlkct_err(dv, ref.dv.data(), in.nkv_el), mlkt_max_abs_err(dv_cpu.data(), ref.dv.data(), in.nkv_el),
-                    floor_, "dv %s", what);
-    else
-        CHECKF(untouched((const unsigned char *)dv, in.nkv_el * sizeof(T)), "dv written though NULL: %s", what);
+    const double floor_ = grad_floor(ref);
+    /* the yardstick: the CPU twin, or on tensor cores the naive T backward */
+    auto check_grad = [&](const char *name, bool asked, const T *got, const std::vector<double> &exact,
+                          const std::vector<float> &cpu, const std::vector<double> &plain_t) {
+        size_t n = exact.size();
+        if (!asked) {
+            CHECKF(untouched((const unsigned char *)got, n * sizeof(T)), "%s written though NULL: %s", name, what);
+            return;
+        }
+        double yard = mma ? mlkct_err_rounded<T>(plain_t.data(), exact.data(), n)
+                          : mlkt_max_abs_err(cpu.data(), exact.data(), n);
+        double fl = floor_ + (mma ? mlkct_unit<T>() * mlkct_max_abs(exact.data(), n) / 4 : 0.0);
+        CHECK_NAIVE(mlkct_err(got, exact.data(), n), yard, fl, "%s %s%s", name, what, mma ? " tensor cores" : "");
+    };
+    check_grad("dq", w.dq, dq, ref.dq, dq_cpu, naive.dq);
+    check_grad("dk", w.dk, dk, ref.dk, dk_cpu, naive.dk);
+    check_grad("dv", w.dv, dv, ref.dv, dv_cpu, naive.dv);
     if (d->sinks) /* a sum over every row of the head: the floor scales with their count */
         CHECK_NAIVE(mlkt_max_abs_err(dsinks, ref.dsinks.data(), d->heads),
                     mlkt_max_abs_err(ds_cpu.data(), ref.dsinks.data(), d->heads),
@@ -374,6 +465,79 @@ template <typename T> static void test_features(void)
     d = base_desc(2, 3, 3, 6, 0, 1); /* head_dim 1, len_kv 0 = len_q */
     d.softcap = 0.7f;
     check_case<T>(&d, 2.0);
+}
+
+/* The tensor-core path: every case below takes it (check_case checks). */
+template <typename T> static void test_mma(void)
+{
+    int kv_len[2] = {75, 0}, kv_len2[2] = {61, 33};
+    mlk_attn_desc d = base_desc(2, 8, 2, 37, 75, 64); /* GQA 8/2, Nq != Nkv, tails, an empty item, NaN past kv_len */
+    d.causal = 1;
+    d.kv_len = kv_len;
+    d.sinks = sinks8;
+    check_case<T>(&d, 1.0, true);
+    d = base_desc(1, 4, 1, 50, 150, 128); /* MQA, causal window: the first key tiles seen by no row */
+    d.causal = 1;
+    d.window = 24;
+    d.layout = MLK_BNHD;
+    check_case<T>(&d);
+    d = base_desc(1, 2, 2, 70, 30, 96); /* Nq > Nkv, causal: the first 40 rows see nothing */
+    d.causal = 1;
+    d.layout = MLK_BNHD;
+    check_case<T>(&d);
+    d = base_desc(2, 4, 1, 45, 61, 64); /* two-sided window, softcap, kv_len, BHND */
+    d.window = 10;
+    d.softcap = 2.0f;
+    d.kv_len = kv_len2;
+    check_case<T>(&d, 2.0, true);
+    d = base_desc(1, 2, 1, 130, 200, 128); /* no mask: whole tiles without a per-key test, softcap */
+    d.softcap = 5.0f;
+    check_case<T>(&d, 2.0);
+    d = base_desc(1, 3, 3, 33, 33, 96); /* one gradient at a time: the others untouched */
+    d.causal = 1;
+    check_case<T>(&d, 1.0, false, wanted{true, false, false});
+    check_case<T>(&d, 1.0, false, wanted{false, true, false});
+    check_case<T>(&d, 1.0, false, wanted{false, false, true});
+}
+
+/* Which calls the dispatch sends to the tensor cores: the forward's rule,
+   and dO 16-byte aligned; a misaligned dO still runs (SIMT). */
+static void test_mma_dispatch(void)
+{
+    typedef __nv_bfloat16 bf;
+    mlk_attn_desc d = base_desc(1, 1, 1, 16, 16, 64);
+    dbuf<bf> b = dbuf_new<bf>(5120);
+    dbuf<float> f = dbuf_new<float>(16);
+    const bf *p = b.p;
+    CHECK(mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p));
+    CHECK(!mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p + 1));                     /* dO not 16-byte aligned */
+    CHECK(!mlk_cuda__attn_bwd_mma_supported(&d, p + 1, p, p, p));                     /* q */
+    CHECK(!mlk_cuda__attn_bwd_mma_supported(&d, (const float *)f.p, f.p, f.p, f.p)); /* fp32: SIMT */
+    d.len_q = 1;
+    d.heads = 8;
+    CHECK(!mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p)); /* 8 rows per kv head: SIMT, as the forward */
+    d.kv_heads = 1;
+    d.len_q = 2;
+    CHECK(mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p)); /* 16 rows */
+    for (int dim : {32, 80, 256}) {
+        d.head_dim = dim;
+        CHECKF(!mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p), "head_dim %d: SIMT", dim);
+    }
+    d.head_dim = 96;
+    CHECK(mlk_cuda__attn_bwd_mma_supported(&d, (const __half *)p, (const __half *)p, (const __half *)p,
+                                           (const __half *)p));
+    int parent[2] = {-1, 0};
+    d.tree_parent = parent;
+    CHECK(!mlk_cuda__attn_bwd_mma_supported(&d, p, p, p, p)); /* trees: SIMT */
+    d = base_desc(1, 1, 1, 16, 16, 64); /* q, k, v, o at p; dO one element past 1024; dq, dk, dv after it */
+    long mma_before = mma_bwd_launches<bf>(), simt_before = simt_bwd_launches<bf>();
+    CHECK_INT(mlk_cuda_attn_bwd<bf>(&d, p, p, p, p, p + 1025, (const float *)f.p, b.p + 2048, b.p + 3072,
+                                    b.p + 4096, NULL, 0, 0),
+              MLK_OK);
+    if (mma_before >= 0)
+        CHECK(mma_bwd_launches<bf>() == mma_before && simt_bwd_launches<bf>() > simt_before);
+    dbuf_free(b);
+    dbuf_free(f);
 }
 
 static void test_more_f32(void)
@@ -652,6 +816,9 @@ int main(void)
     MLKT_RUN(test_features<float>, 1);
     MLKT_RUN(test_features<__nv_bfloat16>, 2);
     MLKT_RUN(test_features<__half>, 3);
+    MLKT_RUN(test_mma<__nv_bfloat16>, 9);
+    MLKT_RUN(test_mma<__half>, 10);
+    MLKT_RUN(test_mma_dispatch, 11);
     MLKT_RUN(test_more_f32, 4);
     MLKT_RUN(test_grid, 7);
     MLKT_RUN(test_device_forward, 8);

@@ -84,17 +84,6 @@ static mlk_status run_mma(const mlk_attn_desc *d, const T *q, const T *k, const 
     return mlk_cuda_attn_fwd<T>(d, q, k, v, o, lse, NULL, 0, (cudaStream_t)0);
 }
 
-/* mlkct_err for a result already rounded to T, kept in double */
-template <typename T> static double err_rounded(const double *got, const double *ref, size_t n)
-{
-    double e = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = fabs(got[i] - ref[i]) - mlkct_rounding<T>(ref[i]);
-        e = x > e ? x : e;
-    }
-    return e;
-}
-
 template <typename T> static void check_case(const char *name, const mma_case &c)
 {
     int B = c.batch, H = c.heads, Hkv = c.kv_heads, Nq = c.len_q, Nkv = c.len_kv, D = c.head_dim, G = H / Hkv;
@@ -187,7 +176,7 @@ template <typename T> static void check_case(const char *name, const mma_case &c
         lse_naive.push_back(naive_lse[r]);
     }
     CHECKF(empty_bad == 0, "%s: %d rows see nothing; %d of their lse are not -inf", name, empty, empty_bad);
-    double err = mlkct_err(got, ref.data(), nq), naive_err = err_rounded<T>(naive.data(), ref.data(), nq);
+    double err = mlkct_err(got, ref.data(), nq), naive_err = mlkct_err_rounded<T>(naive.data(), ref.data(), nq);
     CHECK_NAIVE(err, naive_err, mlkct_unit<T>() * mlkct_max_abs(ref.data(), nq) / 4, "%s %s: o", name,
                 mlkct_type_name<T>());
     double lse_err = mlkt_max_abs_err(lse_got.data(), lse_ref.data(), lse_ref.size());

@@ -1003,51 +1003,38 @@ static inline dim3 mlk_cuda__norm_grid(int rows, int group)
     return dim3(group == 32 ? (unsigned)((rows + 3) / 4) : (unsigned)rows);
 }
 
-/* The five shapes a norm kernel comes in (warp or block, vector or scalar,
-   cached or streaming): picks the instantiation for the plan. */
-template <typename T, bool CENTER>
-static inline cudaError_t mlk_cuda__norm_fwd_launch(const mlk_cuda__norm_plan &p, int rows, int dim, const T *x,
-    const float *gamma, const float *beta, float eps, T *y, float *mean, float *rstd, cudaStream_t st)
-{
-    const int W = 16 / sizeof(T), B = MLK_CUDA__NORM_BLOCK;
-    dim3 grid = mlk_cuda__norm_grid(rows, p.group), block(p.group == 32 ? 128 : B);
-    if (p.vec == 1 && p.group == 32)
-        return mlk_cuda__launch(mlk_cuda__norm_fwd_kernel<T, 1, 32, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, beta, eps, y, mean, rstd);
-    if (p.vec == 1)
-        return mlk_cuda__launch(mlk_cuda__norm_fwd_kernel<T, 1, B, false, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, beta, eps, y, mean, rstd);
-    if (p.group == 32)
-        return mlk_cuda__launch(mlk_cuda__norm_fwd_kernel<T, W, 32, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, beta, eps, y, mean, rstd);
-    if (p.cached)
-        return mlk_cuda__launch(mlk_cuda__norm_fwd_kernel<T, W, B, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, beta, eps, y, mean, rstd);
-    return mlk_cuda__launch(mlk_cuda__norm_fwd_kernel<T, W, B, false, CENTER>, grid, block, 0, st,
-                            rows, dim, x, gamma, beta, eps, y, mean, rstd);
-}
+/* The kernel families the launcher picks from: kernel<T, VEC, G, CACHED,
+   CENTER>() is the instantiation. */
+struct mlk_cuda__norm_fwd_kernels {
+    template <typename T, int VEC, int G, bool CACHED, bool CENTER> static constexpr auto kernel()
+    {
+        return &mlk_cuda__norm_fwd_kernel<T, VEC, G, CACHED, CENTER>;
+    }
+};
+struct mlk_cuda__norm_bwd_kernels {
+    template <typename T, int VEC, int G, bool CACHED, bool CENTER> static constexpr auto kernel()
+    {
+        return &mlk_cuda__norm_bwd_kernel<T, VEC, G, CACHED, CENTER>;
+    }
+};
 
-template <typename T, bool CENTER>
-static inline cudaError_t mlk_cuda__norm_bwd_launch(const mlk_cuda__norm_plan &p, int rows, int dim, const T *x,
-    const float *gamma, const float *mean, const float *rstd, const T *dy, T *dx, float *delta,
-    cudaStream_t st)
+/* The five shapes a norm kernel comes in (warp or block, vector or scalar,
+   cached or streaming): launches Kernels' instantiation for the plan with
+   the kernel's arguments. */
+template <class Kernels, typename T, bool CENTER, typename... A>
+static inline cudaError_t mlk_cuda__norm_launch(const mlk_cuda__norm_plan &p, int rows, cudaStream_t st, A... args)
 {
-    const int W = 16 / sizeof(T), B = MLK_CUDA__NORM_BLOCK;
-    dim3 grid = mlk_cuda__norm_grid(rows, p.group), block(p.group == 32 ? 128 : B);
+    constexpr int W = 16 / sizeof(T), B = MLK_CUDA__NORM_BLOCK;
+    const dim3 grid = mlk_cuda__norm_grid(rows, p.group), block(p.group == 32 ? 128 : B);
     if (p.vec == 1 && p.group == 32)
-        return mlk_cuda__launch(mlk_cuda__norm_bwd_kernel<T, 1, 32, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, mean, rstd, dy, dx, delta);
+        return mlk_cuda__launch(Kernels::template kernel<T, 1, 32, true, CENTER>(), grid, block, 0, st, args...);
     if (p.vec == 1)
-        return mlk_cuda__launch(mlk_cuda__norm_bwd_kernel<T, 1, B, false, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, mean, rstd, dy, dx, delta);
+        return mlk_cuda__launch(Kernels::template kernel<T, 1, B, false, CENTER>(), grid, block, 0, st, args...);
     if (p.group == 32)
-        return mlk_cuda__launch(mlk_cuda__norm_bwd_kernel<T, W, 32, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, mean, rstd, dy, dx, delta);
+        return mlk_cuda__launch(Kernels::template kernel<T, W, 32, true, CENTER>(), grid, block, 0, st, args...);
     if (p.cached)
-        return mlk_cuda__launch(mlk_cuda__norm_bwd_kernel<T, W, B, true, CENTER>, grid, block, 0, st,
-                                rows, dim, x, gamma, mean, rstd, dy, dx, delta);
-    return mlk_cuda__launch(mlk_cuda__norm_bwd_kernel<T, W, B, false, CENTER>, grid, block, 0, st,
-                            rows, dim, x, gamma, mean, rstd, dy, dx, delta);
+        return mlk_cuda__launch(Kernels::template kernel<T, W, B, true, CENTER>(), grid, block, 0, st, args...);
+    return mlk_cuda__launch(Kernels::template kernel<T, W, B, false, CENTER>(), grid, block, 0, st, args...);
 }
 
 /* The CPU's checks, in the CPU's order. */
@@ -1069,8 +1056,8 @@ static inline mlk_status mlk_cuda__norm_fwd(int rows, int dim, const T *x, const
     if (!(eps >= 0.0f) || eps == INFINITY) return MLK_ERR_ARG;
     const void *ptrs[2] = {x, y};
     mlk_cuda__norm_plan p = mlk_cuda__plan_norm<T>(dim, MLK_CUDA__NORM_VPT, ptrs, 2, gamma, beta);
-    return mlk_cuda__launched(mlk_cuda__norm_fwd_launch<T, CENTER>(p, rows, dim, x, gamma, beta, eps, y, mean,
-                                                                   rstd, stream));
+    return mlk_cuda__launched(mlk_cuda__norm_launch<mlk_cuda__norm_fwd_kernels, T, CENTER>(
+        p, rows, stream, rows, dim, x, gamma, beta, eps, y, mean, rstd));
 }
 
 static inline int mlk_cuda__norm_chunks(int rows) { return (rows + MLK_CUDA__NORM_CHUNK - 1) / MLK_CUDA__NORM_CHUNK; }
@@ -1102,7 +1089,8 @@ static inline mlk_status mlk_cuda__norm_bwd(int rows, int dim, const T *x, const
     float *delta = params ? mlk_cuda__take<float>(&sc, (size_t)rows) : NULL;
     float *part_g = params ? mlk_cuda__take<float>(&sc, (size_t)n_chunks * dim) : NULL;
     float *part_b = params ? mlk_cuda__take<float>(&sc, (size_t)n_chunks * dim) : NULL;
-    cudaError_t e = mlk_cuda__norm_bwd_launch<T, CENTER>(p, rows, dim, x, gamma, mean, rstd, dy, dx, delta, stream);
+    cudaError_t e = mlk_cuda__norm_launch<mlk_cuda__norm_bwd_kernels, T, CENTER>(p, rows, stream, rows, dim, x,
+                                                                                  gamma, mean, rstd, dy, dx, delta);
     if (e == cudaSuccess && params)
         e = mlk_cuda__launch(mlk_cuda__norm_param_partial_kernel<T, CENTER>,
                              dim3((unsigned)((dim + 31) / 32), (unsigned)(n_chunks < 65535 ? n_chunks : 65535)),

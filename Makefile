@@ -5,7 +5,7 @@ CXX     ?= g++
 CLANG   ?= clang
 NATIVE  ?= -march=native
 WARN     = -Wall -Wextra -Wpedantic -Werror
-HDRS     = mlkern.h $(wildcard examples/*.h) tests/mlkt.h tests/fuzz_input.h
+HDRS     = mlkern.h $(wildcard examples/*.h) tests/mlkt.h tests/attn_ref.h tests/fuzz_input.h
 TESTS    = $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 EXAMPLES = $(patsubst examples/%.c,%,$(wildcard examples/*.c))
 BENCHES  = $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c))

@@ -5,6 +5,7 @@
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
+#include "attn_ref.h"
 
 #include <float.h>
 
@@ -25,36 +26,15 @@ static ref_geom ref_resolve(const mlk_attn_desc *d)
     return g;
 }
 
-/* element (b, h, i, 0) of a [B, H, N, D] or [B, N, H, D] tensor */
-static size_t ref_at(const mlk_attn_desc *d, int heads, int n, int b, int h, int i)
-{
-    if (d->layout == MLK_BHND) return (((size_t)b * heads + h) * n + i) * d->head_dim;
-    return (((size_t)b * n + i) * heads + h) * d->head_dim;
-}
-
-static int ref_depth(const int *parent, int i)
-{
-    int depth = 0;
-    for (int x = parent[i]; x >= 0; x = parent[x]) depth++;
-    return depth;
-}
-
-static int ref_is_ancestor_or_self(const int *parent, int a, int i)
-{
-    for (int x = i; x >= 0; x = parent[x])
-        if (x == a) return 1;
-    return 0;
-}
-
 static int ref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
 {
     int off = n_b - d->len_q;
     long pi, pj;
     if (j >= n_b) return 0;
     if (d->tree_parent) {
-        if (j >= off && !ref_is_ancestor_or_self(d->tree_parent, j - off, i)) return 0;
-        pi = off + ref_depth(d->tree_parent, i);
-        pj = j >= off ? off + ref_depth(d->tree_parent, j - off) : j;
+        if (j >= off && !attn_ref_is_ancestor_or_self(d->tree_parent, j - off, i)) return 0;
+        pi = off + attn_ref_depth(d->tree_parent, i);
+        pj = j >= off ? off + attn_ref_depth(d->tree_parent, j - off) : j;
     } else {
         if (d->causal && j > i + off) return 0;
         pi = i + off;
@@ -87,10 +67,10 @@ static void ref_attn(const mlk_attn_desc *d, const double *q, const double *k, c
         for (int h = 0; h < g.hq; h++) {
             int kvh = h / (g.hq / g.hkv);
             for (int i = 0; i < g.nq; i++) {
-                size_t qi = ref_at(d, g.hq, g.nq, b, h, i);
+                size_t qi = attn_ref_at(d, g.hq, g.nq, b, h, i);
                 double m = -INFINITY, l = 0, row_d = 0;
                 for (int j = 0; j < g.nkv; j++) {
-                    const double *kj = k + ref_at(d, g.hkv, g.nkv, b, kvh, j);
+                    const double *kj = k + attn_ref_at(d, g.hkv, g.nkv, b, kvh, j);
                     double dot = 0;
                     s[j] = -INFINITY;
                     if (!ref_sees(d, n_b, i, j)) continue;
@@ -109,14 +89,14 @@ static void ref_attn(const mlk_attn_desc *d, const double *q, const double *k, c
                 for (int e = 0; e < g.dim; e++) {
                     double acc = 0;
                     for (int j = 0; j < g.nkv; j++)
-                        if (p[j] != 0) acc = ref_round(acc + ref_round(p[j] * v[ref_at(d, g.hkv, g.nkv, b, kvh, j) + e], f32), f32);
+                        if (p[j] != 0) acc = ref_round(acc + ref_round(p[j] * v[attn_ref_at(d, g.hkv, g.nkv, b, kvh, j) + e], f32), f32);
                     o[qi + e] = ref_round(acc / l, f32);
                 }
                 lse[((size_t)b * g.hq + h) * g.nq + i] = ref_round(m + log(l), f32);
                 if (!dout) continue;
                 for (int e = 0; e < g.dim; e++) row_d = ref_round(row_d + ref_round(dout[qi + e] * o[qi + e], f32), f32);
                 for (int j = 0; j < g.nkv; j++) {
-                    size_t kj = ref_at(d, g.hkv, g.nkv, b, kvh, j);
+                    size_t kj = attn_ref_at(d, g.hkv, g.nkv, b, kvh, j);
                     double pj = ref_round(p[j] / l, f32), dp = 0, ds;
                     if (p[j] == 0) continue;
                     for (int e = 0; e < g.dim; e++) dp = ref_round(dp + ref_round(dout[qi + e] * v[kj + e], f32), f32);

@@ -9,6 +9,7 @@
 #define MLKERN_IMPLEMENTATION
 #include "mlkern.h"
 #include "mlkt.h"
+#include "attn_ref.h"
 
 static float *random_floats(size_t n, double stddev)
 {
@@ -100,19 +101,6 @@ static double *to_double(const float *x, size_t n)
    mlkern.h. In double, or with every operation rounded to float (f32 = 1):
    the naive float32 computation that CHECK_NAIVE measures against. */
 
-static size_t sref_at(const mlk_attn_desc *d, int heads, int n, int b, int h, int i)
-{
-    if (d->layout == MLK_BHND) return (((size_t)b * heads + h) * n + i) * d->head_dim;
-    return (((size_t)b * n + i) * heads + h) * d->head_dim;
-}
-
-static int sref_depth(const int *parent, int i)
-{
-    int depth = 0;
-    for (int x = parent[i]; x >= 0; x = parent[x]) depth++;
-    return depth;
-}
-
 static int sref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
 {
     int off = n_b - d->len_q;
@@ -123,9 +111,9 @@ static int sref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
             int x = i;
             while (x >= 0 && x != j - off) x = d->tree_parent[x];
             if (x < 0) return 0;
-            pj = off + sref_depth(d->tree_parent, j - off);
+            pj = off + attn_ref_depth(d->tree_parent, j - off);
         }
-        pi = off + sref_depth(d->tree_parent, i);
+        pi = off + attn_ref_depth(d->tree_parent, i);
     } else if (d->causal && j > i + off) {
         return 0;
     }
@@ -146,11 +134,11 @@ static void sref_forward(const mlk_attn_desc *d, const double *q, const double *
         for (int h = 0; h < d->heads; h++)
             for (int i = 0; i < d->len_q; i++) {
                 const int kvh = h / (d->heads / hkv), n_b = d->kv_len ? d->kv_len[b] : nkv;
-                const size_t qi = sref_at(d, d->heads, d->len_q, b, h, i), li = ((size_t)b * d->heads + h) * d->len_q + i;
+                const size_t qi = attn_ref_at(d, d->heads, d->len_q, b, h, i), li = ((size_t)b * d->heads + h) * d->len_q + i;
                 const double sink = sinks ? sinks[h] : -INFINITY;
                 double m = sink, l = 0;
                 for (int j = 0; j < nkv; j++) {
-                    const double *kj = k + sref_at(d, hkv, nkv, b, kvh, j);
+                    const double *kj = k + attn_ref_at(d, hkv, nkv, b, kvh, j);
                     double dot = 0;
                     s[j] = -INFINITY;
                     if (!sref_sees(d, n_b, i, j)) continue;
@@ -168,7 +156,7 @@ static void sref_forward(const mlk_attn_desc *d, const double *q, const double *
                     l = sref_round(l + p[j], f32);
                 }
                 for (int j = 0; j < nkv; j++) { /* o accumulates sum_j p_j v_j in key order, then / l */
-                    const double *vj = v + sref_at(d, hkv, nkv, b, kvh, j);
+                    const double *vj = v + attn_ref_at(d, hkv, nkv, b, kvh, j);
                     if (p[j] == 0) continue;
                     for (int e = 0; e < d->head_dim; e++)
                         o[qi + e] = sref_round(o[qi + e] + sref_round(p[j] * vj[e], f32), f32);
@@ -333,7 +321,7 @@ static void check_sinks_masks(const char *what, mlk_attn_desc d)
             for (int j = 0; j < nkv; j++) seen += sref_sees(&d, n_b, i, j);
             if (seen) continue;
             for (int h = 0; h < d.heads; h++) {
-                const size_t at = sref_at(&d, d.heads, d.len_q, b, h, i);
+                const size_t at = attn_ref_at(&d, d.heads, d.len_q, b, h, i);
                 int zero = 1;
                 for (int e = 0; e < d.head_dim; e++) zero &= o[at + e] == 0.0f;
                 CHECKF(zero && lse[((size_t)b * d.heads + h) * d.len_q + i] == sinks[h],

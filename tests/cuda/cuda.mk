@@ -9,7 +9,7 @@ NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc
 CUDA_ARCHS ?= 80 90
 CUDA_TESTS  = $(patsubst tests/cuda/%.cu,%,$(wildcard tests/cuda/test_*.cu))
 # (tests/cuda/*.cuh: parts of mlkern_cuda.cuh still written beside it)
-CUDA_HDRS   = mlkern.h mlkern_cuda.cuh tests/mlkt.h tests/cuda/mlkct.h tests/cuda/simt.h $(wildcard tests/cuda/*.cuh)
+CUDA_HDRS   = mlkern.h mlkern_cuda.cuh tests/mlkt.h tests/attn_ref.h tests/cuda/mlkct.h tests/cuda/simt.h $(wildcard tests/cuda/*.cuh)
 # the CUDA headers for the emulator build: where nvcc itself looks (nvcc may
 # be a wrapper script outside the toolkit, so not relative to its path)
 ifndef CUDA_INC

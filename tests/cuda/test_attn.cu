@@ -8,6 +8,7 @@
    chunked prefill, trees, split-K decode, a bookkeeping-only cache), plus
    every bad argument of both launchers. */
 #include "mlkct.h"
+#include "attn_ref.h"
 
 /* ---- a reference of this file: per query row, in double or rounding every operation to float ---- */
 
@@ -16,19 +17,17 @@ struct ref_item {
     const int *parent; /* NULL or [n_q] */
 };
 
-static int ref_depth(const int *parent, int i) { return parent[i] < 0 ? 0 : 1 + ref_depth(parent, parent[i]); }
-
 static bool ref_sees(const ref_item &m, int i, int j)
 {
     long off = (long)m.n_keys - m.n_q, pi = i + off, pj = j;
     if (j >= m.n_keys) return false;
     if (m.parent) {
-        pi = off + ref_depth(m.parent, i);
+        pi = off + attn_ref_depth(m.parent, i);
         if (j >= off) {
             int node = i, t = (int)(j - off);
             while (node > t) node = m.parent[node];
             if (node != t) return false;
-            pj = off + ref_depth(m.parent, t);
+            pj = off + attn_ref_depth(m.parent, t);
         }
     } else if (m.causal && j > pi) {
         return false;

@@ -13,28 +13,9 @@
    dispatch took. */
 #define MLKCT_HEADER_IMPL
 #include "mlkct.h"
+#include "attn_ref.h"
 
 /* ---- double reference: forward, backward and sink gradient ---- */
-
-static size_t ref_at(const mlk_attn_desc *d, int heads, int n, int b, int h, int i)
-{
-    if (d->layout == MLK_BHND) return (((size_t)b * heads + h) * n + i) * d->head_dim;
-    return (((size_t)b * n + i) * heads + h) * d->head_dim;
-}
-
-static int ref_depth(const int *parent, int i)
-{
-    int depth = 0;
-    for (int x = parent[i]; x >= 0; x = parent[x]) depth++;
-    return depth;
-}
-
-static bool ref_is_ancestor_or_self(const int *parent, int a, int i)
-{
-    for (int x = i; x >= 0; x = parent[x])
-        if (x == a) return true;
-    return false;
-}
 
 static bool ref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
 {
@@ -42,9 +23,9 @@ static bool ref_sees(const mlk_attn_desc *d, int n_b, int i, int j)
     long pi, pj;
     if (j >= n_b) return false;
     if (d->tree_parent) {
-        if (j >= off && !ref_is_ancestor_or_self(d->tree_parent, j - off, i)) return false;
-        pi = off + ref_depth(d->tree_parent, i);
-        pj = j >= off ? off + ref_depth(d->tree_parent, j - off) : j;
+        if (j >= off && !attn_ref_is_ancestor_or_self(d->tree_parent, j - off, i)) return false;
+        pi = off + attn_ref_depth(d->tree_parent, i);
+        pj = j >= off ? off + attn_ref_depth(d->tree_parent, j - off) : j;
     } else {
         if (d->causal && j > i + off) return false;
         pi = i + off;
@@ -83,10 +64,10 @@ static void ref_attn(const mlk_attn_desc *d, const double *q, const double *k, c
         int n_b = d->kv_len ? d->kv_len[b] : nkv;
         for (int h = 0; h < d->heads; h++)
             for (int i = 0; i < d->len_q; i++) {
-                size_t qi = ref_at(d, d->heads, d->len_q, b, h, i), row = ((size_t)b * d->heads + h) * d->len_q + i;
+                size_t qi = attn_ref_at(d, d->heads, d->len_q, b, h, i), row = ((size_t)b * d->heads + h) * d->len_q + i;
                 double m = sinks ? sinks[h] : -INFINITY, l = 0, row_d = 0;
                 for (int j = 0; j < nkv; j++) {
-                    const double *kj = k + ref_at(d, hkv, nkv, b, h / group, j);
+                    const double *kj = k + attn_ref_at(d, hkv, nkv, b, h / group, j);
                     double dot = 0;
                     s[j] = -INFINITY;
                     if (!ref_sees(d, n_b, i, j)) continue;
@@ -101,14 +82,14 @@ static void ref_attn(const mlk_attn_desc *d, const double *q, const double *k, c
                 for (int j = 0; j < nkv; j++) {
                     p[j] /= l;
                     if (s[j] == -INFINITY) continue; /* unseen: its value never counts */
-                    for (int e = 0; e < dim; e++) r->o[qi + e] += p[j] * v[ref_at(d, hkv, nkv, b, h / group, j) + e];
+                    for (int e = 0; e < dim; e++) r->o[qi + e] += p[j] * v[attn_ref_at(d, hkv, nkv, b, h / group, j) + e];
                 }
                 r->lse[row] = m + log(l);
                 if (!dout) continue;
                 for (int e = 0; e < dim; e++) row_d += dout[qi + e] * r->o[qi + e];
                 if (sinks) r->dsinks[h] -= exp(sinks[h] - r->lse[row]) * row_d;
                 for (int j = 0; j < nkv; j++) {
-                    size_t kj = ref_at(d, hkv, nkv, b, h / group, j);
+                    size_t kj = attn_ref_at(d, hkv, nkv, b, h / group, j);
                     double dp = 0, ds;
                     if (p[j] == 0) continue;
                     for (int e = 0; e < dim; e++) dp += dout[qi + e] * v[kj + e];
@@ -201,7 +182,7 @@ static void make_inputs(const mlk_attn_desc *d, double q_std, bool poison_tail, 
         for (int b = 0; b < d->batch; b++)
             for (int h = 0; h < hkv; h++)
                 for (int j = d->kv_len[b]; j < nkv; j++) {
-                    size_t at = ref_at(d, hkv, nkv, b, h, j);
+                    size_t at = attn_ref_at(d, hkv, nkv, b, h, j);
                     for (int e = 0; e < d->head_dim; e++) {
                         in->k[at + e] = e % 2 ? INFINITY : NAN;
                         in->v[at + e] = e % 2 ? NAN : -INFINITY;
@@ -227,13 +208,13 @@ template <typename T> static void naive_bwd(const mlk_attn_desc *d, const attn_i
         int n_b = d->kv_len ? d->kv_len[b] : nkv;
         for (int h = 0; h < d->heads; h++)
             for (int i = 0; i < d->len_q; i++) {
-                size_t qi = ref_at(d, d->heads, d->len_q, b, h, i);
+                size_t qi = attn_ref_at(d, d->heads, d->len_q, b, h, i);
                 float lse = in.lse[((size_t)b * d->heads + h) * d->len_q + i], row_d = 0;
                 if (lse == -INFINITY) continue;
                 for (int e = 0; e < dim; e++) row_d += in.dout[qi + e] * in.o[qi + e];
                 for (int j = 0; j < nkv; j++) {
                     if (!ref_sees(d, n_b, i, j)) continue;
-                    size_t kj = ref_at(d, hkv, nkv, b, h / group, j);
+                    size_t kj = attn_ref_at(d, hkv, nkv, b, h / group, j);
                     float dot = 0, dp = 0;
                     for (int e = 0; e < dim; e++) {
                         dot += in.q[qi + e] * in.k[kj + e];

@@ -2919,12 +2919,15 @@ static float mlk__softmax_key_val(uint64_t key)
    above its minimum, the larger part of the time on 32000-logit rows. */
 typedef struct mlk__softmax_best { uint64_t *key; int size, cap, room; float floor_val; } mlk__softmax_best;
 
-/* Buffer length for cap kept keys of a row of n: room to append a few
-   hundred candidates, and a whole block (MLK__SOFTMAX_BLOCK) more, between two
-   selections; never more than n, as only the n - cap later logits are appended. */
+/* Buffer length for cap kept keys of a row of n: room to append about a
+   hundred candidates (or cap, if more), and a whole block
+   (MLK__SOFTMAX_BLOCK) more, between two selections; never more than n, as
+   only the n - cap later logits are appended. The floor rises at each
+   selection, so selecting more often appends fewer candidates: 96 rather
+   than 448 made k = 50 over 32000-262144 logits 5-9% faster. */
 static int mlk__softmax_room(int cap, int n)
 {
-    int more = cap > 448 ? cap : 448;
+    int more = cap > 96 ? cap : 96;
     return n - cap - 64 > more ? cap + more + 64 : n;
 }
 

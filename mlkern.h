@@ -3794,17 +3794,17 @@ static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, 
 
 static int mlk__attn_pad(int n) { return (n + MLK__NR - 1) / MLK__NR * MLK__NR; }
 
-static void mlk__attn_mm(int m, int n, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, int ldb,
+static void mlk__attn_mm(int m, int n, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
                          float *c, int ldc, int accumulate)
 {
     const float beta = accumulate ? 1.0f : 0.0f;
     for (int j = 0; j < n; j += MLK__NR) {
         int i = 0;
         for (; i <= m - MLK__MR; i += MLK__MR)
-            mlk__micro(MLK__MR, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, (size_t)ldb, 0,
+            mlk__micro(MLK__MR, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, ldb, 0,
                        c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
         if (i < m) /* the last m % MR rows (all of a 4-row decode group) in one pass */
-            mlk__micro(m - i, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, (size_t)ldb, 0,
+            mlk__micro(m - i, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, ldb, 0,
                        c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
     }
 }
@@ -4247,18 +4247,22 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
 static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
                                   const float *v, size_t ldv)
 {
-    mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
+    /* a tile every row sees whole, of values exactly MLK__NR-aligned wide,
+       needs no copy: P V reads the value rows where they lie */
+    const int full = mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
+    const int v_in_place = full && st->head_dim == st->dpad;
+    if (!v_in_place) mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
     mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
-    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, st->k_t, st->kv_pad,
-                 st->scores, st->kv_pad, 0);
+    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, st->k_t,
+                 (size_t)st->kv_pad, st->scores, st->kv_pad, 0);
     mlk__attn_rows_softmax(st, kv0, nk);
-    if (mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk)) {
-        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, st->v_pack, st->dpad, st->acc,
-                     st->dpad, 1);
+    if (full) {
+        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, v_in_place ? v : st->v_pack,
+                     v_in_place ? ldv : (size_t)st->dpad, st->acc, st->dpad, 1);
     } else {
         int n_bad = mlk__attn_zero_bad_rows(nk, st->head_dim, st->v_pack, st->dpad, st->bad);
-        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, st->v_pack, st->dpad, st->acc,
-                     st->dpad, 1);
+        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, st->v_pack, (size_t)st->dpad,
+                     st->acc, st->dpad, 1);
         mlk__attn_add_rows(st->mask, st->q0, st->group, st->n_rows, kv0, n_bad, st->bad, st->scores,
                            (size_t)st->kv_pad, v, ldv, st->head_dim, st->acc, (size_t)st->dpad);
     }

@@ -203,8 +203,33 @@ static void test_topk(void)
             }
     check_topk(mlkt_quick() ? 8 : 64, 32000, 50, 1.0f, ROW_NORMAL, 0); /* the benchmark shape */
     check_topk(4, 40000, 50, 1.0f, ROW_TIES, 0);
-    for (kind = 0; kind < ROW_KINDS; kind++) /* k above the 448 candidates appended between selections */
+    for (kind = 0; kind < ROW_KINDS; kind++) { /* k above the ~100 candidates appended between selections */
         check_topk(2, mlkt_quick() ? 6000 : 20000, 700, 1.0f, kind, 0);
+        check_topk(2, 64 * 160 + 17, 40, 1.3f, kind, kind % 2); /* a short last block */
+    }
+}
+
+/* Fewer finite logits than k: after them the top k goes on with -inf
+   logits by index, as a sort would, across several selections. */
+static void test_topk_few_finite(void)
+{
+    int n = 5000, k = 7, i;
+    float *x = mlkt_floats((size_t)n), *probs = mlkt_floats((size_t)k);
+    int32_t *idx = (int32_t *)mlkt_alloc((size_t)k * sizeof(int32_t));
+    for (i = 0; i < n; i++) x[i] = -INFINITY;
+    x[4000] = 1.0f, x[70] = 2.0f, x[2500] = 0.5f;
+    CHECK_INT(mlk_topk_softmax(1, n, x, 1.0f, k, probs, idx), MLK_OK);
+    CHECK_INT(idx[0], 70);
+    CHECK_INT(idx[1], 4000);
+    CHECK_INT(idx[2], 2500);
+    for (i = 3; i < k; i++) { /* then the lowest indices of the -inf logits */
+        CHECK_INT(idx[i], i - 3);
+        CHECK(probs[i] == 0.0f);
+    }
+    CHECK(fabs(probs[0] - 1.0 / (1.0 + exp(-1.0) + exp(-1.5))) < 1e-6);
+    mlkt_digest(probs, k * sizeof(float));
+    mlkt_digest(idx, k * sizeof(int32_t));
+    mlkt_free(x); mlkt_free(probs); mlkt_free(idx);
 }
 
 /* A row whose logits increase: every logit is above the floor, so candidates
@@ -501,6 +526,7 @@ int main(void)
     MLKT_RUN(test_softmax, 1);
     MLKT_RUN(test_topk, 2);
     MLKT_RUN(test_topk_increasing, 3);
+    MLKT_RUN(test_topk_few_finite, 10);
     MLKT_RUN(test_topk_signed_zero, 9);
     MLKT_RUN(test_sample_frequencies, 4);
     MLKT_RUN(test_sample_greedy, 5);

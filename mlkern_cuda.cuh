@@ -1644,12 +1644,11 @@ static __device__ __forceinline__ float mlk_cuda__expf_cpu(float x)
     float n = floorf(__fadd_rn(__fmul_rn(x, 1.44269504f), 0.5f));
     float r = __fsub_rn(x, __fmul_rn(n, 0.693145752f));
     r = __fsub_rn(r, __fmul_rn(n, 1.42860677e-6f));
-    float p = 1.0f / 720;
-    p = __fadd_rn(__fmul_rn(p, r), 1.0f / 120);
-    p = __fadd_rn(__fmul_rn(p, r), 1.0f / 24);
-    p = __fadd_rn(__fmul_rn(p, r), 1.0f / 6);
-    p = __fadd_rn(__fmul_rn(p, r), 0.5f);
-    p = __fadd_rn(__fmul_rn(p, r), 1.0f);
+    float p = 8.290272143e-03f;
+    p = __fadd_rn(__fmul_rn(p, r), 4.189815983e-02f);
+    p = __fadd_rn(__fmul_rn(p, r), 1.666763813e-01f);
+    p = __fadd_rn(__fmul_rn(p, r), 4.999914784e-01f);
+    p = __fadd_rn(__fmul_rn(p, r), 9.999997063e-01f);
     p = __fadd_rn(__fmul_rn(p, r), 1.0f);
     return __fmul_rn(p, __int_as_float(((int)n + 127) << 23));
 }

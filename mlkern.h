@@ -3678,7 +3678,7 @@ MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, cons
                st.k_row[j] = key kv0 + j, st.v_row[j] likewise (j < nk);
                mlk__attn_rows_update_typed(&st, kv0, nk, type);
            } else {
-               mlk__attn_rows_update(&st, kv0, nk, k_rows, ldk, v_rows, ldv);
+               mlk__attn_rows_update(&st, kv0, nk, k_rows, ldk, v_rows, ldv, NULL);
            }
        }
        mlk__attn_rows_finish(&st, o, o_head_stride, o_query_stride,
@@ -3687,7 +3687,9 @@ MLKERN_DEF mlk_status mlk_sample_rows(int rows, int n, const float *logits, cons
    q points at query q0 of the group's first head; row r of the task is query
    q0 + r / group of head r % group. k_rows / v_rows point at key kv0 (row j
    of the tile at k_rows + j * ldk, any float memory: a dequantised cache
-   tile works). Strides are in floats. Typed rows are rows of any
+   tile works); the last argument may instead give the tile's keys already
+   transposed ([head_dim][mlk__attn_pad(tile_kv)], key j in column j).
+   Strides are in floats. Typed rows are rows of any
    mlk_kv_type layout (a cache block's rows, read in place). scale is
    applied as given (resolve the 0 default before). scratch: pointer-aligned
    memory of the returned size; nothing is allocated. Rows that see no key
@@ -4245,17 +4247,21 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
 }
 
 /* Folds keys kv0 .. kv0+nk-1 (nk <= tile_kv), given as float rows, into
-   every row through packed tiles: S = Q K^T, softmax, acc += P V. */
+   every row through packed tiles: S = Q K^T, softmax, acc += P V. k_t:
+   NULL, or the keys already transposed (row stride kv_pad). */
 static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
-                                  const float *v, size_t ldv)
+                                  const float *v, size_t ldv, const float *k_t)
 {
     /* a tile every row sees whole, of values exactly MLK__NR-aligned wide,
        needs no copy: P V reads the value rows where they lie */
     const int full = mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
     const int v_in_place = full && st->head_dim == st->dpad;
     if (!v_in_place) mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
-    mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
-    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, st->k_t,
+    if (!k_t) {
+        mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
+        k_t = st->k_t;
+    }
+    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, k_t,
                  (size_t)st->kv_pad, st->scores, st->kv_pad, 0);
     mlk__attn_rows_softmax(st, kv0, nk);
     if (full) {
@@ -4383,6 +4389,7 @@ typedef struct mlk__attn_geom {
     float scale, softcap;
     size_t q_batch, q_head, q_tok, kv_batch, kv_head, kv_tok;
     size_t fwd_thread_bytes, bwd_thread_bytes; /* arena bytes of one task's slab */
+    size_t fwd_rows_bytes, kt_cache_bytes;     /* the forward slab: rows scratch, then key tile cache (0: none) */
     size_t fwd_cap, bwd_cap;                   /* arena bytes of each pass on `threads` threads */
     mlk__piece pc[3];                          /* a pass's scratch table (mlk__attn_pieces) */
 } mlk__attn_geom;
@@ -4416,6 +4423,65 @@ static int mlk__attn_pieces(const mlk__attn_geom *g, int backward, int threads, 
     pc[1] = mlk__piece_of(backward ? (size_t)g->batch * g->heads * g->len_q * sizeof(float) : 0);
     pc[2] = mlk__piece_of((size_t)threads * (backward ? g->bwd_thread_bytes : g->fwd_thread_bytes));
     return 3;
+}
+
+/* The forward's key tile cache, one per thread: the transposed key tiles
+   of the kv head the thread last worked on. A thread's tasks mostly come
+   in q tile order within a head, so each key tile is transposed once per
+   thread and head rather than once per q tile (the transposes were 6% of
+   the forward at N = 4096, D = 64). Tiles lie at multiples of tile_kv;
+   ready[t] is how many keys of tile t hold. Kept to 4 MiB per thread;
+   longer sequences transpose every tile as it comes. */
+typedef struct mlk__attn_kt_cache {
+    long long owner; /* batch item * kv_heads + kv head; -1: none yet */
+    int *ready;      /* [n_tiles] */
+    float *tiles;    /* [n_tiles][head_dim][kv_pad] */
+} mlk__attn_kt_cache;
+
+enum { MLK__ATTN_KT_CACHE_MAX = 4 << 20 };
+
+static size_t mlk__attn_kt_tiles(const mlk__attn_geom *g) { return (size_t)(g->len_kv + g->tile_kv - 1) / g->tile_kv; }
+
+static size_t mlk__attn_kt_cache_bytes(const mlk__attn_geom *g)
+{
+    size_t n_tiles = mlk__attn_kt_tiles(g);
+    size_t tile_floats = (size_t)g->head_dim * (size_t)mlk__attn_pad(g->tile_kv), bytes;
+    if (n_tiles < 2 || tile_floats > MLK__ATTN_KT_CACHE_MAX / sizeof(float) / n_tiles) return 0;
+    bytes = mlk__arena_need(0, sizeof(mlk__attn_kt_cache));
+    bytes = mlk__arena_need(bytes, n_tiles * sizeof(int));
+    return mlk__arena_need(bytes, n_tiles * tile_floats * sizeof(float));
+}
+
+/* The cache in a forward slab; NULL when the geometry has none. */
+static mlk__attn_kt_cache *mlk__attn_kt_cache_at(const mlk__attn_geom *g, unsigned char *slab)
+{
+    mlk__attn_kt_cache *c;
+    if (!g->kt_cache_bytes) return NULL;
+    c = (mlk__attn_kt_cache *)(void *)(slab + g->fwd_rows_bytes);
+    c->ready = (int *)(void *)((unsigned char *)c + mlk__arena_need(0, sizeof *c));
+    c->tiles = (float *)(void *)((unsigned char *)c->ready + mlk__arena_need(0, mlk__attn_kt_tiles(g) * sizeof(int)));
+    return c;
+}
+
+/* Key tile kv0 .. kv0+nk-1 of kv head `owner`, transposed: from the cache
+   when it holds it, else transposed into it (NULL: no cache, or a tile off
+   the grid, which the caller transposes itself). */
+static const float *mlk__attn_kt_tile(const mlk__attn_geom *g, mlk__attn_kt_cache *c, long long owner, int kv0,
+                                      int nk, const float *k)
+{
+    const int kv_pad = mlk__attn_pad(g->tile_kv), t = kv0 / g->tile_kv;
+    float *tile;
+    if (!c || kv0 % g->tile_kv != 0) return NULL;
+    if (c->owner != owner) {
+        memset(c->ready, 0, mlk__attn_kt_tiles(g) * sizeof(int));
+        c->owner = owner;
+    }
+    tile = c->tiles + (size_t)t * g->head_dim * kv_pad;
+    if (c->ready[t] < nk) {
+        mlk__attn_transpose(nk, g->head_dim, k, g->kv_tok, tile, kv_pad);
+        c->ready[t] = nk;
+    }
+    return tile;
 }
 
 /* Checks everything that does not need the tree depths and fills g. */
@@ -4481,7 +4547,9 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     g->kv_batch = (size_t)g->kv_heads * g->len_kv * g->head_dim;
     rows = (size_t)g->tile_q * g->group;
     dp = (size_t)mlk__attn_pad(g->head_dim);
-    g->fwd_thread_bytes = mlk__arena_need(0, mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv));
+    g->fwd_rows_bytes = mlk__arena_need(0, mlk__attn_rows_scratch((int)rows, g->head_dim, g->tile_kv));
+    g->kt_cache_bytes = mlk__attn_kt_cache_bytes(g);
+    g->fwd_thread_bytes = mlk__arena_need(g->fwd_rows_bytes, g->kt_cache_bytes);
     kp = (size_t)mlk__attn_pad(g->bwd_tile_kv);
     rows = (size_t)g->bwd_tile_q * g->group;
     /* backward: k_t, v_t [D][kp]; k_pack, dk_acc, dv_acc [kp][dp]; q, dout,
@@ -4559,6 +4627,7 @@ static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     int h0 = kvh * g->group, lo, hi;
     size_t q_off = (size_t)b * g->q_batch + (size_t)h0 * g->q_head + (size_t)q0 * g->q_tok;
     size_t kv_off = (size_t)b * g->kv_batch + (size_t)kvh * g->kv_head;
+    mlk__attn_kt_cache *kt_cache = mlk__attn_kt_cache_at(g, (unsigned char *)scratch);
     mlk__attn_mask m;
     mlk__attn_rows st;
     mlk__attn_item_mask(d, g, b, depth, &m);
@@ -4570,7 +4639,8 @@ static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
         int nk = hi - kv0 < g->tile_kv ? hi - kv0 : g->tile_kv;
         size_t at = kv_off + (size_t)kv0 * g->kv_tok;
         if (!mlk__attn_rows_typed(&st)) {
-            mlk__attn_rows_update(&st, kv0, nk, k + at, g->kv_tok, v + at, g->kv_tok);
+            const float *k_t = mlk__attn_kt_tile(g, kt_cache, (long long)b * g->kv_heads + kvh, kv0, nk, k + at);
+            mlk__attn_rows_update(&st, kv0, nk, k + at, g->kv_tok, v + at, g->kv_tok, k_t);
             continue;
         }
         for (int j = 0; j < nk; j++) {
@@ -4598,6 +4668,10 @@ MLKERN_DEF mlk_status mlk_attn_fwd(const mlk_attn_desc *d, const float *q, const
     depth = (int *)g.pc[0].ptr;
     slabs = (unsigned char *)g.pc[2].ptr;
     n_tasks = g.batch * g.kv_heads * g.n_q_tiles;
+    for (int t = 0; t < team; t++) {
+        mlk__attn_kt_cache *c = mlk__attn_kt_cache_at(&g, slabs + g.fwd_thread_bytes * (size_t)t);
+        if (c) c->owner = -1;
+    }
     /* tasks are independent (no reduction), so dynamic scheduling balances
        causal work without touching determinism */
     MLK__OMP(omp parallel for schedule(dynamic, 1) num_threads(team)
@@ -5759,7 +5833,7 @@ static void mlk__kv_attn_task(const mlk__kv_attn_job *job, int task, const float
             continue;
         }
         mlk__kv_tile(c, job->seqs[s], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
-        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
+        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d, NULL);
     }
     if (n_split > 1) { /* rows r = query * group + head, contiguous */
         float *part = mlk__kv_attn_part(job, task);
@@ -5799,7 +5873,7 @@ static void mlk__kv_attn_prefix_task(const mlk__kv_attn_job *job, int pt, const 
             continue;
         }
         mlk__kv_tile(c, job->seqs[0], job->layer, head, kv0, nk, k_buf, v_buf, &k_rows, &v_rows);
-        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d);
+        mlk__attn_rows_update(&st, kv0, nk, k_rows, (size_t)d, v_rows, (size_t)d, NULL);
     }
     mlk__attn_rows_finish(&st, job->pre_o + row0 * d, (size_t)d, (size_t)job->group * d, job->pre_lse + row0, 1,
                           (size_t)job->group);

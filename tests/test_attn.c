@@ -326,6 +326,13 @@ static void test_hard_cases(void)
     d = base_desc(1, 4, 1, 7, 129, 80);
     d.causal = 1; d.layout = MLK_BNHD;
     check_case(&d, 1.0, 1);
+    /* causal q tiles of 40 rows over 64-key tiles: each q tile sees more of
+       a key tile than the one before, so a key tile the forward keeps
+       transposed from an earlier q tile must be completed; items and kv
+       heads take turns on each thread's slab */
+    d = base_desc(2, 4, 2, 300, 300, 64);
+    d.causal = 1; d.tile_q = 40; d.tile_kv = 64;
+    check_case(&d, 1.0, 0);
     /* tile sizes of 1 */
     d = base_desc(1, 2, 2, 9, 13, 16);
     d.causal = 1; d.tile_q = 1; d.tile_kv = 1;

@@ -4114,6 +4114,19 @@ enum { MLK__ATTN_TYPED_ROWS = 6 };
 
 static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_TYPED_ROWS; }
 
+/* The keys [*lo, *hi) of the tile kv0 .. kv0+nk-1, counted from kv0, that
+   rows r0 .. r0+rows-1 may see: each other key of the tile is masked for
+   all of them. */
+static void mlk__attn_rows_keys(const mlk__attn_rows *st, int r0, int rows, int kv0, int nk, int *lo, int *hi)
+{
+    int l, h;
+    mlk__attn_key_range(st->mask, st->q0 + r0 / st->group, st->q0 + (r0 + rows - 1) / st->group + 1, &l, &h);
+    l -= kv0;
+    h -= kv0;
+    *lo = l < 0 ? 0 : l > nk ? nk : l;
+    *hi = h < *lo ? *lo : h > nk ? nk : h;
+}
+
 static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
                                 int head_dim, int tile_kv, float scale, float softcap, const float *q,
                                 size_t q_head, size_t q_tok, void *scratch)
@@ -4223,12 +4236,16 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
     for (int r0 = 0; r0 < st->n_rows; r0 += MLK__ATTN_SOFTMAX_ROWS) {
         const int rows = st->n_rows - r0 < MLK__ATTN_SOFTMAX_ROWS ? st->n_rows - r0 : MLK__ATTN_SOFTMAX_ROWS;
         float m_new[MLK__ATTN_SOFTMAX_ROWS];
-        for (int i = 0; i < rows; i++) {
+        int lo[MLK__ATTN_SOFTMAX_ROWS], hi[MLK__ATTN_SOFTMAX_ROWS];
+        for (int i = 0; i < rows; i++) { /* a masked tile: only keys [lo, hi) of the row are read */
             const int r = r0 + i;
             float *s = st->scores + (size_t)r * st->kv_pad;
-            if (st->softcap > 0) mlk__attn_softcap_row(s, nk, st->softcap);
-            if (!full) mlk__attn_mask_row(m, st->q0 + r / st->group, kv0, nk, s);
-            m_new[i] = mlk__attn_row_max(s, nk, wide);
+            lo[i] = 0;
+            hi[i] = nk;
+            if (!full) mlk__attn_rows_keys(st, r, 1, kv0, nk, &lo[i], &hi[i]);
+            if (st->softcap > 0) mlk__attn_softcap_row(s + lo[i], hi[i] - lo[i], st->softcap);
+            if (!full) mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
+            m_new[i] = mlk__attn_row_max(s + lo[i], hi[i] - lo[i], wide);
             if (m_new[i] < st->row_max[r]) m_new[i] = st->row_max[r];
         }
         for (int i = 0; i < rows; i++) {
@@ -4239,7 +4256,9 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
                 continue;
             }
             alpha = st->row_max[r] == -INFINITY ? 0.0f : mlk__expf(st->row_max[r] - m_new[i]);
-            st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s, nk, m_new[i], wide);
+            st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s + lo[i], hi[i] - lo[i], m_new[i], wide);
+            memset(s, 0, (size_t)lo[i] * sizeof(float));
+            memset(s + hi[i], 0, (size_t)(nk - hi[i]) * sizeof(float));
             st->row_max[r] = m_new[i];
             if (alpha != 1.0f) mlk__attn_scale_row(st->acc + (size_t)r * st->dpad, st->dpad, alpha);
         }
@@ -4261,16 +4280,33 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
         mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
         k_t = st->k_t;
     }
-    mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, k_t,
-                 (size_t)st->kv_pad, st->scores, st->kv_pad, 0);
-    mlk__attn_rows_softmax(st, kv0, nk);
     if (full) {
+        mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, k_t,
+                     (size_t)st->kv_pad, st->scores, st->kv_pad, 0);
+        mlk__attn_rows_softmax(st, kv0, nk);
         mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, v_in_place ? v : st->v_pack,
                      v_in_place ? ldv : (size_t)st->dpad, st->acc, st->dpad, 1);
-    } else {
-        int n_bad = mlk__attn_zero_bad_rows(nk, st->head_dim, st->v_pack, st->dpad, st->bad);
-        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, st->v_pack, (size_t)st->dpad,
-                     st->acc, st->dpad, 1);
+    } else { /* each block of micro-kernel rows only over the keys it may see */
+        int n_bad, lo, hi;
+        for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) {
+            const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
+            const float *q_r = st->q_pack + (size_t)r0 * st->dpad;
+            mlk__attn_rows_keys(st, r0, rows, kv0, nk, &lo, &hi);
+            lo = lo / MLK__NR * MLK__NR; /* the full product's column blocks: the same sums */
+            if (hi > lo)
+                mlk__attn_mm(rows, mlk__attn_pad(hi) - lo, st->head_dim, q_r, (size_t)st->dpad, 1, k_t + lo,
+                             (size_t)st->kv_pad, st->scores + (size_t)r0 * st->kv_pad + lo, st->kv_pad, 0);
+        }
+        mlk__attn_rows_softmax(st, kv0, nk);
+        n_bad = mlk__attn_zero_bad_rows(nk, st->head_dim, st->v_pack, st->dpad, st->bad);
+        for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) { /* p is 0 outside [lo, hi) */
+            const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
+            mlk__attn_rows_keys(st, r0, rows, kv0, nk, &lo, &hi);
+            if (hi > lo)
+                mlk__attn_mm(rows, st->dpad, hi - lo, st->scores + (size_t)r0 * st->kv_pad + lo, (size_t)st->kv_pad,
+                             1, st->v_pack + (size_t)lo * st->dpad, (size_t)st->dpad,
+                             st->acc + (size_t)r0 * st->dpad, st->dpad, 1);
+        }
         mlk__attn_add_rows(st->mask, st->q0, st->group, st->n_rows, kv0, n_bad, st->bad, st->scores,
                            (size_t)st->kv_pad, v, ldv, st->head_dim, st->acc, (size_t)st->dpad);
     }

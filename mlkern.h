@@ -1589,6 +1589,16 @@ static float mlk__row_get(mlk_kv_type type, int dim, const unsigned char *row, i
 }
 
 #if defined(MLK__AVX2)
+/* 8 bytes of a Q4 row -> its 16 elements e .. e+15 as int8, in element
+   order, minus the bias. */
+static inline __m128i mlk__row_q4_bytes16(const unsigned char *data, int e)
+{
+    const __m128i packed = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
+    const __m128i lo = _mm_and_si128(packed, _mm_set1_epi8(15));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
+    return _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+}
+
 /* Elements e .. e+15 of a row (e a multiple of 16, e + 16 <= dim) in two
    registers; data points past the nb scales of a quantised row (16
    elements never straddle two 32-blocks). Inlined with a constant type, the
@@ -1597,7 +1607,7 @@ static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, c
                                         __m256 *lo8, __m256 *hi8)
 {
     __m256 scale;
-    __m128i bytes, lo, hi;
+    __m128i bytes;
     switch (type) {
     case MLK_KV_F16:
 #if defined(__F16C__)
@@ -1623,12 +1633,9 @@ static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, c
         *lo8 = _mm256_mul_ps(*lo8, scale);
         *hi8 = _mm256_mul_ps(*hi8, scale);
         return;
-    case MLK_KV_Q4: /* 8 bytes -> 16 nibbles in element order, minus the bias */
+    case MLK_KV_Q4:
         scale = _mm256_broadcast_ss((const float *)(const void *)row + e / MLK__ROW_QBLOCK);
-        bytes = _mm_loadl_epi64((const __m128i *)(const void *)(data + e / 2));
-        lo = _mm_and_si128(bytes, _mm_set1_epi8(15));
-        hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
-        bytes = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+        bytes = mlk__row_q4_bytes16(data, e);
         break;
     default:
         *lo8 = _mm256_loadu_ps((const float *)(const void *)row + e);
@@ -1638,6 +1645,29 @@ static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, c
     *lo8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale);
     *hi8 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))), scale);
 }
+
+#if defined(MLK__AVX512)
+/* The same 16 elements in one zmm: half the conversions and FMAs of the
+   decode's row loops. */
+static inline __m512 mlk__row_load16_wide(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e)
+{
+    __m128i bytes;
+    switch (type) {
+    case MLK_KV_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)e)));
+    case MLK_KV_Q8:
+        bytes = _mm_loadu_si128((const __m128i *)(const void *)(data + e));
+        break;
+    case MLK_KV_Q4:
+        bytes = mlk__row_q4_bytes16(data, e);
+        break;
+    default:
+        return _mm512_loadu_ps((const float *)(const void *)row + e);
+    }
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)),
+                         _mm512_set1_ps(((const float *)(const void *)row)[e / MLK__ROW_QBLOCK]));
+}
+#endif
 #elif defined(MLK__NEON)
 /* The same 16 elements in four quads (x[0] holds e .. e+3). */
 static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
@@ -3891,6 +3921,28 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
         mlk__attn_prefetch_row(k_row[ahead + 1 < nk ? ahead + 1 : ahead], lines);
         mlk__attn_prefetch_row(v_row[j], lines);
         mlk__attn_prefetch_row(v_row[j1], lines);
+#if defined(MLK__AVX512)
+        { /* 16 elements a zmm; the halves then fold into the ymm sums */
+            __m512 za[MLK__ATTN_GROUP_ROWS], zb[MLK__ATTN_GROUP_ROWS];
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) za[r] = zb[r] = _mm512_setzero_ps();
+            for (int e = 0; e < vec_end; e += 16) {
+                const __m512 xa = mlk__row_load16_wide(type, ka, da, e), xb = mlk__row_load16_wide(type, kb, db, e);
+                for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+                    const __m512 qe = _mm512_loadu_ps(q[r] + e);
+                    za[r] = _mm512_fmadd_ps(qe, xa, za[r]);
+                    zb[r] = _mm512_fmadd_ps(qe, xb, zb[r]);
+                }
+            }
+            a0 = _mm256_add_ps(_mm512_castps512_ps256(za[0]), _mm512_extractf32x8_ps(za[0], 1));
+            b0 = _mm256_add_ps(_mm512_castps512_ps256(zb[0]), _mm512_extractf32x8_ps(zb[0], 1));
+            a1 = _mm256_add_ps(_mm512_castps512_ps256(za[1]), _mm512_extractf32x8_ps(za[1], 1));
+            b1 = _mm256_add_ps(_mm512_castps512_ps256(zb[1]), _mm512_extractf32x8_ps(zb[1], 1));
+            a2 = _mm256_add_ps(_mm512_castps512_ps256(za[2]), _mm512_extractf32x8_ps(za[2], 1));
+            b2 = _mm256_add_ps(_mm512_castps512_ps256(zb[2]), _mm512_extractf32x8_ps(zb[2], 1));
+            a3 = _mm256_add_ps(_mm512_castps512_ps256(za[3]), _mm512_extractf32x8_ps(za[3], 1));
+            b3 = _mm256_add_ps(_mm512_castps512_ps256(zb[3]), _mm512_extractf32x8_ps(zb[3], 1));
+        }
+#else
         for (int e = 0; e < vec_end; e += 16) {
             __m256 xa, xb, ya, yb, qe;
             mlk__row_load16(type, ka, da, e, &xa, &xb);
@@ -3904,6 +3956,7 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
             qe = _mm256_loadu_ps(q[2] + e + 8), a2 = _mm256_fmadd_ps(qe, xb, a2), b2 = _mm256_fmadd_ps(qe, yb, b2);
             qe = _mm256_loadu_ps(q[3] + e + 8), a3 = _mm256_fmadd_ps(qe, xb, a3), b3 = _mm256_fmadd_ps(qe, yb, b3);
         }
+#endif
         h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, b0), _mm256_hadd_ps(a1, b1)); /* rows 0, 1 by 128-bit half */
         h1 = _mm256_hadd_ps(_mm256_hadd_ps(a2, b2), _mm256_hadd_ps(a3, b3));
         h2 = _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps(h0, 1)));
@@ -3951,6 +4004,28 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
 {
     int nb = mlk__row_qblocks(dim), e0 = 0;
     (void)nb;
+#if defined(MLK__AVX512)
+    for (; e0 <= dim - 32; e0 += 32) { /* 32 columns: 8 zmm accumulators */
+        __m512 lo[MLK__ATTN_GROUP_ROWS], hi[MLK__ATTN_GROUP_ROWS];
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+            lo[r] = _mm512_loadu_ps(acc[r] + e0);
+            hi[r] = _mm512_loadu_ps(acc[r] + e0 + 16);
+        }
+        for (int j = 0; j < nk; j++) {
+            const unsigned char *vj = v_row[j], *data = vj + 4 * (size_t)nb;
+            const __m512 x = mlk__row_load16_wide(type, vj, data, e0), y = mlk__row_load16_wide(type, vj, data, e0 + 16);
+            for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+                const __m512 pr = _mm512_set1_ps(p[r][j]);
+                lo[r] = _mm512_fmadd_ps(pr, x, lo[r]);
+                hi[r] = _mm512_fmadd_ps(pr, y, hi[r]);
+            }
+        }
+        for (int r = 0; r < MLK__ATTN_GROUP_ROWS; r++) {
+            _mm512_storeu_ps(acc[r] + e0, lo[r]);
+            _mm512_storeu_ps(acc[r] + e0 + 16, hi[r]);
+        }
+    }
+#endif
 #if defined(MLK__AVX2)
     for (; e0 <= dim - 16; e0 += 16) {
         __m256 a0 = _mm256_loadu_ps(acc[0] + e0), b0 = _mm256_loadu_ps(acc[0] + e0 + 8);
@@ -3995,23 +4070,18 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
         }
 }
 
-/* ---- row-wise vector helpers of the softmax ----
-   wide: the AVX-512 build takes 16 lanes. The packed tiles of a prefill
-   want them (5% faster); the typed rows of a decode step do not (their
-   zmm exp beside the ymm row loads made the cache decode 5% slower). */
+/* ---- row-wise vector helpers of the softmax ---- */
 
-static float mlk__attn_row_max(const float *s, int n, int wide)
+static float mlk__attn_row_max(const float *s, int n)
 {
     float m = -INFINITY;
     int j = 0;
 #if defined(MLK__AVX512)
-    if (wide) {
+    {
         __m512 vm = _mm512_set1_ps(-INFINITY);
         for (; j <= n - 16; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
         m = _mm512_reduce_max_ps(vm);
     }
-#else
-    (void)wide;
 #endif
 #if defined(MLK__AVX2)
     __m256 vm = _mm256_set1_ps(-INFINITY);
@@ -4030,12 +4100,12 @@ static float mlk__attn_row_max(const float *s, int n, int wide)
 }
 
 /* s[j] = exp(s[j] - shift) for j < n (shift finite); returns the sum. */
-static float mlk__attn_exp_sum(float *s, int n, float shift, int wide)
+static float mlk__attn_exp_sum(float *s, int n, float shift)
 {
     float sum = 0.0f;
     int j = 0;
 #if defined(MLK__AVX512)
-    if (wide) {
+    {
         __m512 vshift = _mm512_set1_ps(shift), vsum = _mm512_setzero_ps();
         for (; j <= n - 16; j += 16) {
             __m512 e = mlk__exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), vshift));
@@ -4044,8 +4114,6 @@ static float mlk__attn_exp_sum(float *s, int n, float shift, int wide)
         }
         sum = _mm512_reduce_add_ps(vsum);
     }
-#else
-    (void)wide;
 #endif
 #if defined(MLK__AVX2)
     __m256 vshift = _mm256_set1_ps(shift), vsum = _mm256_setzero_ps();
@@ -4232,7 +4300,7 @@ enum { MLK__ATTN_SOFTMAX_ROWS = 16 };
 static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
 {
     const mlk__attn_mask *m = st->mask;
-    const int full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk), wide = !mlk__attn_rows_typed(st);
+    const int full = mlk__attn_tile_full(m, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
     for (int r0 = 0; r0 < st->n_rows; r0 += MLK__ATTN_SOFTMAX_ROWS) {
         const int rows = st->n_rows - r0 < MLK__ATTN_SOFTMAX_ROWS ? st->n_rows - r0 : MLK__ATTN_SOFTMAX_ROWS;
         float m_new[MLK__ATTN_SOFTMAX_ROWS];
@@ -4245,7 +4313,7 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
             if (!full) mlk__attn_rows_keys(st, r, 1, kv0, nk, &lo[i], &hi[i]);
             if (st->softcap > 0) mlk__attn_softcap_row(s + lo[i], hi[i] - lo[i], st->softcap);
             if (!full) mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
-            m_new[i] = mlk__attn_row_max(s + lo[i], hi[i] - lo[i], wide);
+            m_new[i] = mlk__attn_row_max(s + lo[i], hi[i] - lo[i]);
             if (m_new[i] < st->row_max[r]) m_new[i] = st->row_max[r];
         }
         for (int i = 0; i < rows; i++) {
@@ -4256,7 +4324,7 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
                 continue;
             }
             alpha = st->row_max[r] == -INFINITY ? 0.0f : mlk__expf(st->row_max[r] - m_new[i]);
-            st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s + lo[i], hi[i] - lo[i], m_new[i], wide);
+            st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s + lo[i], hi[i] - lo[i], m_new[i]);
             memset(s, 0, (size_t)lo[i] * sizeof(float));
             memset(s + hi[i], 0, (size_t)(nk - hi[i]) * sizeof(float));
             st->row_max[r] = m_new[i];
@@ -4814,7 +4882,7 @@ static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m
             memset(dsr, 0, (size_t)nk * sizeof(float));
             continue;
         }
-        mlk__attn_exp_sum(s, nk, lse_r[r], 1);
+        mlk__attn_exp_sum(s, nk, lse_r[r]);
         /* p = 0 (masked) gives dS = 0 even where a masked value made dP NaN */
         for (int j = 0; j < nk; j++) { /* both computed, then a select: it vectorises */
             const float ds_j = s[j] * (dsr[j] - d_r[r]);

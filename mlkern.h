@@ -4325,8 +4325,10 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
             }
             alpha = st->row_max[r] == -INFINITY ? 0.0f : mlk__expf(st->row_max[r] - m_new[i]);
             st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s + lo[i], hi[i] - lo[i], m_new[i]);
-            memset(s, 0, (size_t)lo[i] * sizeof(float));
-            memset(s + hi[i], 0, (size_t)(nk - hi[i]) * sizeof(float));
+            if (!full) {
+                memset(s, 0, (size_t)lo[i] * sizeof(float));
+                memset(s + hi[i], 0, (size_t)(nk - hi[i]) * sizeof(float));
+            }
             st->row_max[r] = m_new[i];
             if (alpha != 1.0f) mlk__attn_scale_row(st->acc + (size_t)r * st->dpad, st->dpad, alpha);
         }

@@ -4536,7 +4536,8 @@ static int mlk__attn_pieces(const mlk__attn_geom *g, int backward, int threads, 
    thread and head rather than once per q tile (the transposes were 6% of
    the forward at N = 4096, D = 64). Tiles lie at multiples of tile_kv;
    ready[t] is how many keys of tile t hold. Kept to 4 MiB per thread;
-   longer sequences transpose every tile as it comes. */
+   longer sequences transpose every tile as it comes, and geometries whose
+   tasks all take typed rows (decode) have none. */
 typedef struct mlk__attn_kt_cache {
     long long owner; /* batch item * kv_heads + kv head; -1: none yet */
     int *ready;      /* [n_tiles] */
@@ -4551,7 +4552,9 @@ static size_t mlk__attn_kt_cache_bytes(const mlk__attn_geom *g)
 {
     size_t n_tiles = mlk__attn_kt_tiles(g);
     size_t tile_floats = (size_t)g->head_dim * (size_t)mlk__attn_pad(g->tile_kv), bytes;
-    if (n_tiles < 2 || tile_floats > MLK__ATTN_KT_CACHE_MAX / sizeof(float) / n_tiles) return 0;
+    if (n_tiles < 2 || (size_t)g->tile_q * g->group < MLK__ATTN_TYPED_ROWS ||
+        tile_floats > MLK__ATTN_KT_CACHE_MAX / sizeof(float) / n_tiles)
+        return 0;
     bytes = mlk__arena_need(0, sizeof(mlk__attn_kt_cache));
     bytes = mlk__arena_need(bytes, n_tiles * sizeof(int));
     return mlk__arena_need(bytes, n_tiles * tile_floats * sizeof(float));

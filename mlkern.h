@@ -3807,16 +3807,20 @@ static int mlk__attn_tile_full(const mlk__attn_mask *m, int qa, int qb, int k0, 
     return 1;
 }
 
-/* Sets s[j] = -inf for the keys kv0 + j (j < nk) that query i does not see. */
+/* Sets s[j] = -inf for the keys kv0 + j (j < nk) that query i does not see.
+   One query's key range is exact except in a tree, whose keys inside it
+   are checked one by one. */
 static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, float *s)
 {
     int lo, hi;
     mlk__attn_key_range(m, i, i + 1, &lo, &hi);
-    for (int j = 0; j < nk; j++) {
-        int key = kv0 + j;
-        if (key < lo || key >= hi || (m->tree_parent && !mlk__attn_visible(m, i, key)))
-            s[j] = -INFINITY;
-    }
+    lo = lo - kv0 < 0 ? 0 : lo - kv0 > nk ? nk : lo - kv0;
+    hi = hi - kv0 < lo ? lo : hi - kv0 > nk ? nk : hi - kv0;
+    for (int j = 0; j < lo; j++) s[j] = -INFINITY;
+    for (int j = hi; j < nk; j++) s[j] = -INFINITY;
+    if (m->tree_parent)
+        for (int j = lo; j < hi; j++)
+            if (!mlk__attn_visible(m, i, kv0 + j)) s[j] = -INFINITY;
 }
 
 /* ---- tile matmuls ----
@@ -4248,16 +4252,22 @@ static int mlk__attn_finite_row(const float *x, int n)
     return !bad;
 }
 
-/* Zeroes the rows j < n of x (row stride ld, cols values) that are not
-   finite and lists them in bad; returns how many. */
-static int mlk__attn_zero_bad_rows(int n, int cols, float *x, int ld, int *bad)
+/* Lists in bad the rows j < n of x (row stride ld, cols values) that are
+   not finite; returns how many. */
+static int mlk__attn_list_bad_rows(int n, int cols, const float *x, size_t ld, int *bad)
 {
     int n_bad = 0;
     for (int j = 0; j < n; j++)
-        if (!mlk__attn_finite_row(x + (size_t)j * ld, cols)) {
-            memset(x + (size_t)j * ld, 0, (size_t)cols * sizeof(float));
-            bad[n_bad++] = j;
-        }
+        if (!mlk__attn_finite_row(x + (size_t)j * ld, cols)) bad[n_bad++] = j;
+    return n_bad;
+}
+
+/* Zeroes the rows j < n of x that are not finite and lists them in bad;
+   returns how many. */
+static int mlk__attn_zero_bad_rows(int n, int cols, float *x, int ld, int *bad)
+{
+    int n_bad = mlk__attn_list_bad_rows(n, cols, x, (size_t)ld, bad);
+    for (int b = 0; b < n_bad; b++) memset(x + (size_t)bad[b] * ld, 0, (size_t)cols * sizeof(float));
     return n_bad;
 }
 
@@ -4340,11 +4350,19 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
 static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const float *k, size_t ldk,
                                   const float *v, size_t ldv, const float *k_t)
 {
-    /* a tile every row sees whole, of values exactly MLK__NR-aligned wide,
-       needs no copy: P V reads the value rows where they lie */
+    /* value rows exactly MLK__NR-aligned wide need no copy: P V reads them
+       where they lie, unless the tile is masked and one of them must be
+       zeroed (mlk__attn_finite_row) */
     const int full = mlk__attn_tile_full(st->mask, st->q0, st->q0 + st->n_q, kv0, kv0 + nk);
-    const int v_in_place = full && st->head_dim == st->dpad;
-    if (!v_in_place) mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
+    const int n_bad = full ? 0 : mlk__attn_list_bad_rows(nk, st->head_dim, v, ldv, st->bad);
+    const int v_in_place = n_bad == 0 && st->head_dim == st->dpad;
+    const float *v_tile = v_in_place ? v : st->v_pack;
+    const size_t ld_tile = v_in_place ? ldv : (size_t)st->dpad;
+    if (!v_in_place) {
+        mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
+        for (int b = 0; b < n_bad; b++)
+            memset(st->v_pack + (size_t)st->bad[b] * st->dpad, 0, (size_t)st->head_dim * sizeof(float));
+    }
     if (!k_t) {
         mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);
         k_t = st->k_t;
@@ -4353,10 +4371,10 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
         mlk__attn_mm(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, 1, k_t,
                      (size_t)st->kv_pad, st->scores, st->kv_pad, 0);
         mlk__attn_rows_softmax(st, kv0, nk);
-        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, v_in_place ? v : st->v_pack,
-                     v_in_place ? ldv : (size_t)st->dpad, st->acc, st->dpad, 1);
+        mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, v_tile, ld_tile, st->acc,
+                     st->dpad, 1);
     } else { /* each block of micro-kernel rows only over the keys it may see */
-        int n_bad, lo, hi;
+        int lo, hi;
         for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) {
             const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
             const float *q_r = st->q_pack + (size_t)r0 * st->dpad;
@@ -4367,14 +4385,13 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
                              (size_t)st->kv_pad, st->scores + (size_t)r0 * st->kv_pad + lo, st->kv_pad, 0);
         }
         mlk__attn_rows_softmax(st, kv0, nk);
-        n_bad = mlk__attn_zero_bad_rows(nk, st->head_dim, st->v_pack, st->dpad, st->bad);
         for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) { /* p is 0 outside [lo, hi) */
             const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
             mlk__attn_rows_keys(st, r0, rows, kv0, nk, &lo, &hi);
             if (hi > lo)
                 mlk__attn_mm(rows, st->dpad, hi - lo, st->scores + (size_t)r0 * st->kv_pad + lo, (size_t)st->kv_pad,
-                             1, st->v_pack + (size_t)lo * st->dpad, (size_t)st->dpad,
-                             st->acc + (size_t)r0 * st->dpad, st->dpad, 1);
+                             1, v_tile + (size_t)lo * ld_tile, ld_tile, st->acc + (size_t)r0 * st->dpad,
+                             st->dpad, 1);
         }
         mlk__attn_add_rows(st->mask, st->q0, st->group, st->n_rows, kv0, n_bad, st->bad, st->scores,
                            (size_t)st->kv_pad, v, ldv, st->head_dim, st->acc, (size_t)st->dpad);

@@ -336,6 +336,12 @@ static void test_masked_nonfinite(void)
     check_masked_poison(d, 13, "causal tile");
     d.tile_kv = 7;
     check_masked_poison(d, 13, "causal, key tile 7");
+    d = desc(1, 4, 2, 40, 40, 64); /* value rows as wide as the padded tile: read in place where finite */
+    d.causal = 1;
+    check_masked_poison(d, 21, "causal tile, D 64");
+    d.window = 9;
+    d.tile_q = 16;
+    check_masked_poison(d, 12, "window, D 64");
     d = desc(1, 2, 2, 2, 30, 16); /* two query rows per task: the typed decode path */
     d.causal = 1;
     check_masked_poison(d, 29, "typed rows, causal");

@@ -4747,7 +4747,10 @@ MLK__MAYBE_UNUSED static int mlk__attn_fan_out(double macs) { return macs >= MLK
 static void mlk__attn_fwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, const int *depth, int task,
                                const float *q, const float *k, const float *v, float *o, float *lse, void *scratch)
 {
-    int qt = task % g->n_q_tiles, kvh = task / g->n_q_tiles % g->kv_heads, b = task / g->n_q_tiles / g->kv_heads;
+    /* a head's q tiles last to first: under causal masking the costliest
+       go first and the cheapest fill the threads' ends */
+    int qt = g->n_q_tiles - 1 - task % g->n_q_tiles, kvh = task / g->n_q_tiles % g->kv_heads;
+    int b = task / g->n_q_tiles / g->kv_heads;
     int q0 = qt * g->tile_q, nq = g->len_q - q0 < g->tile_q ? g->len_q - q0 : g->tile_q;
     int h0 = kvh * g->group, lo, hi;
     size_t q_off = (size_t)b * g->q_batch + (size_t)h0 * g->q_head + (size_t)q0 * g->q_tok;

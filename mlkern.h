@@ -4332,7 +4332,8 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
                 memset(s, 0, (size_t)nk * sizeof(float));
                 continue;
             }
-            alpha = st->row_max[r] == -INFINITY ? 0.0f : mlk__expf(st->row_max[r] - m_new[i]);
+            alpha = st->row_max[r] == m_new[i] ? 1.0f : st->row_max[r] == -INFINITY ? 0.0f
+                                                            : mlk__expf(st->row_max[r] - m_new[i]);
             st->l_sum[r] = st->l_sum[r] * alpha + mlk__attn_exp_sum(s + lo[i], hi[i] - lo[i], m_new[i]);
             if (!full) {
                 memset(s, 0, (size_t)lo[i] * sizeof(float));

@@ -4262,12 +4262,18 @@ static int mlk__attn_list_bad_rows(int n, int cols, const float *x, size_t ld, i
     return n_bad;
 }
 
+/* Zeroes the listed rows of x (the first cols values of each). */
+static void mlk__attn_zero_rows(float *x, size_t ld, int cols, const int *rows, int n_rows)
+{
+    for (int b = 0; b < n_rows; b++) memset(x + (size_t)rows[b] * ld, 0, (size_t)cols * sizeof(float));
+}
+
 /* Zeroes the rows j < n of x that are not finite and lists them in bad;
    returns how many. */
 static int mlk__attn_zero_bad_rows(int n, int cols, float *x, int ld, int *bad)
 {
     int n_bad = mlk__attn_list_bad_rows(n, cols, x, (size_t)ld, bad);
-    for (int b = 0; b < n_bad; b++) memset(x + (size_t)bad[b] * ld, 0, (size_t)cols * sizeof(float));
+    mlk__attn_zero_rows(x, (size_t)ld, cols, bad, n_bad);
     return n_bad;
 }
 
@@ -4361,8 +4367,7 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
     const size_t ld_tile = v_in_place ? ldv : (size_t)st->dpad;
     if (!v_in_place) {
         mlk__attn_copy_rows(nk, st->head_dim, v, ldv, st->v_pack, st->dpad);
-        for (int b = 0; b < n_bad; b++)
-            memset(st->v_pack + (size_t)st->bad[b] * st->dpad, 0, (size_t)st->head_dim * sizeof(float));
+        mlk__attn_zero_rows(st->v_pack, (size_t)st->dpad, st->head_dim, st->bad, n_bad);
     }
     if (!k_t) {
         mlk__attn_transpose(nk, st->head_dim, k, ldk, st->k_t, st->kv_pad);

@@ -1646,6 +1646,12 @@ static inline void mlk__row_load16(mlk_kv_type type, const unsigned char *row, c
 }
 
 #if defined(MLK__AVX512)
+/* The two halves of a zmm added: 8 partial sums. */
+static inline __m256 mlk__fold16(__m512 v)
+{
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+}
+
 /* The same 16 elements in one zmm: half the conversions and FMAs of the
    decode's row loops. */
 static inline __m512 mlk__row_load16_wide(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e)
@@ -3936,14 +3942,8 @@ static inline void mlk__attn_dot_group(mlk_kv_type type, int dim, int nk, const 
                     zb[r] = _mm512_fmadd_ps(qe, xb, zb[r]);
                 }
             }
-            a0 = _mm256_add_ps(_mm512_castps512_ps256(za[0]), _mm512_extractf32x8_ps(za[0], 1));
-            b0 = _mm256_add_ps(_mm512_castps512_ps256(zb[0]), _mm512_extractf32x8_ps(zb[0], 1));
-            a1 = _mm256_add_ps(_mm512_castps512_ps256(za[1]), _mm512_extractf32x8_ps(za[1], 1));
-            b1 = _mm256_add_ps(_mm512_castps512_ps256(zb[1]), _mm512_extractf32x8_ps(zb[1], 1));
-            a2 = _mm256_add_ps(_mm512_castps512_ps256(za[2]), _mm512_extractf32x8_ps(za[2], 1));
-            b2 = _mm256_add_ps(_mm512_castps512_ps256(zb[2]), _mm512_extractf32x8_ps(zb[2], 1));
-            a3 = _mm256_add_ps(_mm512_castps512_ps256(za[3]), _mm512_extractf32x8_ps(za[3], 1));
-            b3 = _mm256_add_ps(_mm512_castps512_ps256(zb[3]), _mm512_extractf32x8_ps(zb[3], 1));
+            a0 = mlk__fold16(za[0]), b0 = mlk__fold16(zb[0]), a1 = mlk__fold16(za[1]), b1 = mlk__fold16(zb[1]);
+            a2 = mlk__fold16(za[2]), b2 = mlk__fold16(zb[2]), a3 = mlk__fold16(za[3]), b3 = mlk__fold16(zb[3]);
         }
 #else
         for (int e = 0; e < vec_end; e += 16) {
@@ -4327,7 +4327,8 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
             hi[i] = nk;
             if (!full) mlk__attn_rows_keys(st, r, 1, kv0, nk, &lo[i], &hi[i]);
             if (st->softcap > 0) mlk__attn_softcap_row(s + lo[i], hi[i] - lo[i], st->softcap);
-            if (!full) mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
+            if (!full && m->tree_parent) /* elsewhere [lo, hi) is the row's mask (mlk__attn_mask_row) */
+                mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
             m_new[i] = mlk__attn_row_max(s + lo[i], hi[i] - lo[i]);
             if (m_new[i] < st->row_max[r]) m_new[i] = st->row_max[r];
         }

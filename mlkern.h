@@ -2953,8 +2953,10 @@ static float mlk__softmax_key_val(uint64_t key)
    selection keeps the cap best and raises the floor. A later logit equal to
    floor_val has a higher index, so it loses to the floor's key: '>' is exact.
    A heap would pay a branchy sift-down for each of the ~k(1 + ln(n/k)) logits
-   above its minimum, the larger part of the time on 32000-logit rows. */
-typedef struct mlk__softmax_best { uint64_t *key; int size, cap, room; float floor_val; } mlk__softmax_best;
+   above its minimum, the larger part of the time on 32000-logit rows.
+   The floor never drops below gate, a bound on the cap-th best logit known
+   before the scan (mlk__softmax_best_start), so few logits are appended. */
+typedef struct mlk__softmax_best { uint64_t *key; int size, cap, room; float floor_val, gate; } mlk__softmax_best;
 
 /* Buffer length for cap kept keys of a row of n: room to append about a
    hundred candidates (or cap, if more), and a whole block
@@ -3003,18 +3005,64 @@ static void mlk__softmax_best_flush(mlk__softmax_best *b)
     mlk__softmax_select(b->key, b->size, b->cap);
     b->size = b->cap;
     b->floor_val = mlk__softmax_key_val(b->key[b->cap - 1]);
+    b->floor_val = b->floor_val > b->gate ? b->floor_val : b->gate;
 }
 
-/* Starts the buffer with the first cap logits, all kept whatever their value. */
-static void mlk__softmax_best_start(mlk__softmax_best *b, const float *x)
+/* max of x[0..n), n > 0 (a NaN may or may not come through: such rows are
+   rejected by the scan) */
+static float mlk__softmax_run_max(const float *x, int n)
+{
+    float m = -INFINITY;
+    int i = 0;
+#if defined(MLK__AVX2)
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    for (; i <= n - 16; i += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    }
+    m = mlk__hmax8(_mm256_max_ps(m0, m1));
+#elif defined(MLK__NEON)
+    float32x4_t m4 = vdupq_n_f32(-INFINITY);
+    for (; i <= n - 4; i += 4) m4 = vmaxq_f32(m4, vld1q_f32(x + i));
+    m = vmaxvq_f32(m4);
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* A lower bound on the cap-th largest of x[0..n): the rows split into
+   groups, each group's maximum is a distinct logit, so at least cap logits
+   reach the cap-th largest of the group maxima. With 2 cap groups (of 64
+   logits or more) about 1.4 cap logits reach it, against ~cap (1 + ln(n /
+   cap)) above a floor that rises from the first cap logits. Ties at the
+   bound must still be appended, so the gate is the float just below it;
+   -inf when the row is too short for cap groups. The group keys use the
+   key buffer, which holds room >= 2 cap keys (or n, more than n / 64). */
+static float mlk__softmax_gate(mlk__softmax_best *b, const float *x, int n)
+{
+    const int groups = n / 64 < 2 * b->cap ? n / 64 : 2 * b->cap;
+    if (groups < b->cap) return -INFINITY;
+    for (int g = 0; g < groups; g++) {
+        const int lo = (int)((long long)n * g / groups), hi = (int)((long long)n * (g + 1) / groups);
+        b->key[g] = mlk__softmax_key(mlk__softmax_run_max(x + lo, hi - lo), g);
+    }
+    mlk__softmax_select(b->key, groups, b->cap);
+    return nextafterf(mlk__softmax_key_val(b->key[b->cap - 1]), -INFINITY);
+}
+
+/* Starts the buffer with the first cap logits, all kept whatever their
+   value, and the gate of the row x[0..n). */
+static void mlk__softmax_best_start(mlk__softmax_best *b, const float *x, int n)
 {
     uint64_t worst = ~(uint64_t)0;
+    b->gate = mlk__softmax_gate(b, x, n);
     for (int i = 0; i < b->cap; i++) {
         b->key[i] = mlk__softmax_key(x[i], i);
         worst = b->key[i] < worst ? b->key[i] : worst;
     }
     b->size = b->cap;
     b->floor_val = mlk__softmax_key_val(worst);
+    b->floor_val = b->floor_val > b->gate ? b->floor_val : b->gate;
 }
 
 static void mlk__softmax_sift_down(uint64_t *key, int pos, int size)
@@ -3074,7 +3122,7 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
     float m = -INFINITY;
     double l = 0.0;
     int bad = 0;
-    if (best) mlk__softmax_best_start(best, x);
+    if (best) mlk__softmax_best_start(best, x, n);
 #if defined(MLK__AVX512)
     { /* the AVX2 scan below on 16 lanes: a block is 4 vectors */
         const __m512 inv = _mm512_set1_ps(inv_t), pinf = _mm512_set1_ps(INFINITY);
@@ -3095,6 +3143,20 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
             block_max = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
             bad16 |= _mm512_cmp_ps_mask(block_max, pinf, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v[0], v[1], _CMP_UNORD_Q) |
                      _mm512_cmp_ps_mask(v[2], v[3], _CMP_UNORD_Q);
+            if (best && i + len > best->cap &&
+                _mm512_cmp_ps_mask(block_max, _mm512_set1_ps(best->floor_val), _CMP_GT_OQ)) {
+                __m512 floor16;
+                uint64_t above = 0;
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor16 = _mm512_set1_ps(best->floor_val);
+                for (int j = 0; j < 4; j++)
+                    above |= (uint64_t)_mm512_cmp_ps_mask(v[j], floor16, _CMP_GT_OQ) << 16 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) {
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
             if (_mm512_cmp_ps_mask(block_max, m16, _CMP_GT_OQ)) {
                 __m512 new_m = _mm512_max_ps(m16, block_max);
                 __m512 f = mlk__exp16(_mm512_mul_ps(_mm512_sub_ps(m16, new_m), inv));
@@ -3110,20 +3172,6 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
                 __m512 block_l = _mm512_add_ps(e0, e1);
                 l_lo = _mm512_add_pd(l_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(block_l)));
                 l_hi = _mm512_add_pd(l_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(block_l), 1))));
-            }
-            if (best && i + len > best->cap &&
-                _mm512_cmp_ps_mask(block_max, _mm512_set1_ps(best->floor_val), _CMP_GT_OQ)) {
-                __m512 floor16;
-                uint64_t above = 0;
-                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
-                floor16 = _mm512_set1_ps(best->floor_val);
-                for (int j = 0; j < 4; j++)
-                    above |= (uint64_t)_mm512_cmp_ps_mask(v[j], floor16, _CMP_GT_OQ) << 16 * j;
-                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
-                for (; above; above &= above - 1) {
-                    int b = mlk__softmax_lowest_bit(above);
-                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
-                }
             }
         }
         bad = bad16 != 0;
@@ -3156,6 +3204,22 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
             /* NaN anywhere (max_ps may drop it, so pairwise), or +inf in the max */
             bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(block_max, pinf, _CMP_EQ_OQ));
             for (int j = 0; j < 8; j += 2) bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v[j], v[j + 1], _CMP_UNORD_Q));
+            /* candidates before the exps, so the block's vectors die with
+               them rather than living across them (spilled: 10% slower) */
+            if (best && i + len > best->cap &&
+                _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(best->floor_val), _CMP_GT_OQ))) {
+                __m256 floor8;
+                uint64_t above = 0; /* bit b: logit i + b is above the floor (tail lanes are -inf) */
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor8 = _mm256_set1_ps(best->floor_val);
+                for (int j = 0; j < 8; j++)
+                    above |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v[j], floor8, _CMP_GT_OQ)) << 8 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) { /* one branch per block, not per lane */
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
             if (_mm256_movemask_ps(_mm256_cmp_ps(block_max, m8, _CMP_GT_OQ))) {
                 __m256 new_m = _mm256_max_ps(m8, block_max); /* -inf - -inf is NaN: exp8 gives 0 */
                 __m256 f = mlk__exp8(_mm256_mul_ps(_mm256_sub_ps(m8, new_m), inv));
@@ -3171,20 +3235,6 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
                 block_l = _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3]));
                 l_lo = _mm256_add_pd(l_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(block_l)));
                 l_hi = _mm256_add_pd(l_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(block_l, 1)));
-            }
-            if (best && i + len > best->cap &&
-                _mm256_movemask_ps(_mm256_cmp_ps(block_max, _mm256_set1_ps(best->floor_val), _CMP_GT_OQ))) {
-                __m256 floor8;
-                uint64_t above = 0; /* bit b: logit i + b is above the floor (tail lanes are -inf) */
-                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
-                floor8 = _mm256_set1_ps(best->floor_val);
-                for (int j = 0; j < 8; j++)
-                    above |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v[j], floor8, _CMP_GT_OQ)) << 8 * j;
-                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
-                for (; above; above &= above - 1) { /* one branch per block, not per lane */
-                    int b = mlk__softmax_lowest_bit(above);
-                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
-                }
             }
         }
         bad = _mm256_movemask_ps(bad8) != 0;
@@ -3218,6 +3268,19 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
             block_max = v[0];
             for (int j = 1; j < 16; j++) block_max = vmaxq_f32(block_max, v[j]);
             bad4 = vorrq_u32(bad4, vmvnq_u32(vcltq_f32(block_max, pinf)));
+            if (best && i + len > best->cap && vmaxvq_u32(vcgtq_f32(block_max, vdupq_n_f32(best->floor_val)))) {
+                float32x4_t floor4;
+                uint64_t above = 0;
+                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
+                floor4 = vdupq_n_f32(best->floor_val);
+                for (int j = 0; j < 16; j++)
+                    above |= (uint64_t)vaddvq_u32(vandq_u32(vcgtq_f32(v[j], floor4), lane_bit)) << 4 * j;
+                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
+                for (; above; above &= above - 1) {
+                    int b = mlk__softmax_lowest_bit(above);
+                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
+                }
+            }
             if (vmaxvq_u32(vcgtq_f32(block_max, m4))) {
                 float32x4_t new_m = vmaxq_f32(m4, block_max); /* -inf - -inf is NaN: exp4 gives 0 */
                 float32x4_t f = mlk__exp4(vmulq_n_f32(vsubq_f32(m4, new_m), inv_t));
@@ -3234,19 +3297,6 @@ static int mlk__softmax_scan(const float *x, int n, float inv_t, mlk__softmax_be
                                     vaddq_f32(vaddq_f32(e[4], e[5]), vaddq_f32(e[6], e[7])));
                 l_lo = vaddq_f64(l_lo, vcvt_f64_f32(vget_low_f32(block_l)));
                 l_hi = vaddq_f64(l_hi, vcvt_high_f64_f32(block_l));
-            }
-            if (best && i + len > best->cap && vmaxvq_u32(vcgtq_f32(block_max, vdupq_n_f32(best->floor_val)))) {
-                float32x4_t floor4;
-                uint64_t above = 0;
-                if (best->size > best->room - MLK__SOFTMAX_BLOCK) mlk__softmax_best_flush(best);
-                floor4 = vdupq_n_f32(best->floor_val);
-                for (int j = 0; j < 16; j++)
-                    above |= (uint64_t)vaddvq_u32(vandq_u32(vcgtq_f32(v[j], floor4), lane_bit)) << 4 * j;
-                if (i < best->cap) above &= ~(uint64_t)0 << (best->cap - i);
-                for (; above; above &= above - 1) {
-                    int b = mlk__softmax_lowest_bit(above);
-                    best->key[best->size++] = mlk__softmax_key(block[b], i + b);
-                }
             }
         }
         bad = vmaxvq_u32(bad4) != 0;

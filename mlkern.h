@@ -3008,25 +3008,32 @@ static void mlk__softmax_best_flush(mlk__softmax_best *b)
     b->floor_val = b->floor_val > b->gate ? b->floor_val : b->gate;
 }
 
-/* max of x[0..n), n > 0 (a NaN may or may not come through: such rows are
-   rejected by the scan) */
-static float mlk__softmax_run_max(const float *x, int n)
+/* max of s[0..n) (-inf for n = 0; a NaN may or may not come through:
+   callers find NaN rows apart) */
+static float mlk__row_max(const float *s, int n)
 {
     float m = -INFINITY;
-    int i = 0;
-#if defined(MLK__AVX2)
-    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
-    for (; i <= n - 16; i += 16) {
-        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
-        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    int j = 0;
+#if defined(MLK__AVX512)
+    {
+        __m512 vm = _mm512_set1_ps(-INFINITY);
+        for (; j <= n - 16; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
+        m = _mm512_reduce_max_ps(vm);
     }
-    m = mlk__hmax8(_mm256_max_ps(m0, m1));
-#elif defined(MLK__NEON)
-    float32x4_t m4 = vdupq_n_f32(-INFINITY);
-    for (; i <= n - 4; i += 4) m4 = vmaxq_f32(m4, vld1q_f32(x + i));
-    m = vmaxvq_f32(m4);
 #endif
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+#if defined(MLK__AVX2)
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+    {
+        const float m8 = mlk__hmax8(vm);
+        m = m8 > m ? m8 : m;
+    }
+#elif defined(MLK__NEON)
+    float32x4_t vm = vdupq_n_f32(-INFINITY);
+    for (; j <= n - 4; j += 4) vm = vmaxq_f32(vm, vld1q_f32(s + j));
+    m = vmaxvq_f32(vm);
+#endif
+    for (; j < n; j++) m = s[j] > m ? s[j] : m;
     return m;
 }
 
@@ -3051,7 +3058,7 @@ static float mlk__softmax_gate(mlk__softmax_best *b, const float *x, int n)
     if (groups < b->cap || n > MLK__SOFTMAX_GATE_MAX) return -INFINITY;
     for (int g = 0; g < groups; g++) {
         const int lo = (int)((long long)n * g / groups), hi = (int)((long long)n * (g + 1) / groups);
-        b->key[g] = mlk__softmax_key(mlk__softmax_run_max(x + lo, hi - lo), g);
+        b->key[g] = mlk__softmax_key(mlk__row_max(x + lo, hi - lo), g);
     }
     mlk__softmax_select(b->key, groups, b->cap);
     return nextafterf(mlk__softmax_key_val(b->key[b->cap - 1]), -INFINITY);
@@ -4148,33 +4155,6 @@ static inline void mlk__attn_pv_group(mlk_kv_type type, int dim, int nk, const u
 
 /* ---- row-wise vector helpers of the softmax ---- */
 
-static float mlk__attn_row_max(const float *s, int n)
-{
-    float m = -INFINITY;
-    int j = 0;
-#if defined(MLK__AVX512)
-    {
-        __m512 vm = _mm512_set1_ps(-INFINITY);
-        for (; j <= n - 16; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
-        m = _mm512_reduce_max_ps(vm);
-    }
-#endif
-#if defined(MLK__AVX2)
-    __m256 vm = _mm256_set1_ps(-INFINITY);
-    for (; j <= n - 8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
-    {
-        const float m8 = mlk__hmax8(vm);
-        m = m8 > m ? m8 : m;
-    }
-#elif defined(MLK__NEON)
-    float32x4_t vm = vdupq_n_f32(-INFINITY);
-    for (; j <= n - 4; j += 4) vm = vmaxq_f32(vm, vld1q_f32(s + j));
-    m = vmaxvq_f32(vm);
-#endif
-    for (; j < n; j++) m = s[j] > m ? s[j] : m;
-    return m;
-}
-
 /* s[j] = exp(s[j] - shift) for j < n (shift finite); returns the sum. */
 static float mlk__attn_exp_sum(float *s, int n, float shift)
 {
@@ -4406,7 +4386,7 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
             if (st->softcap > 0) mlk__attn_softcap_row(s + lo[i], hi[i] - lo[i], st->softcap);
             if (!full && m->tree_parent) /* elsewhere [lo, hi) is the row's mask (mlk__attn_mask_row) */
                 mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
-            m_new[i] = mlk__attn_row_max(s + lo[i], hi[i] - lo[i]);
+            m_new[i] = mlk__row_max(s + lo[i], hi[i] - lo[i]);
             if (m_new[i] < st->row_max[r]) m_new[i] = st->row_max[r];
         }
         for (int i = 0; i < rows; i++) {

@@ -3045,7 +3045,7 @@ static float mlk__row_max(const float *s, int n)
    bound must still be appended, so the gate is the float just below it.
    It costs a read of the row, which then stays in L2 for the scan up to
    MLK__SOFTMAX_GATE_MAX logits; on longer rows the second read from L3
-   costs more than the gate saves (k = 50: 64 x 32000 0.85-0.91x the time
+   costs more than the gate saves (k = 50: 64 x 32000 0.85-0.92x the time
    without it, 64 x 128256 1.24x, 8 x 262144 1.11-1.14x on Zen 3). -inf
    (no gate) there and when the row is too short for cap groups. The group
    keys use the key buffer, which holds room >= 2 cap keys (or n, more than

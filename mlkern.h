@@ -2310,12 +2310,18 @@ static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
    after panel). k goes in chunks whose share of at_pack stays in L2 while
    W streams by in runs of the chunk; C^T accumulates in ct (this part's MR x
    NR tiles), KC-deep slices with beta at the first and 1 after, as in the
-   packed path: the same FMA chain per element, so the same bits. */
+   packed path: the same FMA chain per element, so the same bits. A tile
+   takes MR rows of W, or MLK__SKINNY_ALIASED_ROWS when W's row stride is a
+   multiple of 4 KiB (k = 2048, 4096, 14336, ...): those rows all fall in
+   one L1 set, and twelve of them evict each other in an 8-way L1 at every
+   k step (Zen 4, two threads, m = 64 against 4096 x 4096: 12 rows 118-127
+   GFLOP/s, 8 rows 174-185; at stride 4112 12 rows 174-184, 8 rows 158-167). */
 enum {
     MLK__SKINNY_M = 64,             /* m up to this takes this path (measured: 1.2-3x packed) */
     MLK__SKINNY_MAX_M = 256,        /* and up to this when W is too big for the caches: */
     MLK__SKINNY_BIG_W = 1 << 21,    /*   floats of W (n k); a cached W packs cheaply */
-    MLK__SKINNY_L2 = 512 * 1024 / 4 /* floats of at_pack per k chunk */
+    MLK__SKINNY_L2 = 512 * 1024 / 4, /* floats of at_pack per k chunk */
+    MLK__SKINNY_ALIASED_ROWS = 8     /* L1 ways (Zen 4; Intel's 12-way L1 is unmeasured) */
 };
 
 static int mlk__gemm_skinny(const mlk__gemm_args *g)
@@ -2327,10 +2333,16 @@ static int mlk__gemm_skinny(const mlk__gemm_args *g)
 
 static int mlk__gemm_skinny_pad(int m) { return mlk__gemm_ceil_div(m, MLK__NR) * MLK__NR; }
 
-/* Floats of ct for a part of `cols` columns of C. */
-static size_t mlk__gemm_skinny_ct_floats(int cols, int m)
+/* W rows per tile. */
+static int mlk__gemm_skinny_rows(const mlk__gemm_args *g)
 {
-    return (size_t)mlk__gemm_ceil_div(cols, MLK__MR) * MLK__MR * (size_t)mlk__gemm_skinny_pad(m);
+    return (g->b_cs * sizeof(float)) % 4096 == 0 ? mlk__gemm_min(MLK__MR, MLK__SKINNY_ALIASED_ROWS) : MLK__MR;
+}
+
+/* Floats of ct for a part of `cols` columns of C, tiles of `rows` rows. */
+static size_t mlk__gemm_skinny_ct_floats(int cols, int rows, int m)
+{
+    return (size_t)mlk__gemm_ceil_div(cols, rows) * rows * (size_t)mlk__gemm_skinny_pad(m);
 }
 
 static void mlk__gemm_skinny_pack(const mlk__gemm_args *g, float *at_pack)
@@ -2343,11 +2355,11 @@ static void mlk__gemm_skinny_pack(const mlk__gemm_args *g, float *at_pack)
 /* Copies between C's columns [j0, j0 + cols) and ct's tiles. */
 static void mlk__gemm_skinny_ct_copy(const mlk__gemm_args *g, int j0, int cols, float *ct, int to_c)
 {
-    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR;
+    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR, rows = mlk__gemm_skinny_rows(g);
     for (int jr = 0; jr < cols; jr++)
         for (int i = 0; i < g->m; i++) {
-            float *t = ct + ((size_t)(jr / MLK__MR) * tiles + i / MLK__NR) * (MLK__MR * MLK__NR) +
-                       jr % MLK__MR * MLK__NR + i % MLK__NR;
+            float *t = ct + ((size_t)(jr / rows) * tiles + i / MLK__NR) * (size_t)(rows * MLK__NR) +
+                       jr % rows * MLK__NR + i % MLK__NR;
             float *e = g->c + (size_t)i * g->ldc + j0 + jr;
             if (to_c)
                 *e = *t;
@@ -2356,23 +2368,24 @@ static void mlk__gemm_skinny_ct_copy(const mlk__gemm_args *g, int j0, int cols, 
         }
 }
 
-/* C's columns [j0, j0 + cols); ct holds mlk__gemm_skinny_ct_floats(cols, m). */
+/* C's columns [j0, j0 + cols); ct holds mlk__gemm_skinny_ct_floats(cols,
+   mlk__gemm_skinny_rows(g), m). */
 static void mlk__gemm_skinny_part(const mlk__gemm_args *g, int j0, int cols, const float *at_pack, float *ct)
 {
-    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR;
+    const int tiles = mlk__gemm_skinny_pad(g->m) / MLK__NR, tile_rows = mlk__gemm_skinny_rows(g);
     const int chunk = mlk__gemm_min(g->k, MLK__GEMM_KC * mlk__gemm_max(1, MLK__SKINNY_L2 / (tiles * MLK__NR) / MLK__GEMM_KC));
     if (g->beta != 0.0f) {
-        memset(ct, 0, mlk__gemm_skinny_ct_floats(cols, g->m) * sizeof(float));
+        memset(ct, 0, mlk__gemm_skinny_ct_floats(cols, tile_rows, g->m) * sizeof(float));
         mlk__gemm_skinny_ct_copy(g, j0, cols, ct, 0);
     }
     for (int p0 = 0; p0 < g->k; p0 += chunk) {
         const int p1 = mlk__gemm_min(g->k, p0 + chunk);
-        for (int jr = 0; jr < cols; jr += MLK__MR) {
-            const int rows = mlk__gemm_min(MLK__MR, cols - jr);
+        for (int jr = 0; jr < cols; jr += tile_rows) {
+            const int rows = mlk__gemm_min(tile_rows, cols - jr);
             const float *w_rows = g->b + (size_t)(j0 + jr) * g->b_cs;
             for (int t = 0; t < tiles; t++) {
                 const float *panel = at_pack + (size_t)t * MLK__NR * g->k;
-                float *tile = ct + ((size_t)(jr / MLK__MR) * tiles + t) * (MLK__MR * MLK__NR);
+                float *tile = ct + ((size_t)(jr / tile_rows) * tiles + t) * (size_t)(tile_rows * MLK__NR);
                 for (int pc = p0, kc; pc < p1; pc += kc) {
                     kc = mlk__gemm_min(MLK__GEMM_KC, p1 - pc);
                     mlk__micro(rows, kc, w_rows + pc, g->b_cs, 1, panel + (size_t)pc * MLK__NR, MLK__NR, 0, tile,
@@ -2479,13 +2492,14 @@ static mlk_status mlk__sgemm_plan_make(int trans_a, int trans_b, int m, int n, i
     /* one thread for small products: the team costs more than it saves */
     p->nth = 2.0 * m * n * k < MLK__PAR_GEMM_FLOPS ? 1 : mlk__max_threads();
     if (mlk__gemm_skinny(&p->g)) { /* op(A)^T packed once, then each part's C^T tiles */
+        const int tile_rows = mlk__gemm_skinny_rows(&p->g);
         size_t at_bytes;
-        tiles = mlk__gemm_ceil_div(n, MLK__MR);
+        tiles = mlk__gemm_ceil_div(n, tile_rows);
         if (tiles < p->nth) p->nth = (int)tiles;
         if (!mlk__mul_ok((size_t)k, (size_t)mlk__gemm_skinny_pad(m) * sizeof(float), &at_bytes))
             return MLK_ERR_OVERFLOW;
         p->b_floats = at_bytes / sizeof(float);
-        p->a_floats = mlk__gemm_skinny_ct_floats(mlk__gemm_ceil_div((int)tiles, p->nth) * MLK__MR, m);
+        p->a_floats = mlk__gemm_skinny_ct_floats(mlk__gemm_ceil_div((int)tiles, p->nth) * tile_rows, tile_rows, m);
         p->scratch_bytes = at_bytes + (size_t)p->nth * p->a_floats * sizeof(float);
         return MLK_OK;
     }
@@ -2524,7 +2538,7 @@ static void mlk__sgemm_run(const mlk__sgemm_plan *p, float *scratch)
         { /* the planned parts, whatever team OpenMP gives: ct is sized per part */
             for (int part = mlk__thread_id(); part < p->nth; part += mlk__gemm_team_size()) {
                 int j0, cols;
-                mlk__gemm_split(g.n, MLK__MR, p->nth, part, &j0, &cols);
+                mlk__gemm_split(g.n, mlk__gemm_skinny_rows(&g), p->nth, part, &j0, &cols);
                 if (cols > 0)
                     mlk__gemm_skinny_part(&g, j0, cols, scratch, scratch + p->b_floats + (size_t)part * p->a_floats);
             }

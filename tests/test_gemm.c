@@ -258,19 +258,26 @@ static void test_small_m_rows(void)
    big): against the reference, and bitwise against the packed path run on
    the same problem, whose KC-slice order it keeps. m around the tile sizes
    and the bounds of the path, n off MR, k past several KC slices and, for
-   the big weights, past the k chunk. */
+   the big weights, past the k chunk; those with pad 0 have W's row stride
+   a multiple of 4 KiB, which takes tiles of fewer W rows. */
 static void test_skinny(void)
 {
-    static const int shapes[][3] = {{9, 37, 300}, {31, 6, 513}, {64, 100, 1000}, {65, 40, 700},
-                                    {17, 1030, 2100}, {100, 1031, 2050}, {256, 700, 3001}, {257, 700, 3001}};
+    static const int shapes[][4] = {{9, 37, 300, -1},     {31, 6, 513, -1},     {64, 100, 1000, -1},
+                                    {40, 203, 1024, 0},   {65, 40, 700, -1},    {17, 1030, 2100, -1},
+                                    {100, 1031, 2050, -1}, {256, 700, 3001, -1}, {257, 700, 3001, -1},
+                                    {9, 61, 2048, 0},     {130, 1001, 4096, 0}};
     const int n_shapes = mlkt_quick() ? 5 : (int)(sizeof shapes / sizeof shapes[0]);
     static const float betas[] = {0.0f, 1.0f, -0.75f};
     for (int s = 0; s < n_shapes; s++)
         for (int ta = 0; ta < 2; ta++) {
-            gemm_problem p = make_problem(ta, 1, shapes[s][0], shapes[s][1], shapes[s][2], mlkt_int(2) * 3,
+            const int pad = shapes[s][3] < 0 ? mlkt_int(2) * 3 : shapes[s][3];
+            gemm_problem p = make_problem(ta, 1, shapes[s][0], shapes[s][1], shapes[s][2], pad,
                                           s % 2 ? -1.25f : 1.0f, betas[(s + ta) % 3]);
             mlk__gemm_args g = mlk__gemm_make_args(p.ta, p.tb, p.m, p.n, p.k, p.alpha, p.a, p.lda, p.b, p.ldb,
                                                    p.beta, NULL, p.ldc);
+            CHECKF(mlk__gemm_skinny_rows(&g) ==
+                       (p.ldb % 1024 == 0 ? mlk__gemm_min(MLK__MR, MLK__SKINNY_ALIASED_ROWS) : MLK__MR),
+                   "ldb=%d: W rows per tile", p.ldb);
             float *c = copy_c(&p), *c_packed = copy_c(&p);
             float *pack = mlkt_floats(mlk__gemm_b_floats(p.n, p.k) + mlk__gemm_a_floats(p.m, p.k));
             CHECKF(mlk__gemm_skinny(&g) == (p.m <= MLK__SKINNY_M || (p.m <= MLK__SKINNY_MAX_M && p.n * p.k >= MLK__SKINNY_BIG_W)),

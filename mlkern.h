@@ -2314,8 +2314,9 @@ static void mlk__gemv_copy_a(mlk__gemm_args *g, float *a_rows)
    takes MR rows of W, or MLK__SKINNY_ALIASED_ROWS when W's row stride is a
    multiple of 4 KiB (k = 2048, 4096, 14336, ...): those rows all fall in
    one L1 set, and twelve of them evict each other in an 8-way L1 at every
-   k step (Zen 4, two threads, m = 64 against 4096 x 4096: 12 rows 118-127
-   GFLOP/s, 8 rows 174-185; at stride 4112 12 rows 174-184, 8 rows 158-167). */
+   k step (Zen 4, two threads, m = 64 against 4096 x 4096: 12 rows 118-168
+   GFLOP/s, mostly under 130, 8 rows 167-185; at stride 4112 12 rows
+   174-189, 8 rows 158-167). */
 enum {
     MLK__SKINNY_M = 64,             /* m up to this takes this path (measured: 1.2-3x packed) */
     MLK__SKINNY_MAX_M = 256,        /* and up to this when W is too big for the caches: */

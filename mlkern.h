@@ -1675,20 +1675,22 @@ static inline __m512 mlk__row_load16_wide(mlk_kv_type type, const unsigned char 
 
 /* Elements e .. e+31 (e a multiple of 32, e + 32 <= dim: one quantisation
    block) in two zmm, the same values as two mlk__row_load16_wide. A Q4
-   block's 16 bytes unpack together: 13 instructions instead of 18 (the
-   score loop over cached Q4 rows 1.1-1.25x, the compute-bound Q4 decode
-   1.01-1.03x). */
+   block is a table lookup: the 16 values scale * (n - 8) are one zmm, and
+   vpermps picks a lane by the low 4 bits of each index, so a byte and the
+   same byte shifted right by 4 index the low and high nibble without masks
+   or int -> float conversions (the products are the same roundings as
+   (float)(n - 8) * scale). 8 instructions instead of 13: the cached Q4
+   decode 1.1x, the bench decode 1.1-1.2x on Zen 4. */
 static inline void mlk__row_load32_wide(mlk_kv_type type, const unsigned char *row, const unsigned char *data, int e,
                                         __m512 *x, __m512 *y)
 {
     if (type == MLK_KV_Q4) {
         const __m128i packed = _mm_loadu_si128((const __m128i *)(const void *)(data + e / 2));
-        const __m128i nibble = _mm_set1_epi8(15), bias = _mm_set1_epi8(8);
-        const __m128i lo = _mm_sub_epi8(_mm_and_si128(packed, nibble), bias);
-        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), nibble), bias);
-        const __m512 scale = _mm512_set1_ps(((const float *)(const void *)row)[e / MLK__ROW_QBLOCK]);
-        *x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(lo, hi))), scale);
-        *y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(lo, hi))), scale);
+        const __m128i shifted = _mm_srli_epi16(packed, 4); /* low 4 bits: the high nibble */
+        const __m512 table = _mm512_mul_ps(_mm512_set1_ps(((const float *)(const void *)row)[e / MLK__ROW_QBLOCK]),
+                                           _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
+        *x = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(packed, shifted)), table);
+        *y = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(packed, shifted)), table);
         return;
     }
     *x = mlk__row_load16_wide(type, row, data, e);

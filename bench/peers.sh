@@ -2,7 +2,9 @@
 # make bench-peers: times the same shapes with PyTorch (Debian's python3-torch,
 # installed when missing) right after `make bench`, then prints mlkern/torch
 # ratios. torch runs twice, plain and with glibc's malloc told to keep big
-# buffers, which torch benefits from; the faster run counts.
+# buffers, which torch benefits from; then the mlkern program of the same
+# kernels runs again. Each side counts its faster run, so both get two
+# chances at a quiet moment of a noisy machine, interleaved with the other.
 set -e
 PY=/usr/bin/python3
 if ! $PY -c 'import torch, numpy' 2>/dev/null; then
@@ -21,5 +23,10 @@ for p in bench/peer_*.py; do
     echo "== $p (torch, $threads threads, malloc kept)"
     MLK_PEER_VARIANT=malloc MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \
         MALLOC_TOP_PAD_=1073741824 $PY "$p" "$threads"
+    b=build/bench/bench_$(basename "$p" .py | sed 's/^peer_//')
+    if [ -x "$b" ]; then
+        echo "== $b (mlkern, $threads threads, second run)"
+        OMP_NUM_THREADS=$threads "./$b"
+    fi
 done
 $PY bench/compare.py build/bench.csv

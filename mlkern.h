@@ -5087,6 +5087,13 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
             int nq = g->len_q - q0 < g->bwd_tile_q ? g->len_q - q0 : g->bwd_tile_q, n_rows = nq * g->group, lo, hi;
             mlk__attn_key_range(&m, q0, q0 + nq, &lo, &hi);
             if (hi <= kv0 || lo >= kv0 + nk) continue;
+            /* only keys j0 .. j1-1 of the tile are seen by a query of this q
+               tile (j0 down to an NR block): the rest, the masked columns of
+               a causal diagonal tile, are left out of all five products; they
+               only ever added zeros */
+            const int j0 = lo - kv0 <= 0 ? 0 : (lo - kv0) / MLK__NR * MLK__NR;
+            const int j1 = hi - kv0 < nk ? hi - kv0 : nk, n_vis = j1 - j0;
+            float *p_vis = p + j0, *ds_vis = ds + j0;
             for (int r = 0; r < n_rows; r++) {
                 size_t at = q_off + (size_t)(r % g->group) * g->q_head + (size_t)(q0 + r / g->group) * g->q_tok;
                 size_t li = lse_off + (size_t)(r % g->group) * g->len_q + (size_t)(q0 + r / g->group);
@@ -5104,25 +5111,25 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 view.dpad = dp;
                 view.kv_pad = kp;
                 view.q_pack = q_pack;
-                view.scores = p;
+                view.scores = p_vis;
                 view.k_row = k_row;
                 view.v_row = v_row;
-                for (int j = 0; j < nk; j++) {
-                    k_row[j] = (const unsigned char *)(const void *)(kt + (size_t)j * g->kv_tok);
-                    v_row[j] = (const unsigned char *)(const void *)(vt + (size_t)j * g->kv_tok);
+                for (int j = 0; j < n_vis; j++) {
+                    k_row[j] = (const unsigned char *)(const void *)(kt + (size_t)(j0 + j) * g->kv_tok);
+                    v_row[j] = (const unsigned char *)(const void *)(vt + (size_t)(j0 + j) * g->kv_tok);
                 }
-                mlk__attn_typed_scores(&view, nk, MLK_KV_F32);
+                mlk__attn_typed_scores(&view, n_vis, MLK_KV_F32);
             } else {
-                mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, q_pack, (size_t)dp, 1, k_t, kp, p, kp, 0);
+                mlk__attn_mm(n_rows, mlk__attn_pad(n_vis), dim, q_pack, (size_t)dp, 1, k_t + j0, kp, p_vis, kp, 0);
             }
-            mlk__attn_mm(n_rows, mlk__attn_pad(nk), dim, do_pack, (size_t)dp, 1, v_t, kp, ds, kp, 0);
-            mlk__attn_bwd_probs(g, &m, q0, kv0, nk, mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk), n_rows,
-                                lse_r, d_r, p, ds, kp, cap_grad);
+            mlk__attn_mm(n_rows, mlk__attn_pad(n_vis), dim, do_pack, (size_t)dp, 1, v_t + j0, kp, ds_vis, kp, 0);
+            mlk__attn_bwd_probs(g, &m, q0, kv0 + j0, n_vis, mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk),
+                                n_rows, lse_r, d_r, p_vis, ds_vis, kp, cap_grad + j0);
             /* dV += P^T dO, dK += dS^T Q: P and dS read as their transposes */
-            mlk__attn_mm(nk, dp, n_rows, p, 1, (size_t)kp, do_pack, dp, dv_acc, dp, 1);
-            mlk__attn_mm(nk, dp, n_rows, ds, 1, (size_t)kp, q_pack, dp, dk_acc, dp, 1);
+            mlk__attn_mm(n_vis, dp, n_rows, p_vis, 1, (size_t)kp, do_pack, dp, dv_acc + (size_t)j0 * dp, dp, 1);
+            mlk__attn_mm(n_vis, dp, n_rows, ds_vis, 1, (size_t)kp, q_pack, dp, dk_acc + (size_t)j0 * dp, dp, 1);
             if (!io->dq) continue;
-            mlk__attn_mm(n_rows, dp, nk, ds, (size_t)kp, 1, k_pack, dp, dq_tile, dp, 0);
+            mlk__attn_mm(n_rows, dp, n_vis, ds_vis, (size_t)kp, 1, k_pack + (size_t)j0 * dp, dp, dq_tile, dp, 0);
             mlk__attn_add_rows(&m, q0, g->group, n_rows, kv0, n_k_bad, k_bad, ds, (size_t)kp, kt, g->kv_tok, dim,
                                dq_tile, (size_t)dp);
             for (int r = 0; r < n_rows; r++) {

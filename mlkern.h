@@ -1056,21 +1056,35 @@ MLK__MAYBE_UNUSED static int mlk__thread_id(void)
 #define MLK__EXP_C4 4.189815983e-02f
 #define MLK__EXP_C5 8.290272143e-03f
 
+/* a * b + c, rounded once where the build has FMA: the scalar exp then takes
+   the vector versions' steps, so a value's bits do not depend on whether it
+   falls in a vector or in a tail */
+static float mlk__fmaf(float a, float b, float c)
+{
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    return fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 MLK__MAYBE_UNUSED static float mlk__expf(float x)
 {
-    float n, r, p, bits_f;
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: t - shifter = round(x / ln2) */
+    float t, n, r, p, bits_f;
     int32_t e;
     if (!(x > -87.33654f)) return (x != x) ? x : 0.0f;
     if (x > 88.72283f) return INFINITY;
-    n = floorf(x * 1.44269504f + 0.5f);
-    r = x - n * 0.693145752f;
-    r = r - n * 1.42860677e-6f;
+    t = mlk__fmaf(x, 1.44269504f, shifter);
+    n = t - shifter;
+    r = mlk__fmaf(-n, 0.693145752f, x);
+    r = mlk__fmaf(-n, 1.42860677e-6f, r);
     p = MLK__EXP_C5;
-    p = p * r + MLK__EXP_C4;
-    p = p * r + MLK__EXP_C3;
-    p = p * r + MLK__EXP_C2;
-    p = p * r + MLK__EXP_C1;
-    p = p * r + 1.0f;
+    p = mlk__fmaf(p, r, MLK__EXP_C4);
+    p = mlk__fmaf(p, r, MLK__EXP_C3);
+    p = mlk__fmaf(p, r, MLK__EXP_C2);
+    p = mlk__fmaf(p, r, MLK__EXP_C1);
+    p = mlk__fmaf(p, r, 1.0f);
     e = ((int32_t)n + 127) << 23;
     memcpy(&bits_f, &e, sizeof e);
     return p * bits_f;

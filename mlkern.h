@@ -3948,6 +3948,20 @@ static void mlk__attn_mask_row(const mlk__attn_mask *m, int i, int kv0, int nk, 
             if (!mlk__attn_visible(m, i, kv0 + j)) s[j] = -INFINITY;
 }
 
+/* The keys [*lo, *hi) of the tile kv0 .. kv0+nk-1, counted from kv0, that
+   rows r0 .. r0+rows-1 of a tile (row r: query q0 + r / group) may see:
+   each other key of the tile is masked for all of them. */
+static void mlk__attn_block_keys(const mlk__attn_mask *m, int q0, int group, int r0, int rows, int kv0, int nk,
+                                 int *lo, int *hi)
+{
+    int l, h;
+    mlk__attn_key_range(m, q0 + r0 / group, q0 + (r0 + rows - 1) / group + 1, &l, &h);
+    l -= kv0;
+    h -= kv0;
+    *lo = l < 0 ? 0 : l > nk ? nk : l;
+    *hi = h < *lo ? *lo : h > nk ? nk : h;
+}
+
 /* ---- tile matmuls ----
    C[m x n] (+)= A[m x k] B[k x n], row-major, n a multiple of MLK__NR (B
    and C padded to it), through the shared micro-kernel: A element (i, p) is
@@ -3969,6 +3983,53 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, size_t a_rs, size_
             mlk__micro(m - i, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, ldb, 0,
                        c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
     }
+}
+
+/* Row block i of a masked tile (rows i * MR .. i * MR + MR - 1) sees only
+   the keys [lo[i], hi[i]): the two products below skip the rest (masked
+   scores, zero probabilities) block by block, in mlk__attn_mm's order, so
+   B's column slice stays in L1 across the row blocks (a product per row
+   block instead, which streams all of B for each, was 1-3% slower on the
+   backward). */
+static int mlk__attn_block_rows(int m, int i0) { return m - i0 < MLK__MR ? m - i0 : MLK__MR; }
+
+/* Scores: mlk__attn_mm with accumulate 0 and a row-major A, but row block
+   i only over the NR column blocks that meet [lo[i], hi[i]). */
+static void mlk__attn_mm_cols(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                              int ldc, const int *lo, const int *hi)
+{
+    for (int j = 0; j < n; j += MLK__NR)
+        for (int i0 = 0; i0 < m; i0 += MLK__MR) {
+            const int blk = i0 / MLK__MR, rows = mlk__attn_block_rows(m, i0);
+            if (j + MLK__NR <= lo[blk] || j >= hi[blk]) continue;
+            if (rows == MLK__MR)
+                mlk__micro(MLK__MR, k, a + (size_t)i0 * lda, lda, 1, b + j, ldb, 0, c + (size_t)i0 * ldc + j,
+                           (size_t)ldc, 1.0f, 0.0f);
+            else
+                mlk__micro(rows, k, a + (size_t)i0 * lda, lda, 1, b + j, ldb, 0, c + (size_t)i0 * ldc + j,
+                           (size_t)ldc, 1.0f, 0.0f);
+        }
+}
+
+/* C (+)= A B as mlk__attn_mm, but row block i sums only over k in
+   [lo[i], hi[i]) (none: C's rows are zeroed, or kept when accumulating). */
+static void mlk__attn_mm_krange(int m, int n, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                                float *c, int ldc, int accumulate, const int *lo, const int *hi)
+{
+    const float beta = accumulate ? 1.0f : 0.0f;
+    for (int j = 0; j < n; j += MLK__NR)
+        for (int i0 = 0; i0 < m; i0 += MLK__MR) {
+            const int blk = i0 / MLK__MR, rows = mlk__attn_block_rows(m, i0), k0 = lo[blk];
+            const int kk = hi[blk] > k0 ? hi[blk] - k0 : 0;
+            const float *a_blk = a + (size_t)i0 * a_rs + (size_t)k0 * a_ks, *b_blk = b + (size_t)k0 * ldb + j;
+            if (kk == 0 && accumulate) continue;
+            if (rows == MLK__MR)
+                mlk__micro(MLK__MR, kk, a_blk, a_rs, a_ks, b_blk, ldb, 0, c + (size_t)i0 * ldc + j, (size_t)ldc,
+                           1.0f, beta);
+            else
+                mlk__micro(rows, kk, a_blk, a_rs, a_ks, b_blk, ldb, 0, c + (size_t)i0 * ldc + j, (size_t)ldc, 1.0f,
+                           beta);
+        }
 }
 
 /* dst[d * ld_dst + j] = src[j * ld_src + d]: rows x cols -> cols x rows. */
@@ -4293,13 +4354,17 @@ typedef struct mlk__attn_rows {
     float *row_max, *l_sum; /* [n_rows] */
     float *zero_row; /* [dpad] zeros: stands in for a masked non-finite value row */
     int *bad;        /* [kv_pad] keys of the tile whose value row is not finite */
+    int *blk_lo, *blk_hi; /* [row blocks] a masked tile's keys seen by each block of MLK__MR rows */
 } mlk__attn_rows;
+
+static int mlk__attn_row_blocks(int n_rows) { return (n_rows + MLK__MR - 1) / MLK__MR; }
 
 static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
 {
     size_t dp = (size_t)mlk__attn_pad(head_dim), kp = (size_t)mlk__attn_pad(tile_kv), r = (size_t)n_rows;
     return 3 * kp * sizeof(const unsigned char *) +
-           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r + dp) * sizeof(float) + kp * sizeof(int);
+           (2 * r * dp + r * kp + (size_t)head_dim * kp + kp * dp + 2 * r + dp) * sizeof(float) +
+           (kp + 2 * (size_t)mlk__attn_row_blocks(n_rows)) * sizeof(int);
 }
 
 /* Tasks of fewer rows than this take their tiles as typed rows
@@ -4309,19 +4374,6 @@ static size_t mlk__attn_rows_scratch(int n_rows, int head_dim, int tile_kv)
 enum { MLK__ATTN_TYPED_ROWS = 6 };
 
 static int mlk__attn_rows_typed(const mlk__attn_rows *st) { return st->n_rows < MLK__ATTN_TYPED_ROWS; }
-
-/* The keys [*lo, *hi) of the tile kv0 .. kv0+nk-1, counted from kv0, that
-   rows r0 .. r0+rows-1 may see: each other key of the tile is masked for
-   all of them. */
-static void mlk__attn_rows_keys(const mlk__attn_rows *st, int r0, int rows, int kv0, int nk, int *lo, int *hi)
-{
-    int l, h;
-    mlk__attn_key_range(st->mask, st->q0 + r0 / st->group, st->q0 + (r0 + rows - 1) / st->group + 1, &l, &h);
-    l -= kv0;
-    h -= kv0;
-    *lo = l < 0 ? 0 : l > nk ? nk : l;
-    *hi = h < *lo ? *lo : h > nk ? nk : h;
-}
 
 static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, int q0, int n_q, int group,
                                 int head_dim, int tile_kv, float scale, float softcap, const float *q,
@@ -4351,6 +4403,8 @@ static void mlk__attn_rows_init(mlk__attn_rows *st, const mlk__attn_mask *mask, 
     st->l_sum = st->row_max + st->n_rows;
     st->zero_row = st->l_sum + st->n_rows;
     st->bad = (int *)(void *)(st->zero_row + st->dpad);
+    st->blk_lo = st->bad + st->kv_pad;
+    st->blk_hi = st->blk_lo + mlk__attn_row_blocks(st->n_rows);
     memset(st->zero_row, 0, (size_t)st->dpad * sizeof(float));
     for (int r = 0; r < st->n_rows; r++) {
         const float *qr = q + (size_t)(r / group) * q_tok + (size_t)(r % group) * q_head;
@@ -4452,7 +4506,7 @@ static void mlk__attn_rows_softmax(mlk__attn_rows *st, int kv0, int nk)
             float *s = st->scores + (size_t)r * st->kv_pad;
             lo[i] = 0;
             hi[i] = nk;
-            if (!full) mlk__attn_rows_keys(st, r, 1, kv0, nk, &lo[i], &hi[i]);
+            if (!full) mlk__attn_block_keys(m, st->q0, st->group, r, 1, kv0, nk, &lo[i], &hi[i]);
             if (st->softcap > 0) mlk__attn_softcap_row(s + lo[i], hi[i] - lo[i], st->softcap);
             if (!full && m->tree_parent) /* elsewhere [lo, hi) is the row's mask (mlk__attn_mask_row) */
                 mlk__attn_mask_row(m, st->q0 + r / st->group, kv0 + lo[i], hi[i] - lo[i], s + lo[i]);
@@ -4508,25 +4562,14 @@ static void mlk__attn_rows_update(mlk__attn_rows *st, int kv0, int nk, const flo
         mlk__attn_mm(st->n_rows, st->dpad, nk, st->scores, (size_t)st->kv_pad, 1, v_tile, ld_tile, st->acc,
                      st->dpad, 1);
     } else { /* each block of micro-kernel rows only over the keys it may see */
-        int lo, hi;
-        for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) {
-            const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
-            const float *q_r = st->q_pack + (size_t)r0 * st->dpad;
-            mlk__attn_rows_keys(st, r0, rows, kv0, nk, &lo, &hi);
-            lo = lo / MLK__NR * MLK__NR; /* the full product's column blocks: the same sums */
-            if (hi > lo)
-                mlk__attn_mm(rows, mlk__attn_pad(hi) - lo, st->head_dim, q_r, (size_t)st->dpad, 1, k_t + lo,
-                             (size_t)st->kv_pad, st->scores + (size_t)r0 * st->kv_pad + lo, st->kv_pad, 0);
-        }
+        for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR)
+            mlk__attn_block_keys(st->mask, st->q0, st->group, r0, mlk__attn_block_rows(st->n_rows, r0), kv0, nk,
+                                 &st->blk_lo[r0 / MLK__MR], &st->blk_hi[r0 / MLK__MR]);
+        mlk__attn_mm_cols(st->n_rows, mlk__attn_pad(nk), st->head_dim, st->q_pack, (size_t)st->dpad, k_t,
+                          (size_t)st->kv_pad, st->scores, st->kv_pad, st->blk_lo, st->blk_hi);
         mlk__attn_rows_softmax(st, kv0, nk);
-        for (int r0 = 0; r0 < st->n_rows; r0 += MLK__MR) { /* p is 0 outside [lo, hi) */
-            const int rows = st->n_rows - r0 < MLK__MR ? st->n_rows - r0 : MLK__MR;
-            mlk__attn_rows_keys(st, r0, rows, kv0, nk, &lo, &hi);
-            if (hi > lo)
-                mlk__attn_mm(rows, st->dpad, hi - lo, st->scores + (size_t)r0 * st->kv_pad + lo, (size_t)st->kv_pad,
-                             1, v_tile + (size_t)lo * ld_tile, ld_tile, st->acc + (size_t)r0 * st->dpad,
-                             st->dpad, 1);
-        }
+        mlk__attn_mm_krange(st->n_rows, st->dpad, st->scores, (size_t)st->kv_pad, 1, v_tile, ld_tile, st->acc,
+                            st->dpad, 1, st->blk_lo, st->blk_hi); /* p is 0 outside [lo, hi) */
         mlk__attn_add_rows(st->mask, st->q0, st->group, st->n_rows, kv0, n_bad, st->bad, st->scores,
                            (size_t)st->kv_pad, v, ldv, st->head_dim, st->acc, (size_t)st->dpad);
     }
@@ -4814,11 +4857,13 @@ static mlk_status mlk__attn_geom_init(const mlk_attn_desc *d, mlk__attn_geom *g)
     rows = (size_t)g->bwd_tile_q * g->group;
     /* backward: k_t, v_t [D][kp]; k_pack, dk_acc, dv_acc [kp][dp]; q, dout,
        dq tile [rows][dp]; p, ds [rows][kp]; p^T [kp][rows]; lse, D [rows];
-       then the typed row pointers of the forward's score path [2 kp] and
-       the non-finite key rows of the tile [kp] ints */
+       then the typed row pointers of the forward's score path [2 kp], the
+       non-finite key rows of the tile [kp] ints and the column range of
+       each row block and row range of each key block (2 ints each) */
     t = 2 * (size_t)g->head_dim * kp + 3 * kp * dp + 3 * rows * dp + 3 * rows * kp + 2 * rows;
     g->bwd_thread_bytes = mlk__arena_need(0, t * sizeof(float) + 2 * kp * sizeof(const unsigned char *) +
-                                             kp * sizeof(int));
+                                             (kp + 2 * (size_t)mlk__attn_row_blocks((int)rows) +
+                                              2 * (size_t)mlk__attn_row_blocks((int)kp)) * sizeof(int));
     if (!mlk__mul_ok((size_t)g->threads, g->fwd_thread_bytes > g->bwd_thread_bytes ? g->fwd_thread_bytes
                      : g->bwd_thread_bytes, &t)) return MLK_ERR_OVERFLOW;
     g->fwd_cap = mlk__pieces_bytes(g->pc, mlk__attn_pieces(g, 0, g->threads, g->pc));
@@ -5022,15 +5067,15 @@ typedef struct mlk__attn_bwd_io {
     float *dq, *dk, *dv;
 } mlk__attn_bwd_io;
 
-/* P and dS of one q tile against one KV tile, already holding S in p and
-   dP in ds (rows x nk, row stride ld). With a softcap, d(cap tanh(u/cap))/du
-   = 1 / cosh^2(u/cap) is taken from u (1 - tanh^2 would cancel where tanh
-   saturates) and parked in cap_grad. */
+/* P and dS of rows r0 .. r0+rows-1 of a q tile against keys kv0 ..
+   kv0+nk-1, already holding S in p and dP in ds (row stride ld). With a
+   softcap, d(cap tanh(u/cap))/du = 1 / cosh^2(u/cap) is taken from u
+   (1 - tanh^2 would cancel where tanh saturates) and parked in cap_grad. */
 static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m, int q0, int kv0, int nk, int full,
-                                int n_rows, const float *lse_r, const float *d_r, float *p, float *ds, int ld,
+                                int r0, int rows, const float *lse_r, const float *d_r, float *p, float *ds, int ld,
                                 float *cap_grad)
 {
-    for (int r = 0; r < n_rows; r++) {
+    for (int r = r0; r < r0 + rows; r++) {
         float *s = p + (size_t)r * ld, *dsr = ds + (size_t)r * ld, *cg = cap_grad + (size_t)r * ld;
         if (g->softcap > 0)
             for (int j = 0; j < nk; j++) {
@@ -5053,6 +5098,26 @@ static void mlk__attn_bwd_probs(const mlk__attn_geom *g, const mlk__attn_mask *m
         if (g->softcap > 0)
             for (int j = 0; j < nk; j++) dsr[j] *= cg[j];
     }
+}
+
+/* x[j] = 0 for j in [a, b) and [c, d) (a <= b <= c <= d). */
+static void mlk__attn_zero_span(float *x, int a, int b, int c, int d)
+{
+    if (b > a) memset(x + a, 0, (size_t)(b - a) * sizeof(float));
+    if (d > c) memset(x + c, 0, (size_t)(d - c) * sizeof(float));
+}
+
+/* The columns [*c0, *c1) of a pair's visible columns [j0, j1) that rows
+   r0 .. r0+rows-1 of q tile q0 may see (c0 = c1 = j0: none). */
+static void mlk__attn_bwd_cols(const mlk__attn_mask *m, int group, int q0, int kv0, int r0, int rows, int j0, int j1,
+                               int *c0, int *c1)
+{
+    int lo, hi;
+    mlk__attn_block_keys(m, q0, group, r0, rows, kv0, j1, &lo, &hi);
+    lo = lo < j0 ? j0 : lo;
+    if (hi <= lo) lo = hi = j0;
+    *c0 = lo;
+    *c1 = hi;
 }
 
 /* Rows (queries x grouped heads) of the forward's q tile holding query q0. */
@@ -5078,6 +5143,8 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
     float *d_r = lse_r + max_rows;
     const unsigned char **k_row = (const unsigned char **)(void *)(d_r + max_rows), **v_row = k_row + kp;
     int *k_bad = (int *)(void *)(v_row + kp), n_k_bad = 0;
+    int *blk_lo = k_bad + kp, *blk_hi = blk_lo + mlk__attn_row_blocks(max_rows); /* per row block: its columns */
+    int *key_lo = blk_hi + mlk__attn_row_blocks(max_rows), *key_hi = key_lo + mlk__attn_row_blocks(kp); /* its rows */
     mlk__attn_mask m;
     mlk__attn_item_mask(d, g, b, depth, &m);
     if (io->dq)
@@ -5107,7 +5174,8 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                only ever added zeros */
             const int j0 = lo - kv0 <= 0 ? 0 : (lo - kv0) / MLK__NR * MLK__NR;
             const int j1 = hi - kv0 < nk ? hi - kv0 : nk, n_vis = j1 - j0;
-            float *p_vis = p + j0, *ds_vis = ds + j0;
+            const int full = mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk);
+            const int typed = mlk__attn_fwd_tile_rows(g, q0) < MLK__ATTN_TYPED_ROWS;
             for (int r = 0; r < n_rows; r++) {
                 size_t at = q_off + (size_t)(r % g->group) * g->q_head + (size_t)(q0 + r / g->group) * g->q_tok;
                 size_t li = lse_off + (size_t)(r % g->group) * g->len_q + (size_t)(q0 + r / g->group);
@@ -5117,7 +5185,7 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 lse_r[r] = io->lse[li];
                 d_r[r] = io->row_d[li];
             }
-            if (mlk__attn_fwd_tile_rows(g, q0) < MLK__ATTN_TYPED_ROWS) { /* the forward took it as typed rows */
+            if (typed) { /* the forward took it as typed rows */
                 mlk__attn_rows view;
                 memset(&view, 0, sizeof view);
                 view.n_rows = n_rows;
@@ -5125,7 +5193,7 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                 view.dpad = dp;
                 view.kv_pad = kp;
                 view.q_pack = q_pack;
-                view.scores = p_vis;
+                view.scores = p + j0;
                 view.k_row = k_row;
                 view.v_row = v_row;
                 for (int j = 0; j < n_vis; j++) {
@@ -5133,17 +5201,45 @@ static void mlk__attn_bwd_task(const mlk_attn_desc *d, const mlk__attn_geom *g, 
                     v_row[j] = (const unsigned char *)(const void *)(vt + (size_t)(j0 + j) * g->kv_tok);
                 }
                 mlk__attn_typed_scores(&view, n_vis, MLK_KV_F32);
-            } else {
-                mlk__attn_mm(n_rows, mlk__attn_pad(n_vis), dim, q_pack, (size_t)dp, 1, k_t + j0, kp, p_vis, kp, 0);
             }
-            mlk__attn_mm(n_rows, mlk__attn_pad(n_vis), dim, do_pack, (size_t)dp, 1, v_t + j0, kp, ds_vis, kp, 0);
-            mlk__attn_bwd_probs(g, &m, q0, kv0 + j0, n_vis, mlk__attn_tile_full(&m, q0, q0 + nq, kv0, kv0 + nk),
-                                n_rows, lse_r, d_r, p_vis, ds_vis, kp, cap_grad + j0);
-            /* dV += P^T dO, dK += dS^T Q: P and dS read as their transposes */
-            mlk__attn_mm(n_vis, dp, n_rows, p_vis, 1, (size_t)kp, do_pack, dp, dv_acc + (size_t)j0 * dp, dp, 1);
-            mlk__attn_mm(n_vis, dp, n_rows, ds_vis, 1, (size_t)kp, q_pack, dp, dk_acc + (size_t)j0 * dp, dp, 1);
+            /* S, dP, P and dS of each block of micro-kernel rows only over
+               the columns [c0, c1) it sees; zeros fill the rest of [j0, j1),
+               so the products that follow may sum over any range that
+               holds what is seen (left-out terms only added zeros) */
+            for (int r0 = 0; r0 < n_rows; r0 += MLK__MR)
+                mlk__attn_bwd_cols(&m, g->group, q0, kv0, r0, mlk__attn_block_rows(n_rows, r0), j0, j1,
+                                   &blk_lo[r0 / MLK__MR], &blk_hi[r0 / MLK__MR]);
+            if (!typed)
+                mlk__attn_mm_cols(n_rows, mlk__attn_pad(j1), dim, q_pack, (size_t)dp, k_t, kp, p, kp, blk_lo, blk_hi);
+            mlk__attn_mm_cols(n_rows, mlk__attn_pad(j1), dim, do_pack, (size_t)dp, v_t, kp, ds, kp, blk_lo, blk_hi);
+            for (int r0 = 0; r0 < n_rows; r0 += MLK__MR) {
+                const int rows = mlk__attn_block_rows(n_rows, r0), c0 = blk_lo[r0 / MLK__MR], c1 = blk_hi[r0 / MLK__MR];
+                if (c1 > c0)
+                    mlk__attn_bwd_probs(g, &m, q0, kv0 + c0, c1 - c0, full, r0, rows, lse_r, d_r, p + c0, ds + c0,
+                                        kp, cap_grad + c0);
+                for (int r = r0; r < r0 + rows; r++) {
+                    mlk__attn_zero_span(p + (size_t)r * kp, j0, c0, c1, j1);
+                    mlk__attn_zero_span(ds + (size_t)r * kp, j0, c0, c1, j1);
+                }
+            }
+            /* dV += P^T dO, dK += dS^T Q (P and dS read as their
+               transposes): each block of keys over the row blocks that see it */
+            for (int jb = j0; jb < j1; jb += MLK__MR) {
+                const int kb = (jb - j0) / MLK__MR;
+                key_lo[kb] = n_rows;
+                key_hi[kb] = 0;
+                for (int r0 = 0; r0 < n_rows; r0 += MLK__MR)
+                    if (blk_lo[r0 / MLK__MR] < jb + MLK__MR && blk_hi[r0 / MLK__MR] > jb) {
+                        key_lo[kb] = r0 < key_lo[kb] ? r0 : key_lo[kb];
+                        key_hi[kb] = r0 + mlk__attn_block_rows(n_rows, r0);
+                    }
+            }
+            mlk__attn_mm_krange(n_vis, dp, p + j0, 1, (size_t)kp, do_pack, dp, dv_acc + (size_t)j0 * dp, dp, 1,
+                                key_lo, key_hi);
+            mlk__attn_mm_krange(n_vis, dp, ds + j0, 1, (size_t)kp, q_pack, dp, dk_acc + (size_t)j0 * dp, dp, 1,
+                                key_lo, key_hi);
             if (!io->dq) continue;
-            mlk__attn_mm(n_rows, dp, n_vis, ds_vis, (size_t)kp, 1, k_pack + (size_t)j0 * dp, dp, dq_tile, dp, 0);
+            mlk__attn_mm_krange(n_rows, dp, ds, (size_t)kp, 1, k_pack, dp, dq_tile, dp, 0, blk_lo, blk_hi);
             mlk__attn_add_rows(&m, q0, g->group, n_rows, kv0, n_k_bad, k_bad, ds, (size_t)kp, kt, g->kv_tok, dim,
                                dq_tile, (size_t)dp);
             for (int r = 0; r < n_rows; r++) {

@@ -3970,19 +3970,27 @@ static void mlk__attn_block_keys(const mlk__attn_mask *m, int q0, int group, int
 
 static int mlk__attn_pad(int n) { return (n + MLK__NR - 1) / MLK__NR * MLK__NR; }
 
+static int mlk__attn_block_rows(int m, int i0) { return m - i0 < MLK__MR ? m - i0 : MLK__MR; }
+
+/* One block of at most MR rows of a tile product: the micro-kernel, inlined
+   once for full blocks and once for a last, shorter one (all of a 4-row
+   decode group). */
+static void mlk__attn_mm_block(int rows, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
+                               float *c, int ldc, float beta)
+{
+    if (rows == MLK__MR)
+        mlk__micro(MLK__MR, k, a, a_rs, a_ks, b, ldb, 0, c, (size_t)ldc, 1.0f, beta);
+    else
+        mlk__micro(rows, k, a, a_rs, a_ks, b, ldb, 0, c, (size_t)ldc, 1.0f, beta);
+}
+
 static void mlk__attn_mm(int m, int n, int k, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
                          float *c, int ldc, int accumulate)
 {
-    const float beta = accumulate ? 1.0f : 0.0f;
-    for (int j = 0; j < n; j += MLK__NR) {
-        int i = 0;
-        for (; i <= m - MLK__MR; i += MLK__MR)
-            mlk__micro(MLK__MR, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, ldb, 0,
-                       c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
-        if (i < m) /* the last m % MR rows (all of a 4-row decode group) in one pass */
-            mlk__micro(m - i, k, a + (size_t)i * a_rs, a_rs, a_ks, b + j, ldb, 0,
-                       c + (size_t)i * ldc + j, (size_t)ldc, 1.0f, beta);
-    }
+    for (int j = 0; j < n; j += MLK__NR)
+        for (int i0 = 0; i0 < m; i0 += MLK__MR)
+            mlk__attn_mm_block(mlk__attn_block_rows(m, i0), k, a + (size_t)i0 * a_rs, a_rs, a_ks, b + j, ldb,
+                               c + (size_t)i0 * ldc + j, ldc, accumulate ? 1.0f : 0.0f);
 }
 
 /* Row block i of a masked tile (rows i * MR .. i * MR + MR - 1) sees only
@@ -3990,24 +3998,18 @@ static void mlk__attn_mm(int m, int n, int k, const float *a, size_t a_rs, size_
    scores, zero probabilities) block by block, in mlk__attn_mm's order, so
    B's column slice stays in L1 across the row blocks (a product per row
    block instead, which streams all of B for each, was 1-3% slower on the
-   backward). */
-static int mlk__attn_block_rows(int m, int i0) { return m - i0 < MLK__MR ? m - i0 : MLK__MR; }
-
-/* Scores: mlk__attn_mm with accumulate 0 and a row-major A, but row block
+   backward).
+   Scores: mlk__attn_mm with accumulate 0 and a row-major A, but row block
    i only over the NR column blocks that meet [lo[i], hi[i]). */
 static void mlk__attn_mm_cols(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
                               int ldc, const int *lo, const int *hi)
 {
     for (int j = 0; j < n; j += MLK__NR)
         for (int i0 = 0; i0 < m; i0 += MLK__MR) {
-            const int blk = i0 / MLK__MR, rows = mlk__attn_block_rows(m, i0);
+            const int blk = i0 / MLK__MR;
             if (j + MLK__NR <= lo[blk] || j >= hi[blk]) continue;
-            if (rows == MLK__MR)
-                mlk__micro(MLK__MR, k, a + (size_t)i0 * lda, lda, 1, b + j, ldb, 0, c + (size_t)i0 * ldc + j,
-                           (size_t)ldc, 1.0f, 0.0f);
-            else
-                mlk__micro(rows, k, a + (size_t)i0 * lda, lda, 1, b + j, ldb, 0, c + (size_t)i0 * ldc + j,
-                           (size_t)ldc, 1.0f, 0.0f);
+            mlk__attn_mm_block(mlk__attn_block_rows(m, i0), k, a + (size_t)i0 * lda, lda, 1, b + j, ldb,
+                               c + (size_t)i0 * ldc + j, ldc, 0.0f);
         }
 }
 
@@ -4016,19 +4018,12 @@ static void mlk__attn_mm_cols(int m, int n, int k, const float *a, size_t lda, c
 static void mlk__attn_mm_krange(int m, int n, const float *a, size_t a_rs, size_t a_ks, const float *b, size_t ldb,
                                 float *c, int ldc, int accumulate, const int *lo, const int *hi)
 {
-    const float beta = accumulate ? 1.0f : 0.0f;
     for (int j = 0; j < n; j += MLK__NR)
         for (int i0 = 0; i0 < m; i0 += MLK__MR) {
-            const int blk = i0 / MLK__MR, rows = mlk__attn_block_rows(m, i0), k0 = lo[blk];
-            const int kk = hi[blk] > k0 ? hi[blk] - k0 : 0;
-            const float *a_blk = a + (size_t)i0 * a_rs + (size_t)k0 * a_ks, *b_blk = b + (size_t)k0 * ldb + j;
+            const int blk = i0 / MLK__MR, k0 = lo[blk], kk = hi[blk] > k0 ? hi[blk] - k0 : 0;
             if (kk == 0 && accumulate) continue;
-            if (rows == MLK__MR)
-                mlk__micro(MLK__MR, kk, a_blk, a_rs, a_ks, b_blk, ldb, 0, c + (size_t)i0 * ldc + j, (size_t)ldc,
-                           1.0f, beta);
-            else
-                mlk__micro(rows, kk, a_blk, a_rs, a_ks, b_blk, ldb, 0, c + (size_t)i0 * ldc + j, (size_t)ldc, 1.0f,
-                           beta);
+            mlk__attn_mm_block(mlk__attn_block_rows(m, i0), kk, a + (size_t)i0 * a_rs + (size_t)k0 * a_ks, a_rs, a_ks,
+                               b + (size_t)k0 * ldb + j, ldb, c + (size_t)i0 * ldc + j, ldc, accumulate ? 1.0f : 0.0f);
         }
 }
 

@@ -5,7 +5,11 @@
    1 GiB arrays, read + write counted), times its kernels with bench_time
    (warm-up, then the median and minimum of repeats on a monotonic clock),
    prints one line per measurement and appends it to build/bench.csv, which
-   bench/peers.sh and `make plots` read. */
+   bench/peers.sh and `make plots` read. After each measurement a short FMA
+   probe checks that the machine still runs at the FMA peak measured at the
+   start: a VM whose vCPUs come to share one core (or lose one) for a few
+   seconds runs every kernel at half speed meanwhile, and such lines are
+   marked instead of passing for the kernel's speed. */
 #ifndef BENCH_H
 #define BENCH_H
 
@@ -20,6 +24,13 @@
 #include <unistd.h>
 
 typedef struct bench_result { double median_s, min_s; } bench_result;
+
+static double bench_fma_rate(long iters, int reps);
+
+/* The FMA peak measured with the roofline, and the last probe's fraction
+   of it (1 until then). */
+static double bench_fma_start;
+static double bench_probe_frac = 1.0;
 
 static double bench_now(void)
 {
@@ -52,6 +63,7 @@ static bench_result bench_time(void (*fn)(void *), void *ctx, int reps)
     qsort(t, (size_t)reps, sizeof t[0], bench_cmp_double);
     r.median_s = t[reps / 2];
     r.min_s = t[0];
+    if (bench_fma_start > 0) bench_probe_frac = bench_fma_rate(2 * 1000 * 1000, 1) / bench_fma_start;
     return r;
 }
 
@@ -84,16 +96,16 @@ static void bench_copy_run(void *p)
     memcpy(x->dst, x->src, x->bytes);
 }
 
-/* The FMA peak: per thread, 12 independent FMA chains of the widest vector
+/* The FMA rate: per thread, 12 independent FMA chains of the widest vector
    mlkern uses (8 lanes, 16 with AVX-512; enough to cover the FMA latency on
-   two pipes) for a fixed count; GFLOP/s of all threads together. The sgemm
-   roofline sits just under it. */
-static double bench_fma_peak(void)
+   two pipes), `iters` steps each; GFLOP/s of all threads together, the best
+   of `reps` runs. With 20 M steps, the FMA peak, which the sgemm roofline
+   sits just under; with 2 M (a few ms), the probe after each measurement. */
+static double bench_fma_rate(long iters, int reps)
 {
-    const long iters = 20 * 1000 * 1000;
     double best = 0;
     int rep;
-    for (rep = 0; rep < 3; rep++) {
+    for (rep = 0; rep < reps; rep++) {
         double t0 = bench_now(), sink = 0;
         int threads = 1;
         MLK__OMP(omp parallel reduction(+:sink))
@@ -170,7 +182,8 @@ static bench_roof bench_roofline(void)
     roof.sgemm_gflops = 2.0 * g.n * (double)g.n * g.n / r.median_s * 1e-9;
     free(g.a); free(g.b); free(g.c);
     bench_progress("FMA peak");
-    roof.fma_gflops = bench_fma_peak();
+    roof.fma_gflops = bench_fma_rate(20 * 1000 * 1000, 3);
+    bench_fma_start = roof.fma_gflops;
     cp.bytes = (size_t)1 << 30;
     cp.src = (char *)malloc(cp.bytes);
     cp.dst = (char *)malloc(cp.bytes);
@@ -196,6 +209,8 @@ static void bench_report(const char *kernel, const char *shape, bench_result r,
     printf("%-28s %-30s %10.3f ms (min %8.3f)  %8.2f %-8s", kernel, shape,
            r.median_s * 1e3, r.min_s * 1e3, rate, unit);
     if (frac > 0) printf("  %5.1f%% of roofline", 100.0 * frac);
+    if (bench_probe_frac < 0.8)
+        printf("  [machine slowed: FMA probe at %.0f%% of the peak]", 100.0 * bench_probe_frac);
     printf("\n");
     fflush(stdout);
     f = fopen("build/bench.csv", "a");

@@ -5,11 +5,11 @@
    1 GiB arrays, read + write counted), times its kernels with bench_time
    (warm-up, then the median and minimum of repeats on a monotonic clock),
    prints one line per measurement and appends it to build/bench.csv, which
-   bench/peers.sh and `make plots` read. After each measurement a short FMA
-   probe checks that the machine still runs at the FMA peak measured at the
-   start: a VM whose vCPUs come to share one core (or lose one) for a few
-   seconds runs every kernel at half speed meanwhile, and such lines are
-   marked instead of passing for the kernel's speed. */
+   bench/peers.sh and `make plots` read. Before and after each measurement
+   a short FMA probe checks that the machine runs at the FMA peak measured
+   at the start: a VM whose vCPUs come to share one core (or lose one) for
+   a few seconds runs every kernel at half speed meanwhile, and such lines
+   are marked instead of passing for the kernel's speed. */
 #ifndef BENCH_H
 #define BENCH_H
 
@@ -27,8 +27,8 @@ typedef struct bench_result { double median_s, min_s; } bench_result;
 
 static double bench_fma_rate(long iters, int reps);
 
-/* The FMA peak measured with the roofline, and the last probe's fraction
-   of it (1 until then). */
+/* The FMA peak measured with the roofline, and the slower probe's fraction
+   of it around the last measurement (1 until then). */
 static double bench_fma_start;
 static double bench_probe_frac = 1.0;
 
@@ -54,6 +54,7 @@ static bench_result bench_time(void (*fn)(void *), void *ctx, int reps)
     int i;
     if (reps < 5) reps = 5;
     if (reps > 64) reps = 64;
+    if (bench_fma_start > 0) bench_probe_frac = bench_fma_rate(2 * 1000 * 1000, 1) / bench_fma_start;
     fn(ctx);
     for (i = 0; i < reps; i++) {
         double t0 = bench_now();
@@ -63,7 +64,10 @@ static bench_result bench_time(void (*fn)(void *), void *ctx, int reps)
     qsort(t, (size_t)reps, sizeof t[0], bench_cmp_double);
     r.median_s = t[reps / 2];
     r.min_s = t[0];
-    if (bench_fma_start > 0) bench_probe_frac = bench_fma_rate(2 * 1000 * 1000, 1) / bench_fma_start;
+    if (bench_fma_start > 0) {
+        const double after = bench_fma_rate(2 * 1000 * 1000, 1) / bench_fma_start;
+        if (after < bench_probe_frac) bench_probe_frac = after;
+    }
     return r;
 }
 
@@ -210,7 +214,7 @@ static void bench_report(const char *kernel, const char *shape, bench_result r,
            r.median_s * 1e3, r.min_s * 1e3, rate, unit);
     if (frac > 0) printf("  %5.1f%% of roofline", 100.0 * frac);
     if (bench_probe_frac < 0.8)
-        printf("  [machine slowed: FMA probe at %.0f%% of the peak]", 100.0 * bench_probe_frac);
+        printf("  [machine slowed: an FMA probe at %.0f%% of the peak]", 100.0 * bench_probe_frac);
     printf("\n");
     fflush(stdout);
     f = fopen("build/bench.csv", "a");
